@@ -1,0 +1,67 @@
+"""Backends: dumb byte stores under string keys, chosen by URI scheme and imported lazily."""
+
+from __future__ import annotations
+
+import abc
+import os
+from typing import Iterable, Iterator
+
+from ..errors import InvalidInput
+
+
+class Backend(abc.ABC):
+    """Moves bytes under string keys; knows nothing of chunks, packs or refs."""
+
+    uri: str
+
+    @abc.abstractmethod
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of the object (end None: to its end). Raises NotFound."""
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes, *, create_only: bool = False) -> bool:
+        """Store `data` durably and atomically. With create_only, return False if the key exists."""
+
+    @abc.abstractmethod
+    def put_file(self, key: str, path: str, *, create_only: bool = False) -> bool:
+        """Store the content of a spooled local file (which the backend may consume)."""
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> int | None:
+        """Size of the object, or None if absent."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every complete object whose key starts with prefix; no temp objects."""
+
+    @abc.abstractmethod
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete the keys; absent keys are ignored."""
+
+    def spool_dir(self) -> str | None:
+        """A folder on the same filesystem for temp files that put_file can move in cheaply."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def open_backend(uri: str) -> Backend:
+    """The backend for a store URI: a path, file:///abs/path, or memory://name."""
+    if "://" not in uri:
+        if not uri or uri.startswith(("s3:", "file:")):
+            raise InvalidInput(f"malformed store URI: {uri!r}", subject=uri)
+        from .local import LocalBackend
+        return LocalBackend(os.path.abspath(uri), uri=uri)
+    scheme, rest = uri.split("://", 1)
+    if scheme == "file":
+        if not rest.startswith("/"):
+            raise InvalidInput(f"file URIs need an absolute path (file:///abs/path): {uri!r}", subject=uri)
+        from .local import LocalBackend
+        return LocalBackend(rest, uri=uri)
+    if scheme == "memory":
+        from .memory import MemoryBackend
+        return MemoryBackend.named(rest)
+    if scheme == "s3":
+        raise InvalidInput(f"S3 stores are not supported by this version: {uri!r}", subject=uri)
+    raise InvalidInput(f"unknown store URI scheme {scheme!r} in {uri!r} (use a path, file:// or s3://)", subject=uri)

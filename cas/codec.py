@@ -1,0 +1,54 @@
+"""Chunk compression: zstd at the store's level, raw when compression does not pay; bounded decompression."""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from .errors import IntegrityError
+
+RAW = 0
+ZSTD = 1
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache = getattr(_local, "compressors", None)
+    if cache is None:
+        cache = _local.compressors = {}
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=False)
+    return cache[level]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "decompressor", None)
+    if d is None:
+        d = _local.decompressor = zstandard.ZstdDecompressor()
+    return d
+
+
+def compress(data, level: int) -> tuple[int, bytes]:
+    """(codec, stored bytes) for raw `data`; zstd only when it is smaller. Thread-safe."""
+    packed = _compressor(level).compress(data)
+    if len(packed) < len(data):
+        return ZSTD, packed
+    return RAW, bytes(data)
+
+
+def decompress(codec: int, stored, raw_len: int, *, name: str) -> bytes:
+    """The raw bytes, never more than raw_len of output; IntegrityError if the shape is wrong."""
+    if codec == RAW:
+        out = bytes(stored)
+    elif codec == ZSTD:
+        try:
+            out = _decompressor().decompress(stored, max_output_size=raw_len)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"corrupt compressed data in {name}: {exc}", subject=name) from None
+    else:
+        raise IntegrityError(f"unknown codec {codec} in {name}", subject=name)
+    if len(out) != raw_len:
+        raise IntegrityError(f"size mismatch in {name}: {len(out)} bytes, expected {raw_len}", subject=name)
+    return out

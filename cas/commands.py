@@ -1,0 +1,120 @@
+"""One function per CLI verb: open the store, call it, hand the result to `emit`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .cli import emit
+from .errors import IntegrityError, InvalidInput
+from .progress import Progress, human
+
+
+def _open(uri):
+    from .store import Store
+    store = Store.open(uri)
+    store.on_warning = lambda msg: sys.stderr.write(f"cas: warning: {msg}\n")
+    return store
+
+
+def _path_size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path) if os.path.isfile(path) else None
+    except OSError:
+        return None
+
+
+def cmd_init(args, uri, as_json) -> int:
+    store = _open(uri)
+    created = not store.exists
+    config = store.init()
+    emit({"store": store.backend.uri, "store_id": config.store_id, "created": created,
+          "format_version": config.format_version}, as_json,
+         f"{'created' if created else 'found'} store {config.store_id} at {store.backend.uri}")
+    return 0
+
+
+def cmd_put(args, uri, as_json) -> int:
+    if args.label is not None and (len(args.paths) > 1 or args.no_pin):
+        raise InvalidInput("--label takes exactly one PATH and cannot be combined with --no-pin")
+    store = _open(uri)
+    results = []
+    for path in args.paths:
+        label = None if args.no_pin else (args.label if args.label is not None else path)
+        with Progress(f"put {os.path.basename(path)}", _path_size(path), enabled=None if not as_json else False) as bar:
+            res = store.put_file(path, pin=label, on_progress=bar)
+        item = {"path": path, "digest": res.digest, "size": res.size, "new_bytes": res.new_bytes, "kind": res.kind}
+        if label is not None:
+            item["label"] = label
+        results.append(item)
+        if not as_json:
+            emit(None, False, f"{res.digest}  {human(res.size):>10}  new {human(res.new_bytes):>10}  {path}")
+    if as_json:
+        emit(results[0] if len(results) == 1 else results, True)
+    return 0
+
+
+def cmd_get(args, uri, as_json) -> int:
+    store = _open(uri)
+    with Progress("get", None, enabled=None if not as_json else False) as bar:
+        target = store.get_file(args.ref, args.output, force=args.force, on_progress=bar)
+    emit({"ref": args.ref, "path": target}, as_json, f"restored {target}")
+    return 0
+
+
+def cmd_cat(args, uri, as_json) -> int:
+    store = _open(uri)
+    out = sys.stdout.buffer
+    store.stream(args.ref, out.write)
+    out.flush()
+    return 0
+
+
+def cmd_stats(args, uri, as_json) -> int:
+    stats = _open(uri).stats()
+    text = "\n".join(f"{k:14} {human(v) if k.endswith('bytes') else v}" for k, v in stats.items())
+    emit(stats, as_json, text)
+    return 0
+
+
+def cmd_verify(args, uri, as_json) -> int:
+    store = _open(uri)
+    with Progress("verify", None, enabled=None if not as_json else False) as bar:
+        report = store.verify(read_data=args.read_data, on_progress=bar if args.read_data else None)
+    if as_json:
+        emit(report.to_dict(), True)
+    else:
+        for problem in report.problems:
+            sys.stderr.write(f"cas: {problem}\n")
+        if report.ok:
+            emit(None, False, f"ok: {report.packs} packs, {report.chunks} chunks, {report.manifests} manifests, "
+                              f"{report.pins} pins" + (f", {human(report.bytes_read)} read" if args.read_data else ""))
+    if not report.ok:
+        raise IntegrityError(f"verify found {len(report.problems)} problem(s); first: {report.problems[0]}")
+    return 0
+
+
+def cmd_reindex(args, uri, as_json) -> int:
+    counts = _open(uri).reindex()
+    emit(counts, as_json, f"reindexed {counts['packs']} packs: {counts['chunks']} chunks, "
+                          f"{counts['manifests']} manifests")
+    return 0
+
+
+def cmd_pin(args, uri, as_json) -> int:
+    pin = _open(uri).pin(args.ref, args.label)
+    emit({"label": pin.label, "digest": pin.digest}, as_json, f"pinned {pin.digest} as {pin.label}")
+    return 0
+
+
+def cmd_pins(args, uri, as_json) -> int:
+    pins = _open(uri).pins()
+    rows = [{"label": p.label, "digest": p.digest, "kind": p.kind, "size": p.size, "time": p.time} for p in pins]
+    emit(rows, as_json, "\n".join(f"{p.digest}  {p.kind:4}  {human(p.size):>10}  {p.label}" for p in pins))
+    return 0
+
+
+def cmd_unpin(args, uri, as_json) -> int:
+    pin = _open(uri).unpin(args.label)
+    emit({"label": pin.label, "digest": pin.digest}, as_json, f"unpinned {pin.label} ({pin.digest})")
+    return 0

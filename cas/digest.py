@@ -1,0 +1,48 @@
+"""Hashing: BLAKE3 ids of chunks and files, the domain-separated tree digest, and digest references."""
+
+from __future__ import annotations
+
+import re
+
+from blake3 import blake3
+
+from .errors import InvalidInput
+
+DIGEST_SIZE = 32
+TREE_CONTEXT = "cas 2026 tree manifest v1"
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+def hash_bytes(data) -> bytes:
+    """BLAKE3 of `data` (bytes-like), as 32 raw bytes. Large inputs release the GIL."""
+    return blake3(data).digest()
+
+
+def file_hasher():
+    """An incremental hasher whose digest equals `b3sum` of the bytes fed to it."""
+    return blake3()
+
+
+def tree_digest(canonical: bytes) -> bytes:
+    """Digest of a tree manifest: BLAKE3 in derive-key mode, so it never equals a file digest."""
+    return blake3(canonical, derive_key_context=TREE_CONTEXT).digest()
+
+
+def to_hex(digest: bytes) -> str:
+    return digest.hex()
+
+
+def parse_ref(ref: str) -> str:
+    """Normalize a digest reference to lowercase hex: full digest, `cas://<digest>`, or a prefix.
+
+    Returns the hex string (64 chars for a full digest, 8..63 for a prefix to be resolved).
+    """
+    text = ref.strip()
+    if text.startswith("cas://"):
+        text = text[len("cas://"):]
+    text = text.lower()
+    if not _HEX.match(text) or len(text) > 2 * DIGEST_SIZE:
+        raise InvalidInput(f"not a digest reference: {ref!r}", subject=ref)
+    if len(text) < 8:
+        raise InvalidInput(f"digest prefix too short (need at least 8 hex characters): {ref!r}", subject=ref)
+    return text

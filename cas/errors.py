@@ -1,0 +1,67 @@
+"""The one exception tree of cas, grouped by what the caller should do; each class knows its exit code."""
+
+from __future__ import annotations
+
+
+class CasError(Exception):
+    """Base of every error cas raises on purpose; the CLI prints it as one line."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, subject: str | None = None):
+        super().__init__(message)
+        self.subject = subject
+
+
+class InvalidInput(CasError):
+    """The caller asked for something malformed: a bad URI, a bad reference, a bad option."""
+
+    exit_code = 2
+
+
+class NotFound(CasError):
+    """The named object, path, reference or store does not exist."""
+
+    exit_code = 3
+
+
+class AmbiguousReference(InvalidInput):
+    """A hex prefix matches more than one object."""
+
+
+class AlreadyExists(CasError):
+    """The destination exists and the caller did not ask to overwrite it."""
+
+    exit_code = 4
+
+
+class IntegrityError(CasError):
+    """Stored bytes do not match their hash or their recorded shape; never swallowed."""
+
+    exit_code = 5
+
+
+class StorageError(CasError):
+    """The backend or local disk failed: I/O error, disk full, permission denied."""
+
+    exit_code = 6
+
+
+class FormatError(CasError):
+    """The store was written by a newer or unknown format version."""
+
+    exit_code = 7
+
+
+class ChangedWhileReading(CasError):
+    """A source file changed while it was being stored; nothing was recorded."""
+
+    exit_code = 8
+
+
+class Interrupted(CasError):
+    """The operation was interrupted by a signal; partial work was cleaned up."""
+
+    def __init__(self, message: str, *, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

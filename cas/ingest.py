@@ -1,0 +1,222 @@
+"""The write path: files and folders → chunks → packs, in a bounded pipeline of threads, in write order."""
+
+from __future__ import annotations
+
+import os
+import stat
+from array import array
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from . import codec, layout
+from .chunker import Chunker
+from .digest import file_hasher, hash_bytes
+from .errors import ChangedWhileReading, InvalidInput, NotFound, StorageError
+from .manifest import DIR, FILE, LINK, FileManifest, TreeEntry, TreeManifest
+from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, PackWriter
+from .backends.local import storage_error
+
+DEPTH = 3  # segments in flight per stage
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    path: str
+    digest: str
+    size: int
+    new_bytes: int
+    kind: str = "file"
+
+
+def _hash_chunks(view: memoryview, lengths: list[int]) -> list[bytes]:
+    ids, pos = [], 0
+    for n in lengths:
+        ids.append(hash_bytes(view[pos:pos + n]))
+        pos += n
+    return ids
+
+
+def _compress_all(parts: list[memoryview], level: int) -> list[tuple[int, bytes]]:
+    return [codec.compress(p, level) for p in parts]
+
+
+class PutSession:
+    """One put: owns the open pack, the chunks it added, and the order pack → index → manifest → ref."""
+
+    def __init__(self, *, backend, index, config, spool_dir: str, on_progress: Callable[[int], None] | None = None,
+                 warn: Callable[[str], None] | None = None):
+        self.backend, self.index, self.config = backend, index, config
+        self.spool_dir = spool_dir
+        self.chunker = Chunker(config.chunker)
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-put")
+        self.pack: PackWriter | None = None
+        self.pending: set[bytes] = set()   # chunks and manifests this session will store, not yet indexed
+        self.new_bytes = 0
+        self.on_progress = on_progress or (lambda n: None)
+        self.warn = warn or (lambda msg: None)
+
+    # ---- packs ------------------------------------------------------------------------------
+    def _add(self, kind, key, stored, raw_len, codec_id, check, size=0) -> None:
+        if self.pack is None:
+            self.pack = PackWriter(self.spool_dir)
+        try:
+            self.pack.add(kind, key, stored, raw_len, codec_id, check, size)
+        except OSError as exc:
+            raise storage_error(exc, "writing a pack") from exc
+        self.pending.add(key)
+        if self.pack.size >= self.config.pack_target:
+            self.flush()
+
+    def flush(self) -> None:
+        """Make the open pack durable in the backend, then index it (write order steps 1 and 2)."""
+        pack, self.pack = self.pack, None
+        if pack is None or not pack.entries:
+            if pack is not None:
+                pack.abort()
+            return
+        try:
+            pack_id, path, size = pack.finish()
+        except OSError as exc:
+            pack.abort()
+            raise storage_error(exc, "writing a pack") from exc
+        try:
+            self.backend.put_file(layout.pack_key(pack_id), path, create_only=True)
+        finally:
+            pack.abort()  # removes the spool file if the backend did not consume it
+        self.index.add_pack(pack_id, size, pack.entries)
+        self.pending.difference_update(e.key for e in pack.entries)  # now the index answers for them
+
+    def close(self) -> None:
+        """Abandon anything not yet flushed (after an error) and stop the threads."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.pack is not None:
+            self.pack.abort()
+            self.pack = None
+
+    # ---- manifests --------------------------------------------------------------------------
+    def _known(self, key: bytes, kind: int) -> bool:
+        if key in self.pending:
+            return True
+        if kind == CHUNK:
+            return self.index.chunk(key) is not None
+        return self.index.manifest(key) is not None
+
+    def add_manifest(self, kind: int, key: bytes, raw: bytes, size: int) -> None:
+        if self._known(key, kind):
+            return
+        codec_id, stored = codec.compress(raw, self.config.level)
+        self._add(kind, key, stored, len(raw), codec_id, hash_bytes(raw), size)
+
+    # ---- files ------------------------------------------------------------------------------
+    def put_stream(self, stream) -> tuple[bytes, int]:
+        """Chunk, hash, dedup, compress and pack a stream. Returns (file digest, size)."""
+        hasher = file_hasher()
+        ids_out, sizes_out = bytearray(), array("I")
+        hashing: deque = deque()
+        packing: deque = deque()
+        size = 0
+        for seg in self.chunker.segments(stream):
+            hasher.update(seg.fresh)
+            size += len(seg.fresh)
+            hashing.append((seg, self.pool.submit(_hash_chunks, seg.data, seg.lengths)))
+            while len(hashing) >= DEPTH:
+                packing.append(self._dedup(*hashing.popleft(), ids_out, sizes_out))
+            while len(packing) >= DEPTH:
+                self._write_new(*packing.popleft())
+            self.on_progress(len(seg.fresh))
+        while hashing:
+            packing.append(self._dedup(*hashing.popleft(), ids_out, sizes_out))
+        while packing:
+            self._write_new(*packing.popleft())
+        digest = hasher.digest()
+        manifest = FileManifest(size, bytes(ids_out), sizes_out)
+        self.add_manifest(FILE_MANIFEST, digest, manifest.to_bytes(), size)
+        return digest, size
+
+    def _dedup(self, seg, future, ids_out: bytearray, sizes_out: array):
+        """Pick the chunks of a segment that the store lacks; start compressing them."""
+        ids = future.result()
+        known = self.index.chunks_known(ids)
+        new, pos = [], 0
+        for chunk_id, n, have in zip(ids, seg.lengths, known):
+            ids_out += chunk_id
+            sizes_out.append(n)
+            if not have and chunk_id not in self.pending:
+                self.pending.add(chunk_id)
+                new.append((chunk_id, seg.data[pos:pos + n]))
+            pos += n
+        half = (len(new) + 1) // 2
+        futures = [self.pool.submit(_compress_all, [v for _, v in part], self.config.level)
+                   for part in (new[:half], new[half:]) if part]
+        return new, futures
+
+    def _write_new(self, new, futures) -> None:
+        compressed = [c for f in futures for c in f.result()]
+        for (chunk_id, view), (codec_id, stored) in zip(new, compressed):
+            self.new_bytes += len(view)
+            self._add(CHUNK, chunk_id, stored, len(view), codec_id, chunk_id)
+
+    def put_file(self, path: str) -> tuple[bytes, int]:
+        """Store one regular file; fails with ChangedWhileReading if it changes under us."""
+        try:
+            f = open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise NotFound(f"no such file: {path}", subject=path) from None
+        except IsADirectoryError:
+            raise InvalidInput(f"not a file: {path}", subject=path) from None
+        except OSError as exc:
+            raise storage_error(exc, f"opening {path}") from exc
+        with f:
+            before = os.fstat(f.fileno())
+            try:
+                digest, size = self.put_stream(f)
+            except OSError as exc:
+                raise storage_error(exc, f"reading {path}") from exc
+            after = os.fstat(f.fileno())
+            try:
+                now = os.stat(path)
+            except OSError:
+                now = None
+        if (size != before.st_size or after.st_size != before.st_size or after.st_mtime_ns != before.st_mtime_ns
+                or now is None or now.st_ino != before.st_ino):
+            raise ChangedWhileReading(f"{path} changed while reading; nothing was stored", subject=path)
+        return digest, size
+
+    def put_tree(self, root: str) -> tuple[bytes, int]:
+        """Store a folder: its files one by one, links as links, then its tree manifest."""
+        entries = []
+        for dirpath, dirnames, filenames in os.walk(root, onerror=_raise_walk_error):
+            rel = os.path.relpath(dirpath, root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            dirnames.sort()
+            for name in sorted(dirnames + filenames):
+                full = os.path.join(dirpath, name)
+                entry = self._tree_entry(full, rel + name)
+                if entry is not None:
+                    entries.append(entry)
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        tree = TreeManifest(tuple(entries))
+        digest = tree.digest()
+        self.add_manifest(TREE_MANIFEST, digest, tree.to_bytes(), tree.size)
+        return digest, tree.size
+
+    def _tree_entry(self, full: str, rel: str) -> TreeEntry | None:
+        try:
+            st = os.lstat(full)
+        except OSError as exc:
+            raise storage_error(exc, f"reading {full}") from exc
+        if stat.S_ISLNK(st.st_mode):
+            return TreeEntry(rel, LINK, target=os.readlink(full))
+        if stat.S_ISDIR(st.st_mode):
+            return TreeEntry(rel, DIR)
+        if stat.S_ISREG(st.st_mode):
+            digest, size = self.put_file(full)
+            return TreeEntry(rel, FILE, bool(st.st_mode & 0o111), digest, size)
+        self.warn(f"skipping {full}: not a regular file, folder or link")
+        return None
+
+
+def _raise_walk_error(exc: OSError):
+    raise StorageError(f"cannot read folder {exc.filename}: {exc.strerror}", subject=exc.filename)

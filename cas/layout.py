@@ -1,0 +1,44 @@
+"""The one place that turns ids into backend keys (and back)."""
+
+from __future__ import annotations
+
+import re
+
+CONFIG = "config"
+PACKS = "packs/"
+PINS = "pins/"
+TMP = "tmp/"
+
+_PACK_KEY = re.compile(r"^packs/([0-9a-f]{2})/([0-9a-f]{64})$")
+
+
+def pack_key(pack_id: bytes) -> str:
+    h = pack_id.hex()
+    return f"{PACKS}{h[:2]}/{h}"
+
+
+def pack_id_from_key(key: str) -> bytes | None:
+    """The pack id of a pack key, or None for anything else under packs/ (temp or stray names)."""
+    m = _PACK_KEY.match(key)
+    if not m or m.group(2)[:2] != m.group(1):
+        return None
+    return bytes.fromhex(m.group(2))
+
+
+def pin_prefix(label: str) -> str:
+    return f"{PINS}{label.encode().hex()}/"
+
+
+def pin_key(label: str, stamp: str) -> str:
+    """A pin event's key: unique by construction (time stamp plus random suffix from the caller)."""
+    return pin_prefix(label) + stamp
+
+
+def pin_label_from_key(key: str) -> tuple[str, str] | None:
+    parts = key[len(PINS):].split("/")
+    if not key.startswith(PINS) or len(parts) != 2:
+        return None
+    try:
+        return bytes.fromhex(parts[0]).decode(), parts[1]
+    except ValueError:
+        return None

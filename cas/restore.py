@@ -1,0 +1,230 @@
+"""The read path: verified chunk reads, coalesced per pack, into files, folders and seekable readers."""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
+
+from . import codec, layout
+from .digest import file_hasher, hash_bytes
+from .errors import IntegrityError, NotFound, StorageError
+from .index import Location
+from .manifest import DIR, FILE, LINK, FileManifest, TreeManifest, check_safe, locate
+from .backends.local import fsync_dir, storage_error
+
+MAX_READ = 16 << 20  # largest coalesced ranged read
+MAX_GAP = 256 << 10  # neighbouring chunks closer than this are read in one request
+
+
+def verified_blob(loc: Location, stored, *, what: str) -> bytes:
+    """Decompress a stored blob (bounded by its recorded size) and check it against its hash."""
+    name = f"{what} in pack {loc.pack_id.hex()}"
+    if len(stored) != loc.stored_len:
+        raise IntegrityError(f"{name} is truncated", subject=loc.pack_id.hex())
+    raw = codec.decompress(loc.codec, stored, loc.raw_len, name=name)
+    if hash_bytes(raw) != loc.check:
+        raise IntegrityError(f"{name} fails its checksum (pack {loc.pack_id.hex()} is damaged)",
+                             subject=loc.pack_id.hex())
+    return raw
+
+
+class ChunkReader:
+    """Reads blobs from packs and verifies each against its hash before anyone sees a byte."""
+
+    def __init__(self, backend, index):
+        self.backend, self.index = backend, index
+
+    def location(self, chunk_id: bytes) -> Location:
+        loc = self.index.chunk(chunk_id)
+        if loc is None:
+            raise IntegrityError(f"chunk {chunk_id.hex()} is missing from the store", subject=chunk_id.hex())
+        return loc
+
+    def blob(self, loc: Location, *, what: str) -> bytes:
+        key = layout.pack_key(loc.pack_id)
+        try:
+            stored = self.backend.get(key, loc.offset, loc.offset + loc.stored_len)
+        except NotFound:
+            raise IntegrityError(f"pack {loc.pack_id.hex()} holding {what} is missing", subject=key) from None
+        return verified_blob(loc, stored, what=what)
+
+    def chunk(self, chunk_id: bytes) -> bytes:
+        return self.blob(self.location(chunk_id), what=f"chunk {chunk_id.hex()}")
+
+    def read_runs(self, manifest: FileManifest) -> Iterator[list[tuple[Location, int]]]:
+        """Group a file's chunks into runs that one ranged read of one pack serves."""
+        run: list[tuple[Location, int]] = []
+        for i in range(len(manifest)):
+            loc = self.location(manifest.chunk_id(i))
+            if run:
+                first, last = run[0][0], run[-1][0]
+                near = (loc.pack_id == first.pack_id and 0 <= loc.offset - (last.offset + last.stored_len) <= MAX_GAP
+                        and loc.offset + loc.stored_len - first.offset <= MAX_READ)
+                if not near:
+                    yield run
+                    run = []
+            run.append((loc, i))
+        if run:
+            yield run
+
+    def fetch_run(self, run: list[tuple[Location, int]]) -> list[bytes]:
+        first, last = run[0][0], run[-1][0]
+        key = layout.pack_key(first.pack_id)
+        try:
+            data = self.backend.get(key, first.offset, last.offset + last.stored_len)
+        except NotFound:
+            raise IntegrityError(f"pack {first.pack_id.hex()} is missing", subject=key) from None
+        view = memoryview(data)
+        return [verified_blob(loc, view[loc.offset - first.offset: loc.offset - first.offset + loc.stored_len],
+                               what=f"chunk {loc.check.hex()}") for loc, _ in run]
+
+
+def stream_file(reader: ChunkReader, manifest: FileManifest, write: Callable[[bytes], None], *,
+                digest: bytes, on_progress: Callable[[int], None] | None = None) -> None:
+    """Write a file's verified chunks in order; the whole file is checked against its digest at the end."""
+    hasher = file_hasher()
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-get") as pool:
+        runs = reader.read_runs(manifest)
+        inflight = []
+        try:
+            for run in runs:
+                inflight.append(pool.submit(reader.fetch_run, run))
+                if len(inflight) >= 4:
+                    _drain(inflight.pop(0), hasher, write, on_progress)
+            while inflight:
+                _drain(inflight.pop(0), hasher, write, on_progress)
+        finally:
+            for f in inflight:
+                f.cancel()
+    if hasher.digest() != digest:
+        raise IntegrityError(f"restored content of {digest.hex()} does not match its digest", subject=digest.hex())
+
+
+def _drain(future, hasher, write, on_progress) -> None:
+    for raw in future.result():
+        hasher.update(raw)
+        write(raw)
+        if on_progress:
+            on_progress(len(raw))
+
+
+def _temp_sibling(dest: str) -> str:
+    folder, base = os.path.split(os.path.abspath(dest))
+    return os.path.join(folder, f".{base}.cas-tmp-{secrets.token_hex(4)}")
+
+
+def write_file(reader, manifest, digest: bytes, target: str, *, executable: bool = False, on_progress=None) -> None:
+    """Restore one file at `target` (which must not exist), verified before it appears there."""
+    tmp = _temp_sibling(target)
+    try:
+        with open(tmp, "xb") as f:
+            stream_file(reader, manifest, f.write, digest=digest, on_progress=on_progress)
+            f.flush()
+            os.fsync(f.fileno())
+        if executable:
+            os.chmod(tmp, 0o755)
+        os.link(tmp, target)
+    except OSError as exc:
+        raise storage_error(exc, f"writing {target}") from exc
+    finally:
+        _remove(tmp)
+
+
+def write_tree(load_file: Callable[[bytes], FileManifest], reader, tree: TreeManifest, target: str, *,
+               name: str, on_progress=None) -> None:
+    """Restore a folder into `target` (which must not exist): built beside it, then renamed into place."""
+    check_safe(tree, name=name)
+    tmp = _temp_sibling(target)
+    try:
+        os.mkdir(tmp)
+        for e in sorted(tree.entries, key=lambda e: e.path):
+            path = os.path.join(tmp, *e.path.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if e.kind == DIR:
+                os.makedirs(path, exist_ok=True)
+            elif e.kind == LINK:
+                os.symlink(e.target, path)
+            elif e.kind == FILE:
+                write_file(reader, load_file(e.digest), e.digest, path, executable=e.executable,
+                           on_progress=on_progress)
+        os.rename(tmp, target)
+        fsync_dir(os.path.dirname(os.path.abspath(target)))
+    except OSError as exc:
+        raise storage_error(exc, f"writing {target}") from exc
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass
+
+
+def replace_destination(dest: str, restore: Callable[[str], None]) -> None:
+    """Restore into a fresh sibling and swap it with an existing `dest` only once it is complete."""
+    aside = _temp_sibling(dest)
+    new = _temp_sibling(dest)
+    restore(new)
+    try:
+        os.rename(dest, aside)
+        os.rename(new, dest)
+    except OSError as exc:
+        _remove(new)
+        raise StorageError(f"cannot replace {dest}: {exc.strerror}", subject=dest) from exc
+    _remove(aside)
+
+
+class FileReader(io.RawIOBase):
+    """A readable, seekable view of a stored file; reads fetch (and verify) only the chunks they touch."""
+
+    def __init__(self, reader: ChunkReader, manifest: FileManifest, digest: bytes):
+        self._reader, self._manifest, self.digest = reader, manifest, digest
+        self._offsets = manifest.offsets()
+        self._pos = 0
+        self._cached: tuple[int, bytes] | None = None
+        self.size = manifest.size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def _chunk(self, i: int) -> bytes:
+        if self._cached is None or self._cached[0] != i:
+            self._cached = (i, self._reader.chunk(self._manifest.chunk_id(i)))
+        return self._cached[1]
+
+    def readinto(self, buffer) -> int:
+        out = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(out) and self._pos < self.size:
+            i = locate(self._offsets, self._pos)
+            data = self._chunk(i)
+            start = self._pos - self._offsets[i]
+            n = min(len(out) - done, len(data) - start)
+            out[done:done + n] = data[start:start + n]
+            done += n
+            self._pos += n
+        return done

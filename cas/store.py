@@ -1,0 +1,288 @@
+"""The Store façade: opens a backend and its local index, and owns the write order pack → index → manifest → ref."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import stat
+import time
+from contextlib import contextmanager
+from typing import Callable
+
+from . import layout, refs
+from .backends import Backend, open_backend
+from .config import StoreConfig, create_or_load_config, load_config
+from .digest import parse_ref
+from .errors import AlreadyExists, AmbiguousReference, InvalidInput, NotFound
+from .index import Index, Location
+from .ingest import PutResult, PutSession
+from .manifest import FileManifest, TreeManifest
+from .pack import FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
+from .restore import ChunkReader, FileReader, replace_destination, stream_file, write_file, write_tree
+
+Progress = Callable[[int], None]
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("CAS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "cas")
+
+
+class Store:
+    def __init__(self, backend: Backend, config: StoreConfig | None, *, cache_dir: str | None = None):
+        self.backend = backend
+        self.config = config
+        self.cache_dir = cache_dir or default_cache_dir()
+        self._index: Index | None = None
+        self.warnings: list[str] = []
+        self.on_warning: Callable[[str], None] = self.warnings.append
+
+    # ---- opening ----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, uri: str | None = None, *, cache_dir: str | None = None) -> "Store":
+        """Open the store at uri (None: $CAS_STORE, else ./.cas). A missing store is created on first write."""
+        uri = uri or os.environ.get("CAS_STORE") or ".cas"
+        backend = open_backend(uri)
+        try:
+            config = load_config(backend)
+        except NotFound:
+            config = None
+        return cls(backend, config, cache_dir=cache_dir)
+
+    @property
+    def exists(self) -> bool:
+        return self.config is not None
+
+    def init(self) -> StoreConfig:
+        """Create the store if it does not exist (create-only: a racing initializer adopts the winner's)."""
+        if self.config is None:
+            self.config = create_or_load_config(self.backend)
+        return self.config
+
+    def _require(self) -> StoreConfig:
+        if self.config is None:
+            self.config = load_config(self.backend)  # raises NotFound with one clear line
+        return self.config
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            config = self._require()
+            self._index = Index(os.path.join(self.cache_dir, config.store_id, "index"))
+            self.sync()
+        return self._index
+
+    def sync(self) -> int:
+        """Learn packs written elsewhere (or lost) from the backend; returns how many packs were read."""
+        listed = {pid: size for key, size in self.backend.list(layout.PACKS)
+                  if (pid := layout.pack_id_from_key(key)) is not None}
+        known = self._index.pack_ids()
+        if any(pid not in listed for pid in known):
+            self._index.clear()
+            known = {}
+        added = 0
+        for pid, size in listed.items():
+            if pid not in known:
+                key = layout.pack_key(pid)
+                self._index.add_pack(pid, size, read_pack_entries(self.backend, key, size, name=pid.hex()))
+                added += 1
+        return added
+
+    def reindex(self) -> dict[str, int]:
+        """Rebuild the local index from the packs alone."""
+        self.index.clear()
+        packs = self.sync()
+        return {"packs": packs, **self.index.counts()}
+
+    # ---- references -------------------------------------------------------------------------
+    def resolve(self, ref: str) -> tuple[bytes, Location]:
+        """The digest and manifest location named by a reference (digest, prefix ≥ 8, cas://)."""
+        text = parse_ref(ref)
+        if len(text) == 64:
+            digest = bytes.fromhex(text)
+            loc = self.index.manifest(digest)
+            if loc is None:
+                raise NotFound(f"unknown reference: {ref}", subject=ref)
+            return digest, loc
+        found = self.index.manifests_with_prefix(text, limit=2)
+        if not found:
+            raise NotFound(f"unknown reference: {ref}", subject=ref)
+        if len(found) > 1:
+            raise AmbiguousReference(f"ambiguous reference {ref}: matches several objects", subject=ref)
+        return found[0], self.index.manifest(found[0])
+
+    def _reader(self) -> ChunkReader:
+        return ChunkReader(self.backend, self.index)
+
+    def _manifest(self, digest: bytes, loc: Location):
+        raw = self._reader().blob(loc, what=f"manifest {digest.hex()}")
+        if loc.kind == TREE_MANIFEST:
+            return TreeManifest.from_bytes(raw, name=digest.hex())
+        return FileManifest.from_bytes(raw, name=digest.hex())
+
+    def _file_manifest(self, digest: bytes) -> FileManifest:
+        loc = self.index.manifest(digest)
+        if loc is None or loc.kind != FILE_MANIFEST:
+            raise NotFound(f"file {digest.hex()} is missing from the store", subject=digest.hex())
+        return self._manifest(digest, loc)
+
+    # ---- writing ----------------------------------------------------------------------------
+    @contextmanager
+    def _session(self, on_progress: Progress | None = None):
+        self.init()
+        spool = self.backend.spool_dir() or os.path.join(self.cache_dir, self.config.store_id, "spool")
+        session = PutSession(backend=self.backend, index=self.index, config=self.config, spool_dir=spool,
+                             on_progress=on_progress, warn=self.on_warning)
+        try:
+            yield session
+            session.flush()
+        finally:
+            session.close()
+
+    def put_file(self, path: str | os.PathLike, *, pin: str | None = None,
+                 on_progress: Progress | None = None) -> PutResult:
+        """Store a file or folder; pin it under `pin` when given. Acknowledged once this returns."""
+        path = os.fspath(path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise NotFound(f"no such file or folder: {path}", subject=path) from None
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {path}: {exc.strerror}", subject=path) from None
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise InvalidInput(f"not a regular file or folder: {path}", subject=path)
+        kind = "tree" if stat.S_ISDIR(st.st_mode) else "file"
+        with self._session(on_progress) as session:
+            digest, size = session.put_tree(path) if kind == "tree" else session.put_file(path)
+        result = PutResult(path, digest.hex(), size, session.new_bytes, kind)
+        if pin is not None:
+            self.pin(result.digest, pin)
+        return result
+
+    def put_bytes(self, data: bytes, *, pin: str | None = None) -> PutResult:
+        with self._session() as session:
+            digest, size = session.put_stream(io.BytesIO(data))
+        result = PutResult("", digest.hex(), size, session.new_bytes)
+        if pin is not None:
+            self.pin(result.digest, pin)
+        return result
+
+    # ---- reading ----------------------------------------------------------------------------
+    def open_file(self, ref: str) -> io.BufferedReader:
+        digest, loc = self.resolve(ref)
+        if loc.kind != FILE_MANIFEST:
+            raise InvalidInput(f"{ref} is a folder, not a file", subject=ref)
+        return io.BufferedReader(FileReader(self._reader(), self._manifest(digest, loc), digest), 1 << 20)
+
+    def read_bytes(self, ref: str) -> bytes:
+        out = bytearray()
+        self.stream(ref, out.extend)
+        return bytes(out)
+
+    def stream(self, ref: str, write: Callable[[bytes], None], *, on_progress: Progress | None = None) -> int:
+        """Write a stored file's verified bytes to `write`; returns its size."""
+        digest, loc = self.resolve(ref)
+        if loc.kind != FILE_MANIFEST:
+            raise InvalidInput(f"{ref} is a folder, not a file", subject=ref)
+        manifest = self._manifest(digest, loc)
+        stream_file(self._reader(), manifest, write, digest=digest, on_progress=on_progress)
+        return manifest.size
+
+    def get_file(self, ref: str, dest: str | os.PathLike, *, force: bool = False,
+                 on_progress: Progress | None = None) -> str:
+        """Restore a file or folder at dest (rules in docs/cli.md); nothing is left at dest on error."""
+        dest = os.fspath(dest)
+        digest, loc = self.resolve(ref)
+        manifest = self._manifest(digest, loc)
+        reader = self._reader()
+        if loc.kind == TREE_MANIFEST:
+            target = dest.rstrip("/") or dest
+            if os.path.isdir(target) and not os.path.islink(target) and not os.listdir(target):
+                os.rmdir(target)  # an empty folder is simply filled
+
+            def restore(to: str) -> None:
+                write_tree(self._file_manifest, reader, manifest, to, name=digest.hex(), on_progress=on_progress)
+        else:
+            target = dest
+            if dest.endswith("/") or os.path.isdir(dest):
+                target = os.path.join(dest, self._basename(digest))
+
+            def restore(to: str) -> None:
+                write_file(reader, manifest, digest, to, on_progress=on_progress)
+        made = _make_parents(os.path.dirname(os.path.abspath(target)))
+        try:
+            if os.path.lexists(target):
+                if not force:
+                    raise AlreadyExists(f"{target} exists (use --force to replace it)", subject=target)
+                replace_destination(target, restore)
+            else:
+                restore(target)
+        except BaseException:
+            if made:
+                shutil.rmtree(made, ignore_errors=True)
+            raise
+        return target
+
+    def _basename(self, digest: bytes) -> str:
+        """A file name for a digest: the base name of a pin label naming it, else the digest itself."""
+        for pin in refs.list_pins(self.backend):
+            if pin.digest == digest.hex():
+                name = os.path.basename(pin.label.rstrip("/"))
+                if name not in ("", ".", ".."):
+                    return name
+        return digest.hex()
+
+    # ---- pins -------------------------------------------------------------------------------
+    def pin(self, ref: str, label: str) -> refs.Pin:
+        digest, loc = self.resolve(ref)
+        kind = "tree" if loc.kind == TREE_MANIFEST else "file"
+        pin = refs.Pin(refs.check_label(label), digest.hex(), time.time(), kind, loc.size)
+        refs.write_pin(self.backend, pin)
+        return pin
+
+    def unpin(self, label: str) -> refs.Pin:
+        self._require()
+        return refs.remove_pin(self.backend, label)
+
+    def pins(self) -> list[refs.Pin]:
+        self._require()
+        return refs.list_pins(self.backend)
+
+    # ---- reports ----------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        index = self.index
+        logical = files = 0
+        for _, loc in index.iter_manifests():
+            if loc.kind == FILE_MANIFEST:
+                logical += loc.size
+                files += 1
+        unique = chunks = 0
+        for _, loc in index.iter_chunks():
+            unique += loc.raw_len
+            chunks += 1
+        stored = sum(size for _, size in self.backend.list(""))
+        return {"logical_bytes": logical, "unique_bytes": unique, "stored_bytes": stored, "files": files,
+                "chunks": chunks, "packs": len(index.pack_ids())}
+
+    def verify(self, *, read_data: bool = False, on_progress: Progress | None = None):
+        from .verify import verify_store
+        return verify_store(self, read_data=read_data, on_progress=on_progress)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _make_parents(folder: str) -> str | None:
+    """Create a missing destination folder; return the topmost one made (to remove again on error)."""
+    top, probe = None, folder
+    while not os.path.exists(probe):
+        top, probe = probe, os.path.dirname(probe)
+    if top is not None:
+        os.makedirs(folder)
+    return top

@@ -1,0 +1,105 @@
+"""`cas verify`: check packs, index and manifests end to end; with read_data, every stored byte too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import layout, refs
+from .digest import hash_bytes
+from .errors import CasError, IntegrityError
+from .pack import CHUNK, FILE_MANIFEST, HEADER, TRAILER, PackEntry, parse_footer, parse_trailer, read_pack_entries
+from .index import Location
+from .restore import verified_blob
+
+
+@dataclass
+class VerifyReport:
+    packs: int = 0
+    chunks: int = 0
+    manifests: int = 0
+    pins: int = 0
+    bytes_read: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "packs": self.packs, "chunks": self.chunks, "manifests": self.manifests,
+                "pins": self.pins, "bytes_read": self.bytes_read, "problems": list(self.problems)}
+
+
+def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyReport:
+    report = VerifyReport()
+    index = store.index
+    listed = {pid: size for key, size in store.backend.list(layout.PACKS)
+              if (pid := layout.pack_id_from_key(key)) is not None}
+    for pid, size in listed.items():
+        try:
+            _check_pack(store.backend, pid, size, read_data=read_data, report=report)
+        except CasError as exc:
+            report.problems.append(f"pack {pid.hex()}: {exc}")
+        if on_progress:
+            on_progress(size if read_data else 1)
+        report.packs += 1
+    for chunk_id, loc in index.iter_chunks():
+        report.chunks += 1
+        if loc.pack_id not in listed:
+            report.problems.append(f"chunk {chunk_id.hex()}: its pack {loc.pack_id.hex()} is missing")
+    _check_manifests(store, listed, report)
+    _check_pins(store, report)
+    return report
+
+
+def _check_pack(backend, pid: bytes, size: int, *, read_data: bool, report: VerifyReport) -> None:
+    key = layout.pack_key(pid)
+    name = pid.hex()
+    if not read_data:
+        read_pack_entries(backend, key, size, name=name)
+        return
+    data = backend.get(key)
+    report.bytes_read += len(data)
+    if len(data) != size or hash_bytes(data) != pid:
+        raise IntegrityError(f"pack {name} is damaged: its content does not match its id", subject=name)
+    if not data.startswith(HEADER):
+        raise IntegrityError(f"pack {name} has a bad header", subject=name)
+    offset, slen, rlen, check = parse_trailer(data[-TRAILER.size:], size, name=name)
+    entries = parse_footer(data[offset:offset + slen], rlen, check, name=name)
+    for e in entries:
+        loc = Location(pid, e.offset, e.stored_len, e.raw_len, e.codec, e.check, e.kind)
+        verified_blob(loc, memoryview(data)[e.offset:e.offset + e.stored_len], what=_what(e))
+
+
+def _what(e: PackEntry) -> str:
+    return f"chunk {e.key.hex()}" if e.kind == CHUNK else f"manifest {e.key.hex()}"
+
+
+def _check_manifests(store, listed: dict, report: VerifyReport) -> None:
+    index = store.index
+    for digest, loc in index.iter_manifests():
+        report.manifests += 1
+        if loc.pack_id not in listed:
+            report.problems.append(f"manifest {digest.hex()}: its pack {loc.pack_id.hex()} is missing")
+            continue
+        try:
+            manifest = store._manifest(digest, loc)
+        except CasError as exc:
+            report.problems.append(f"manifest {digest.hex()}: {exc}")
+            continue
+        if loc.kind == FILE_MANIFEST:
+            missing = [i for i, have in enumerate(index.chunks_known(
+                [manifest.chunk_id(i) for i in range(len(manifest))])) if not have]
+            if missing:
+                report.problems.append(f"file {digest.hex()}: {len(missing)} chunks are missing")
+        else:
+            for e in manifest.entries:
+                if e.kind == "file" and index.manifest(e.digest) is None:
+                    report.problems.append(f"tree {digest.hex()}: file {e.path!r} is missing")
+
+
+def _check_pins(store, report: VerifyReport) -> None:
+    for pin in refs.list_pins(store.backend):
+        report.pins += 1
+        if store.index.manifest(bytes.fromhex(pin.digest)) is None:
+            report.problems.append(f"pin {pin.label!r}: {pin.digest} is missing from the store")
