@@ -52,7 +52,9 @@ class PutSession:
         self.chunker = Chunker(config.chunker)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-put")
         self.pack: PackWriter | None = None
-        self.pending: set[bytes] = set()   # chunks and manifests this session will store, not yet indexed
+        # what this session will store but the index does not know yet: (kind, key), since a one-chunk
+        # file's digest equals its chunk's id
+        self.pending: set[tuple[int, bytes]] = set()
         self.new_bytes = 0
         self.on_progress = on_progress or (lambda n: None)
         self.warn = warn or (lambda msg: None)
@@ -65,7 +67,7 @@ class PutSession:
             self.pack.add(kind, key, stored, raw_len, codec_id, check, size)
         except OSError as exc:
             raise storage_error(exc, "writing a pack") from exc
-        self.pending.add(key)
+        self.pending.add((kind, key))
         if self.pack.size >= self.config.pack_target:
             self.flush()
 
@@ -86,7 +88,7 @@ class PutSession:
         finally:
             pack.abort()  # removes the spool file if the backend did not consume it
         self.index.add_pack(pack_id, size, pack.entries)
-        self.pending.difference_update(e.key for e in pack.entries)  # now the index answers for them
+        self.pending.difference_update((e.kind, e.key) for e in pack.entries)  # now the index answers for them
 
     def close(self) -> None:
         """Abandon anything not yet flushed (after an error) and stop the threads."""
@@ -97,7 +99,7 @@ class PutSession:
 
     # ---- manifests --------------------------------------------------------------------------
     def _known(self, key: bytes, kind: int) -> bool:
-        if key in self.pending:
+        if (kind, key) in self.pending:
             return True
         if kind == CHUNK:
             return self.index.chunk(key) is not None
@@ -143,8 +145,8 @@ class PutSession:
         for chunk_id, n, have in zip(ids, seg.lengths, known):
             ids_out += chunk_id
             sizes_out.append(n)
-            if not have and chunk_id not in self.pending:
-                self.pending.add(chunk_id)
+            if not have and (CHUNK, chunk_id) not in self.pending:
+                self.pending.add((CHUNK, chunk_id))
                 new.append((chunk_id, seg.data[pos:pos + n]))
             pos += n
         half = (len(new) + 1) // 2

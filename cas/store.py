@@ -168,11 +168,12 @@ class Store:
         return result
 
     # ---- reading ----------------------------------------------------------------------------
-    def open_file(self, ref: str) -> io.BufferedReader:
+    def open_file(self, ref: str) -> FileReader:
+        """A readable, seekable file object; it keeps one verified chunk cached, so it needs no buffer."""
         digest, loc = self.resolve(ref)
         if loc.kind != FILE_MANIFEST:
             raise InvalidInput(f"{ref} is a folder, not a file", subject=ref)
-        return io.BufferedReader(FileReader(self._reader(), self._manifest(digest, loc), digest), 1 << 20)
+        return FileReader(self._reader(), self._manifest(digest, loc), digest)
 
     def read_bytes(self, ref: str) -> bytes:
         out = bytearray()

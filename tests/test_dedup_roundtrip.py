@@ -1,0 +1,119 @@
+"""Deduplication and round trips: edited and shifted checkpoints cost only their changed chunks."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from blake3 import blake3
+
+from cas import Store
+from conftest import write_checkpoint
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "ckpt.bin"
+    return path, write_checkpoint(path, 64 * MiB, seed=1)
+
+
+def test_edit_and_insert_cost_only_changed_chunks(cli, tmp_path, ckpt):
+    path, data = ckpt
+    first = cli("--json", "put", str(path)).json()
+    assert first["digest"] == blake3(data).hexdigest()
+    assert first["size"] == len(data) and first["new_bytes"] == len(data)
+
+    edited = bytearray(data)
+    start = 20 * MiB
+    edited[start:start + MiB] = os.urandom(MiB)  # rewrite 1 MiB in place
+    (tmp_path / "edited.bin").write_bytes(edited)
+    second = cli("--json", "put", str(tmp_path / "edited.bin")).json()
+    assert 0 < second["new_bytes"] <= 2 * MiB
+
+    mid = len(data) // 2
+    inserted = data[:mid] + os.urandom(1000) + data[mid:]
+    (tmp_path / "inserted.bin").write_bytes(inserted)
+    third = cli("--json", "put", str(tmp_path / "inserted.bin")).json()
+    assert 0 < third["new_bytes"] <= MiB
+
+    again = cli("--json", "put", str(path)).json()
+    assert again["new_bytes"] == 0 and again["digest"] == first["digest"]
+
+    for res, content in ((first, data), (second, bytes(edited)), (third, inserted)):
+        out = tmp_path / f"restored-{res['digest'][:8]}"
+        assert cli("get", res["digest"], "-o", str(out)).code == 0
+        assert out.read_bytes() == content
+
+
+def test_cat_with_prefix_streams_exact_bytes(store_dir, tmp_path, capfdbinary):
+    from cas.cli import main
+    data = os.urandom(3 * MiB + 17)
+    (tmp_path / "f.bin").write_bytes(data)
+    store = Store.open(store_dir)
+    digest = store.put_file(tmp_path / "f.bin").digest
+    capfdbinary.readouterr()
+    assert main(["--store", store_dir, "cat", digest[:12]]) == 0
+    assert capfdbinary.readouterr().out == data
+    assert main(["--store", store_dir, "cat", "cas://" + digest]) == 0
+    assert capfdbinary.readouterr().out == data
+
+
+def test_digest_is_b3sum_of_the_file(store_dir, tmp_path):
+    data = os.urandom(MiB) * 3 + b"tail"
+    (tmp_path / "f").write_bytes(data)
+    res = Store.open(store_dir).put_file(tmp_path / "f")
+    assert res.digest == blake3(data).hexdigest()
+
+
+def test_empty_file_and_small_bytes(store_dir, tmp_path):
+    store = Store.open(store_dir)
+    (tmp_path / "empty").write_bytes(b"")
+    res = store.put_file(tmp_path / "empty")
+    assert res.size == 0 and res.digest == blake3(b"").hexdigest()
+    assert store.read_bytes(res.digest) == b""
+    small = store.put_bytes(b"hello")
+    assert store.read_bytes(small.digest) == b"hello"
+    out = tmp_path / "out"
+    store.get_file(res.digest, out)
+    assert out.read_bytes() == b""
+
+
+def test_open_file_is_seekable_and_reads_only_needed_chunks(store_dir, tmp_path):
+    data = os.urandom(8 * MiB)
+    (tmp_path / "f").write_bytes(data)
+    store = Store.open(store_dir)
+    digest = store.put_file(tmp_path / "f").digest
+    reads = []
+    original_get = store.backend.get
+
+    def counting_get(key, start=0, end=None):
+        reads.append((start, end))
+        return original_get(key, start, end)
+
+    store.backend.get = counting_get
+    with store.open_file(digest[:10]) as f:
+        assert f.read(8) == data[:8]
+        f.seek(5 * MiB + 3)
+        assert f.read(100) == data[5 * MiB + 3: 5 * MiB + 103]
+        f.seek(-10, os.SEEK_END)
+        assert f.read() == data[-10:]
+    assert len(reads) <= 6
+    assert sum(e - s for s, e in reads if e is not None) < 2 * MiB
+
+
+def test_many_small_files_use_few_objects(store_dir, tmp_path):
+    folder = tmp_path / "many"
+    for i in range(2000):
+        sub = folder / f"d{i % 20}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i}.txt").write_text(f"file number {i}\n" * (i % 7))
+    store = Store.open(store_dir)
+    res = store.put_file(folder)
+    objects = [k for k, _ in store.backend.list("")]
+    assert len(objects) <= 5, objects
+    out = tmp_path / "out"
+    store.get_file(res.digest, out)
+    for i in range(0, 2000, 97):
+        assert (out / f"d{i % 20}" / f"f{i}.txt").read_text() == f"file number {i}\n" * (i % 7)
