@@ -35,6 +35,9 @@ def _environment(path: str) -> lmdb.Environment:
     """One environment per path per process; never reused across fork()."""
     with _envs_lock:
         pid, env = _envs.get(path, (None, None))
+        if env is not None and pid == os.getpid() and not os.path.exists(os.path.join(path, "data.mdb")):
+            env.close()  # the cache was deleted under us: start a new one
+            env = None
         if env is None or pid != os.getpid():
             os.makedirs(path, exist_ok=True)
             env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=8, subdir=True, metasync=True, sync=True)
