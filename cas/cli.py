@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(commands, f"cmd_{args.command}")(args, getattr(args, "store", None), as_json)
     except CasError as exc:
         return _fail(str(exc), exc.exit_code)
+    except Interrupted as exc:
+        return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except BrokenPipeError:

@@ -59,8 +59,13 @@ class ChangedWhileReading(CasError):
     exit_code = 8
 
 
-class Interrupted(CasError):
-    """The operation was interrupted by a signal; partial work was cleaned up."""
+class Interrupted(BaseException):
+    """A signal (SIGTERM) stopped the operation; partial work was cleaned up.
+
+    Like KeyboardInterrupt it is not an Exception: code that handles errors with `except Exception`
+    or `except CasError` (the standard library's thread start, verify's per-pack checks) must not
+    swallow it.
+    """
 
     def __init__(self, message: str, *, exit_code: int = 130):
         super().__init__(message)

@@ -79,14 +79,13 @@ class PutSession:
                 pack.abort()
             return
         try:
-            pack_id, path, size = pack.finish()
-        except OSError as exc:
-            pack.abort()
-            raise storage_error(exc, "writing a pack") from exc
-        try:
+            try:
+                pack_id, path, size = pack.finish()
+            except OSError as exc:
+                raise storage_error(exc, "writing a pack") from exc
             self.backend.put_file(layout.pack_key(pack_id), path, create_only=True)
         finally:
-            pack.abort()  # removes the spool file if the backend did not consume it
+            pack.abort()  # removes the spool file if the backend did not consume it, whatever stopped us
         self.index.add_pack(pack_id, size, pack.entries)
         self.pending.difference_update((e.kind, e.key) for e in pack.entries)  # now the index answers for them
 
