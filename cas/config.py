@@ -30,10 +30,13 @@ class StoreConfig:
     codec: str = "zstd"
     level: int = 3
     pack_target: int = 32 * MiB
+    conditional_writes: bool = True  # the backend honours create-only writes atomically (probed at creation)
 
     @classmethod
-    def new(cls, *, level: int = 3, chunker: ChunkerParams | None = None) -> "StoreConfig":
-        return cls(store_id=secrets.token_hex(16), level=level, chunker=chunker or ChunkerParams())
+    def new(cls, *, level: int = 3, chunker: ChunkerParams | None = None,
+            conditional_writes: bool = True) -> "StoreConfig":
+        return cls(store_id=secrets.token_hex(16), level=level, chunker=chunker or ChunkerParams(),
+                   conditional_writes=conditional_writes)
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
@@ -58,6 +61,7 @@ class StoreConfig:
                 chunker=ChunkerParams(**raw["chunker"]),
                 level=int(raw["level"]),
                 pack_target=int(raw["pack_target"]),
+                conditional_writes=bool(raw.get("conditional_writes", True)),
             )
         except (KeyError, TypeError) as exc:
             raise FormatError(f"store config is missing a field: {exc}") from None
@@ -70,7 +74,9 @@ def load_config(backend) -> StoreConfig:
     except NotFound:
         raise NotFound(f"no cas store at {backend.uri} (run `cas init` or put something first)",
                        subject=backend.uri) from None
-    return StoreConfig.from_bytes(data)
+    config = StoreConfig.from_bytes(data)
+    backend.conditional_writes = config.conditional_writes
+    return config
 
 
 def create_or_load_config(backend, *, level: int = 3) -> StoreConfig:
@@ -79,7 +85,8 @@ def create_or_load_config(backend, *, level: int = 3) -> StoreConfig:
         return load_config(backend)
     except NotFound:
         pass
-    config = StoreConfig.new(level=level)
+    backend.create_location()
+    config = StoreConfig.new(level=level, conditional_writes=backend.probe_conditional_writes())
     if backend.put(layout.CONFIG, config.to_bytes(), create_only=True):
         return config
     return load_config(backend)

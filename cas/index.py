@@ -52,6 +52,7 @@ class Index:
         self.chunks = self.env.open_db(b"chunks")
         self.manifests = self.env.open_db(b"manifests")
         self.packs = self.env.open_db(b"packs")
+        self.index_objects = self.env.open_db(b"index_objects")  # keys of the store's index objects read
 
     def _write(self, fn):
         """Run fn(txn) in one write transaction, growing the map when it is full."""
@@ -73,20 +74,39 @@ class Index:
                 self.env.set_mapsize(0)
 
     # ---- writes -------------------------------------------------------------------------
+    def _put_pack(self, txn, pack_id: bytes, size: int, entries) -> None:
+        txn.put(pack_id, _PACK.pack(size, len(entries)), db=self.packs)
+        for e in entries:
+            if e.kind == CHUNK:
+                txn.put(e.key, _LOC.pack(pack_id, e.offset, e.stored_len, e.raw_len, e.codec), db=self.chunks)
+            else:
+                txn.put(e.key, _MAN.pack(pack_id, e.offset, e.stored_len, e.raw_len, e.codec, e.check,
+                                         e.kind, e.size), db=self.manifests)
+
     def add_pack(self, pack_id: bytes, size: int, entries: list[PackEntry]) -> None:
+        self._write(lambda txn: self._put_pack(txn, pack_id, size, entries))
+
+    def add_index_object(self, key: str, records) -> int:
+        """Learn the packs of one index object (those not yet known) and remember it was read."""
         def fn(txn):
-            txn.put(pack_id, _PACK.pack(size, len(entries)), db=self.packs)
-            for e in entries:
-                if e.kind == CHUNK:
-                    txn.put(e.key, _LOC.pack(pack_id, e.offset, e.stored_len, e.raw_len, e.codec), db=self.chunks)
-                else:
-                    txn.put(e.key, _MAN.pack(pack_id, e.offset, e.stored_len, e.raw_len, e.codec, e.check,
-                                             e.kind, e.size), db=self.manifests)
+            added = 0
+            for rec in records:
+                if txn.get(rec.pack_id, db=self.packs) is None:
+                    self._put_pack(txn, rec.pack_id, rec.size, rec.entries)
+                    added += 1
+            txn.put(key.encode(), b"", db=self.index_objects)
+            return added
+        return self._write(fn)
+
+    def mark_index_objects(self, keys) -> None:
+        def fn(txn):
+            for key in keys:
+                txn.put(key.encode(), b"", db=self.index_objects)
         self._write(fn)
 
     def clear(self) -> None:
         def fn(txn):
-            for db in (self.chunks, self.manifests, self.packs):
+            for db in (self.chunks, self.manifests, self.packs, self.index_objects):
                 txn.drop(db, delete=False)
         self._write(fn)
 
@@ -131,6 +151,9 @@ class Index:
     def pack_ids(self) -> dict[bytes, int]:
         return self._read(lambda txn: {bytes(k): _PACK.unpack(v)[0]
                                        for k, v in txn.cursor(db=self.packs)})
+
+    def index_objects_read(self) -> set[str]:
+        return self._read(lambda txn: {bytes(k).decode() for k in txn.cursor(db=self.index_objects).iternext(values=False)})
 
     def iter_chunks(self):
         """(chunk id, Location) for every chunk; one read transaction."""

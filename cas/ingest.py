@@ -6,19 +6,21 @@ import os
 import stat
 from array import array
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from . import codec, layout
+from . import codec, layout, pack_index
 from .chunker import Chunker
 from .digest import file_hasher, hash_bytes
 from .errors import ChangedWhileReading, InvalidInput, NotFound, StorageError
 from .manifest import DIR, FILE, LINK, FileManifest, TreeEntry, TreeManifest
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, PackWriter
+from .pack_index import PackRecord
 from .backends.local import storage_error
 
 DEPTH = 3  # segments in flight per stage
+PACKS_PER_INDEX_OBJECT = 256  # a long put writes one index object per this many packs
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,10 @@ class PutSession:
         self.spool_dir = spool_dir
         self.chunker = Chunker(config.chunker)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-put")
+        self.uploader = ThreadPoolExecutor(max_workers=backend.upload_concurrency, thread_name_prefix="cas-upload")
+        self.uploads: deque[tuple[PackWriter, Future]] = deque()  # packs being made durable, oldest first
+        self.written: list[PackRecord] = []  # durable packs no index object names yet
+        self.index_keys: list[str] = []  # index objects this session wrote
         self.pack: PackWriter | None = None
         # what this session will store but the index does not know yet: (kind, key), since a one-chunk
         # file's digest equals its chunk's id
@@ -69,29 +75,75 @@ class PutSession:
             raise storage_error(exc, "writing a pack") from exc
         self.pending.add((kind, key))
         if self.pack.size >= self.config.pack_target:
-            self.flush()
+            self.flush(wait=False)
 
-    def flush(self) -> None:
-        """Make the open pack durable in the backend, then index it (write order steps 1 and 2)."""
+    def flush(self, *, wait: bool = True) -> None:
+        """Finish the open pack and hand it to the uploader (write order step 1).
+
+        Packs upload in parallel, but a pack holding a manifest waits until every earlier pack is
+        durable, so no manifest is ever in the store before the chunks it lists. With wait, return
+        only when every pack of this session is durable and indexed locally.
+        """
         pack, self.pack = self.pack, None
-        if pack is None or not pack.entries:
-            if pack is not None:
-                pack.abort()
-            return
-        try:
+        if pack is not None and not pack.entries:
+            pack.abort()
+            pack = None
+        if pack is not None:
             try:
-                pack_id, path, size = pack.finish()
-            except OSError as exc:
-                raise storage_error(exc, "writing a pack") from exc
+                try:
+                    finished = pack.finish()
+                except OSError as exc:
+                    raise storage_error(exc, "writing a pack") from exc
+            except BaseException:
+                pack.abort()
+                raise
+            if any(e.kind != CHUNK for e in pack.entries):
+                self._drain()
+            self.uploads.append((pack, self.uploader.submit(self._upload, pack, *finished)))
+            while len(self.uploads) > 2 * self.backend.upload_concurrency:
+                self._complete_oldest()
+        if wait:
+            self._drain()
+
+    def _upload(self, pack: PackWriter, pack_id: bytes, path: str, size: int) -> PackRecord:
+        try:
             self.backend.put_file(layout.pack_key(pack_id), path, create_only=True)
         finally:
-            pack.abort()  # removes the spool file if the backend did not consume it, whatever stopped us
-        self.index.add_pack(pack_id, size, pack.entries)
-        self.pending.difference_update((e.kind, e.key) for e in pack.entries)  # now the index answers for them
+            pack.abort()  # removes the spool file if the backend did not consume it
+        return PackRecord(pack_id, size, tuple(pack.entries))
+
+    def _complete_oldest(self) -> None:
+        pack, future = self.uploads.popleft()
+        record = future.result()
+        self.index.add_pack(record.pack_id, record.size, record.entries)
+        self.pending.difference_update((e.kind, e.key) for e in record.entries)  # the index answers now
+        self.written.append(record)
+        if len(self.written) >= PACKS_PER_INDEX_OBJECT:  # a long put: let other machines see progress
+            self._write_index_object()
+
+    def _write_index_object(self) -> None:
+        records, self.written = self.written, []
+        if records:
+            self.index_keys.append(pack_index.write(self.backend, records))
+
+    def _drain(self) -> None:
+        while self.uploads:
+            self._complete_oldest()
+
+    def commit(self) -> list[str]:
+        """Make everything durable: the packs, then index objects naming them (step 2). Returns their keys."""
+        self.flush(wait=True)
+        self._write_index_object()
+        return list(self.index_keys)
 
     def close(self) -> None:
-        """Abandon anything not yet flushed (after an error) and stop the threads."""
+        """Abandon anything not committed (after an error): stop the threads, remove spool files."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.uploader.shutdown(wait=True, cancel_futures=True)
+        for pack, future in self.uploads:
+            if future.cancelled():
+                pack.abort()
+        self.uploads.clear()
         if self.pack is not None:
             self.pack.abort()
             self.pack = None
@@ -168,7 +220,7 @@ class PutSession:
         except IsADirectoryError:
             raise InvalidInput(f"not a file: {path}", subject=path) from None
         except OSError as exc:
-            raise storage_error(exc, f"opening {path}") from exc
+            raise StorageError(f"cannot read {path}: {exc.strerror}", subject=path) from exc
         with f:
             before = os.fstat(f.fileno())
             try:

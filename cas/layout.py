@@ -7,9 +7,11 @@ import re
 CONFIG = "config"
 PACKS = "packs/"
 PINS = "pins/"
+INDEXES = "index/"
 TMP = "tmp/"
 
 _PACK_KEY = re.compile(r"^packs/([0-9a-f]{2})/([0-9a-f]{64})$")
+_INDEX_KEY = re.compile(r"^index/([0-9a-f]{64})$")
 
 
 def pack_key(pack_id: bytes) -> str:
@@ -23,6 +25,16 @@ def pack_id_from_key(key: str) -> bytes | None:
     if not m or m.group(2)[:2] != m.group(1):
         return None
     return bytes.fromhex(m.group(2))
+
+
+def index_key(object_hash: bytes) -> str:
+    """An index object's key: named by the BLAKE3 of its own bytes."""
+    return f"{INDEXES}{object_hash.hex()}"
+
+
+def index_name_from_key(key: str) -> str | None:
+    m = _INDEX_KEY.match(key)
+    return m.group(1) if m else None
 
 
 def pin_prefix(label: str) -> str:

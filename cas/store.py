@@ -7,10 +7,11 @@ import os
 import shutil
 import stat
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable
 
-from . import layout, refs
+from . import layout, pack_index, refs
 from .backends import Backend, open_backend
 from .config import StoreConfig, create_or_load_config, load_config
 from .digest import parse_ref
@@ -41,7 +42,8 @@ class Store:
     @classmethod
     def open(cls, uri: str | None = None, *, cache_dir: str | None = None) -> "Store":
         """Open the store at uri (None: $CAS_STORE, else ./.cas). A missing store is created on first write."""
-        uri = uri or os.environ.get("CAS_STORE") or ".cas"
+        if uri is None:  # an explicit empty URI is malformed, not the default
+            uri = os.environ.get("CAS_STORE") or ".cas"
         backend = open_backend(uri)
         try:
             config = load_config(backend)
@@ -73,26 +75,39 @@ class Store:
         return self._index
 
     def sync(self) -> int:
-        """Learn packs written elsewhere (or lost) from the backend; returns how many packs were read."""
-        listed = {pid: size for key, size in self.backend.list(layout.PACKS)
-                  if (pid := layout.pack_id_from_key(key)) is not None}
-        known = self._index.pack_ids()
-        if any(pid not in listed for pid in known):
-            self._index.clear()
-            known = {}
-        added = 0
-        for pid, size in listed.items():
-            if pid not in known:
-                key = layout.pack_key(pid)
-                self._index.add_pack(pid, size, read_pack_entries(self.backend, key, size, name=pid.hex()))
-                added += 1
-        return added
+        """Learn packs written elsewhere from the store's index objects; returns how many packs were added.
+
+        Reads only index objects this cache has not read yet, never pack data. An index object that
+        vanishes while we read was merged by a writer: list again and read the merged one.
+        """
+        for attempt in range(3):
+            seen = self._index.index_objects_read()
+            fresh = [k for k in pack_index.list_keys(self.backend) if k not in seen]
+            try:
+                return sum(self._index.add_index_object(key, records)
+                           for key, records in pack_index.read_many(self.backend, fresh))
+            except NotFound:
+                if attempt == 2:
+                    raise
+        return 0
 
     def reindex(self) -> dict[str, int]:
-        """Rebuild the local index from the packs alone."""
-        self.index.clear()
-        packs = self.sync()
-        return {"packs": packs, **self.index.counts()}
+        """Rebuild the local index from the packs themselves (their footers), the source of truth."""
+        index = self.index
+        index.clear()
+        index_keys = pack_index.list_keys(self.backend)  # listed first: what they name is listed below
+        listed = [(pid, size) for key, size in self.backend.list(layout.PACKS)
+                  if (pid := layout.pack_id_from_key(key)) is not None]
+
+        def footer(item):
+            pid, size = item
+            return pid, size, read_pack_entries(self.backend, layout.pack_key(pid), size, name=pid.hex())
+        workers = max(1, self.backend.read_concurrency)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cas-reindex") as pool:
+            for pid, size, entries in pool.map(footer, listed):
+                index.add_pack(pid, size, entries)
+        index.mark_index_objects(index_keys)
+        return {"packs": len(listed), **index.counts()}
 
     # ---- references -------------------------------------------------------------------------
     def resolve(self, ref: str) -> tuple[bytes, Location]:
@@ -135,23 +150,26 @@ class Store:
                              on_progress=on_progress, warn=self.on_warning)
         try:
             yield session
-            session.flush()
+            written = session.commit()  # packs durable, then the index object naming them
         finally:
             session.close()
+        if written:
+            self._index.mark_index_objects(written)
+            self._merge_index_objects()
+
+    def _merge_index_objects(self) -> None:
+        """Keep a new machine's sync to a few reads: fold many small index objects into one."""
+        keys = pack_index.list_keys(self.backend)
+        if len(keys) > pack_index.MERGE_AT:
+            merged = pack_index.merge(self.backend, keys)
+            if merged is not None:
+                self._index.mark_index_objects([merged])
 
     def put_file(self, path: str | os.PathLike, *, pin: str | None = None,
                  on_progress: Progress | None = None) -> PutResult:
         """Store a file or folder; pin it under `pin` when given. Acknowledged once this returns."""
         path = os.fspath(path)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise NotFound(f"no such file or folder: {path}", subject=path) from None
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {path}: {exc.strerror}", subject=path) from None
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            raise InvalidInput(f"not a regular file or folder: {path}", subject=path)
-        kind = "tree" if stat.S_ISDIR(st.st_mode) else "file"
+        kind = source_kind(path)
         with self._session(on_progress) as session:
             digest, size = session.put_tree(path) if kind == "tree" else session.put_file(path)
         result = PutResult(path, digest.hex(), size, session.new_bytes, kind)
@@ -263,7 +281,8 @@ class Store:
             chunks += 1
         stored = sum(size for _, size in self.backend.list(""))
         return {"logical_bytes": logical, "unique_bytes": unique, "stored_bytes": stored, "files": files,
-                "chunks": chunks, "packs": len(index.pack_ids())}
+                "chunks": chunks, "packs": len(index.pack_ids()),
+                "conditional_writes": bool(self.backend.conditional_writes)}
 
     def verify(self, *, read_data: bool = False, on_progress: Progress | None = None):
         from .verify import verify_store
@@ -277,6 +296,19 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def source_kind(path: str) -> str:
+    """"file" or "tree" for a path `put` can store; NotFound or InvalidInput (one line) otherwise."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotFound(f"no such file or folder: {path}", subject=path) from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}", subject=path) from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise InvalidInput(f"not a regular file or folder: {path}", subject=path)
+    return "tree" if stat.S_ISDIR(st.st_mode) else "file"
 
 
 def _make_parents(folder: str) -> str | None:

@@ -63,3 +63,44 @@ def write_checkpoint(path, size: int, seed: int = 0) -> bytes:
     with open(path, "wb") as f:
         f.write(data)
     return data
+
+
+# ---- real S3 servers (see tests/s3servers.py) ----------------------------------------------------
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    from s3servers import start_seaweedfs
+    server = start_seaweedfs(str(tmp_path_factory.mktemp("seaweedfs")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory):
+    from s3servers import start_moto
+    server = start_moto(str(tmp_path_factory.mktemp("moto")))
+    yield server
+    server.stop()
+
+
+_bucket_counter = iter(range(1_000_000))
+
+
+def _s3_env(server, monkeypatch):
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def s3_store(seaweedfs, monkeypatch):
+    """A fresh s3:// store URI on the SeaweedFS server (a new bucket per test), with the env set for it."""
+    _s3_env(seaweedfs, monkeypatch)
+    return f"s3://cas-test-{os.getpid()}-{next(_bucket_counter)}/store"
+
+
+@pytest.fixture
+def moto_store(moto, monkeypatch):
+    _s3_env(moto, monkeypatch)
+    return f"s3://cas-moto-{os.getpid()}-{next(_bucket_counter)}/store"

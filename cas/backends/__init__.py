@@ -13,6 +13,9 @@ class Backend(abc.ABC):
     """Moves bytes under string keys; knows nothing of chunks, packs or refs."""
 
     uri: str
+    upload_concurrency = 1  # packs uploaded at once by a put
+    read_concurrency = 1    # objects fetched at once by a sync or reindex
+    conditional_writes: bool | None = True  # create_only is atomic (S3: If-None-Match honoured)
 
     @abc.abstractmethod
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
@@ -38,6 +41,13 @@ class Backend(abc.ABC):
     def delete(self, keys: Iterable[str]) -> None:
         """Delete the keys; absent keys are ignored."""
 
+    def create_location(self) -> None:
+        """Make the place a new store lives in (a bucket); folders are made as objects are written."""
+
+    def probe_conditional_writes(self) -> bool:
+        """Whether create_only is atomic here; S3 asks the server once, at store creation."""
+        return True
+
     def spool_dir(self) -> str | None:
         """A folder on the same filesystem for temp files that put_file can move in cheaply."""
         return None
@@ -47,7 +57,7 @@ class Backend(abc.ABC):
 
 
 def open_backend(uri: str) -> Backend:
-    """The backend for a store URI: a path, file:///abs/path, or memory://name."""
+    """The backend for a store URI: a path, file:///abs/path, s3://bucket/prefix or memory://name."""
     if "://" not in uri:
         if not uri or uri.startswith(("s3:", "file:")):
             raise InvalidInput(f"malformed store URI: {uri!r}", subject=uri)
@@ -63,5 +73,6 @@ def open_backend(uri: str) -> Backend:
         from .memory import MemoryBackend
         return MemoryBackend.named(rest)
     if scheme == "s3":
-        raise InvalidInput(f"S3 stores are not supported by this version: {uri!r}", subject=uri)
+        from .s3 import S3Backend
+        return S3Backend(uri)
     raise InvalidInput(f"unknown store URI scheme {scheme!r} in {uri!r} (use a path, file:// or s3://)", subject=uri)

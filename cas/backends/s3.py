@@ -1,0 +1,269 @@
+"""An S3 bucket prefix through boto3: ranged reads retried when cut off, create-only puts, multipart for big packs.
+
+boto3 is imported here only, so only an s3:// store pays for it. Messages name the bucket and key but
+never credentials or signed URLs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterable, Iterator
+
+from ..errors import InvalidInput, NotFound, StorageError
+from . import Backend
+
+READ_ATTEMPTS = 5
+MULTIPART_THRESHOLD = 64 << 20
+PART_SIZE = 16 << 20
+DELETE_BATCH = 1000
+_PRECONDITION_FAILED = {"PreconditionFailed", "412"}
+_CONDITIONAL_CONFLICT = {"ConditionalRequestConflict", "409"}
+_NOT_IMPLEMENTED = {"NotImplemented", "501"}
+_NO_KEY = {"NoSuchKey", "404", "NotFound"}
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, prefix ending in '/' or empty) of s3://bucket[/prefix]."""
+    rest = uri[len("s3://"):] if uri.startswith("s3://") else ""
+    bucket, _, prefix = rest.partition("/")
+    if not bucket or not all(c.isalnum() or c in "-._" for c in bucket) or len(bucket) > 63:
+        raise InvalidInput(f"malformed S3 URI (use s3://bucket/prefix): {uri!r}", subject=uri)
+    prefix = prefix.strip("/")
+    if "//" in prefix:
+        raise InvalidInput(f"malformed S3 URI (empty path segment): {uri!r}", subject=uri)
+    return bucket, (prefix + "/" if prefix else "")
+
+
+def _code(exc) -> str:
+    err = getattr(exc, "response", {}).get("Error", {})
+    return str(err.get("Code") or getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+class S3Backend(Backend):
+    upload_concurrency = 4
+    read_concurrency = 8
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.bucket, self.prefix = parse_s3_uri(uri)
+        try:
+            import boto3
+            import botocore.config
+            import botocore.exceptions as bex
+        except ImportError:
+            raise InvalidInput("S3 stores need boto3: pip install 'cas[s3]'", subject=uri) from None
+        self._bex = bex
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+        config = botocore.config.Config(
+            signature_version="s3v4",
+            retries={"mode": "standard", "total_max_attempts": 5},
+            s3={"addressing_style": "path" if endpoint else "auto"},
+            max_pool_connections=16,
+            connect_timeout=10,
+            read_timeout=60,
+        )
+        try:
+            self.client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+        except bex.BotoCoreError as exc:
+            raise StorageError(f"cannot set up the S3 client: {exc}", subject=uri) from None
+        self.conditional_writes: bool | None = None  # None: not probed; try If-None-Match and learn
+        # a cut-off body is not retried by botocore; the reads below retry these themselves
+        self._retryable_reads = (bex.IncompleteReadError, bex.ResponseStreamingError, bex.ReadTimeoutError,
+                                 bex.ConnectionClosedError, bex.EndpointConnectionError)
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _fail(self, exc, what: str) -> Exception:
+        """One clear line for a failed S3 call; NotFound for a missing bucket."""
+        if isinstance(exc, self._bex.ClientError):
+            code = _code(exc)
+            if code == "NoSuchBucket":
+                return NotFound(f"no such S3 bucket: {self.bucket}", subject=self.bucket)
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                return StorageError(f"S3 refused {what} in bucket {self.bucket}: {code} (check credentials)",
+                                    subject=self.bucket)
+            message = exc.response.get("Error", {}).get("Message") or ""
+            return StorageError(f"S3 error while {what}: {code} {message}".rstrip(), subject=self.bucket)
+        if isinstance(exc, self._bex.NoCredentialsError):
+            return StorageError("no S3 credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)",
+                                subject=self.bucket)
+        if isinstance(exc, self._bex.EndpointConnectionError):
+            return StorageError(f"cannot reach the S3 endpoint while {what}", subject=self.bucket)
+        return StorageError(f"S3 failure while {what}: {type(exc).__name__}", subject=self.bucket)
+
+    # ---- reads ------------------------------------------------------------------------------
+    def get(self, key, start=0, end=None):
+        if end is not None and end <= start:
+            return b""
+        kwargs = {"Bucket": self.bucket, "Key": self._key(key)}
+        if start or end is not None:
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        delay = 0.05
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                resp = self.client.get_object(**kwargs)
+                body = resp["Body"]
+                try:
+                    data = body.read()
+                finally:
+                    body.close()
+                if len(data) != resp.get("ContentLength", len(data)):
+                    raise self._bex.IncompleteReadError(actual_bytes=len(data), expected_bytes=resp["ContentLength"])
+                return data
+            except self._bex.ClientError as exc:
+                code = _code(exc)
+                if code in _NO_KEY:
+                    raise NotFound(f"object not found: {key}", subject=key) from None
+                if code in ("InvalidRange", "416"):
+                    return b""
+                raise self._fail(exc, f"reading {key}") from None
+            except self._retryable_reads as exc:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise self._fail(exc, f"reading {key}") from None
+            except self._bex.BotoCoreError as exc:
+                raise self._fail(exc, f"reading {key}") from None
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def stat(self, key):
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except self._bex.ClientError as exc:
+            if _code(exc) in _NO_KEY:
+                return None
+            raise self._fail(exc, f"reading {key}") from None
+        except self._bex.BotoCoreError as exc:
+            raise self._fail(exc, f"reading {key}") from None
+
+    def list(self, prefix) -> Iterator[tuple[str, int]]:
+        skip = len(self.prefix)
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                          Prefix=self._key(prefix))
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    key = obj["Key"][skip:]
+                    if not key.startswith("tmp/"):
+                        yield key, int(obj["Size"])
+        except (self._bex.ClientError, self._bex.BotoCoreError) as exc:
+            raise self._fail(exc, f"listing {prefix or 'the store'}") from None
+
+    # ---- writes -----------------------------------------------------------------------------
+    def put(self, key, data, *, create_only=False):
+        return self._create(key, create_only, lambda extra: self.client.put_object(
+            Bucket=self.bucket, Key=self._key(key), Body=data, **extra))
+
+    def put_file(self, key, path, *, create_only=False):
+        size = os.path.getsize(path)
+        if size > MULTIPART_THRESHOLD:
+            return self._create(key, create_only, lambda extra: self._multipart(key, path, extra))
+
+        def put(extra):
+            with open(path, "rb") as f:
+                return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=f, **extra)
+        return self._create(key, create_only, put)
+
+    def _create(self, key: str, create_only: bool, send) -> bool:
+        """Run send(extra args); with create_only, If-None-Match: * where supported, else a check first."""
+        for _ in range(3):
+            extra = {}
+            if create_only:
+                if self.conditional_writes is False:
+                    if self.stat(key) is not None:
+                        return False
+                else:
+                    extra["IfNoneMatch"] = "*"
+            try:
+                send(extra)
+                return True
+            except self._bex.ClientError as exc:
+                code = _code(exc)
+                if create_only and code in _PRECONDITION_FAILED:
+                    return False
+                if create_only and code in _CONDITIONAL_CONFLICT:
+                    continue  # a racing conditional write is in flight; ask again
+                if create_only and code in _NOT_IMPLEMENTED and self.conditional_writes is None:
+                    self.conditional_writes = False
+                    continue
+                raise self._fail(exc, f"writing {key}") from None
+            except (self._bex.BotoCoreError, OSError) as exc:
+                raise self._fail(exc, f"writing {key}") from None
+        raise StorageError(f"S3 kept reporting a conflicting write of {key}", subject=key)
+
+    def _multipart(self, key: str, path: str, extra: dict) -> None:
+        """Upload a big file in parts; abort the upload on any failure (stale uploads are gc's to clean)."""
+        full = self._key(key)
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=full)["UploadId"]
+        try:
+            parts = []
+            with open(path, "rb") as f:
+                number = 1
+                while data := f.read(PART_SIZE):
+                    resp = self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload,
+                                                   PartNumber=number, Body=data)
+                    parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+                    number += 1
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload,
+                                                  MultipartUpload={"Parts": parts}, **extra)
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload)
+            except Exception:
+                pass  # left for gc, which aborts stale uploads
+            raise
+
+    def delete(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        for i in range(0, len(keys), DELETE_BATCH):
+            batch = [{"Key": self._key(k)} for k in keys[i:i + DELETE_BATCH]]
+            try:
+                resp = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            except (self._bex.ClientError, self._bex.BotoCoreError) as exc:
+                raise self._fail(exc, "deleting objects") from None
+            errors = [e for e in resp.get("Errors", ()) if e.get("Code") not in _NO_KEY]
+            if errors:
+                raise StorageError(f"S3 could not delete {len(errors)} objects, e.g. "
+                                   f"{errors[0].get('Key', '')[len(self.prefix):]}: {errors[0].get('Code')}",
+                                   subject=self.bucket)
+
+    def create_location(self) -> None:
+        """Create the bucket if it does not exist (the first write to a store creates it)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return
+        except self._bex.ClientError as exc:
+            if _code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+                raise self._fail(exc, "checking the bucket") from None
+        except self._bex.BotoCoreError as exc:
+            raise self._fail(exc, "checking the bucket") from None
+        region = self.client.meta.region_name
+        extra = {"CreateBucketConfiguration": {"LocationConstraint": region}} if region not in (None, "us-east-1") else {}
+        try:
+            self.client.create_bucket(Bucket=self.bucket, **extra)
+        except self._bex.ClientError as exc:
+            if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise self._fail(exc, f"creating bucket {self.bucket}") from None
+        except self._bex.BotoCoreError as exc:
+            raise self._fail(exc, f"creating bucket {self.bucket}") from None
+
+    def probe_conditional_writes(self) -> bool:
+        """Whether the server honours If-None-Match: * (a second create of one key must fail)."""
+        import secrets
+        key = f"tmp/probe-{secrets.token_hex(8)}"
+        self.conditional_writes = None
+        try:
+            first = self.put(key, b"probe", create_only=True)
+            second = self.put(key, b"probe", create_only=True)
+            self.conditional_writes = bool(first and not second and self.conditional_writes is not False)
+        finally:
+            self.delete([key])
+        return self.conditional_writes
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:
+            pass
