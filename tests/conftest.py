@@ -17,6 +17,13 @@ from cas.cli import main
 def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("CAS_STORE", raising=False)
+    # no test may reach beyond 127.0.0.1: no instance metadata, no user AWS config
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

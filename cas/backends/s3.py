@@ -29,9 +29,9 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     bucket, _, prefix = rest.partition("/")
     if not bucket or not all(c.isalnum() or c in "-._" for c in bucket) or len(bucket) > 63:
         raise InvalidInput(f"malformed S3 URI (use s3://bucket/prefix): {uri!r}", subject=uri)
-    prefix = prefix.strip("/")
-    if "//" in prefix:
+    if prefix.startswith("/") or "//" in prefix:
         raise InvalidInput(f"malformed S3 URI (empty path segment): {uri!r}", subject=uri)
+    prefix = prefix.rstrip("/")
     return bucket, (prefix + "/" if prefix else "")
 
 

@@ -1,0 +1,156 @@
+"""An S3 store on a real server (SeaweedFS on 127.0.0.1): few objects, dedup against the bucket, several machines.
+
+A "machine" is a `cas` process with its own CAS_CACHE_DIR.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import subprocess
+
+import boto3
+import pytest
+from blake3 import blake3
+
+from conftest import cas_command, run_cas, write_checkpoint
+
+MiB = 1 << 20
+
+
+def _machine(tmp_path, name: str) -> dict[str, str]:
+    return {"CAS_CACHE_DIR": str(tmp_path / f"cache-{name}")}
+
+
+def _cas(store, env, *args):
+    r = run_cas("--store", store, "--json", *args, env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout) if r.stdout.strip() else None
+
+
+def _objects(store: str) -> list[tuple[str, int]]:
+    bucket, _, prefix = store[len("s3://"):].partition("/")
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+    return [(o["Key"], o["Size"]) for page in pages for o in page.get("Contents", ())]
+
+
+def _packs(store: str) -> list[str]:
+    return [k for k, _ in _objects(store) if "/packs/" in k]
+
+
+def test_checkpoint_becomes_few_objects_and_a_second_put_uploads_nothing(s3_store, tmp_path):
+    path = tmp_path / "ckpt.bin"
+    data = write_checkpoint(path, 96 * MiB, seed=1)
+    one = _machine(tmp_path, "one")
+    first = _cas(s3_store, one, "put", str(path))
+    assert first["digest"] == blake3(data).hexdigest() and first["new_bytes"] == 96 * MiB
+    objects = _objects(s3_store)
+    assert len(objects) <= 40, objects
+    packs = _packs(s3_store)
+    again = _cas(s3_store, one, "put", str(path))
+    assert again["new_bytes"] == 0 and again["digest"] == first["digest"]
+    assert _packs(s3_store) == packs  # no pack data uploaded
+    stats = _cas(s3_store, one, "stats")
+    assert stats["stored_bytes"] == sum(size for _, size in _objects(s3_store))
+    assert stats["conditional_writes"] is True  # SeaweedFS honours If-None-Match: *
+
+
+def test_new_machine_dedups_against_the_bucket(s3_store, tmp_path):
+    path = tmp_path / "ckpt.bin"
+    data = bytearray(write_checkpoint(path, 64 * MiB, seed=2))
+    _cas(s3_store, _machine(tmp_path, "one"), "put", str(path))
+    data[20 * MiB:21 * MiB] = bytes(reversed(data[20 * MiB:21 * MiB]))
+    edited = tmp_path / "ckpt-edited.bin"
+    edited.write_bytes(data)
+    two = _machine(tmp_path, "two")
+    res = _cas(s3_store, two, "put", str(edited))
+    assert res["new_bytes"] <= 4 * MiB, res
+    out = tmp_path / "out.bin"
+    _cas(s3_store, _machine(tmp_path, "three"), "get", res["digest"], "-o", str(out))
+    assert filecmp.cmp(out, edited, shallow=False)
+
+
+def test_two_machines_writing_at_once_and_a_third_reads_both(s3_store, tmp_path):
+    files = []
+    for i in range(2):
+        path = tmp_path / f"f{i}.bin"
+        write_checkpoint(path, 40 * MiB, seed=10 + i)
+        files.append(path)
+    _cas(s3_store, _machine(tmp_path, "init"), "init")
+    procs = [subprocess.Popen(cas_command() + ["--store", s3_store, "--json", "put", str(p)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **_machine(tmp_path, f"w{i}")})
+             for i, p in enumerate(files)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    three = _machine(tmp_path, "three")
+    for res, src in zip(results, files):
+        dest = tmp_path / f"back-{src.name}"
+        _cas(s3_store, three, "get", res["digest"], "-o", str(dest))
+        assert filecmp.cmp(dest, src, shallow=False)
+    report = _cas(s3_store, three, "verify", "--read-data")
+    assert report["ok"] and report["pins"] == 2
+
+
+def test_deleted_cache_gives_the_same_answers(s3_store, tmp_path):
+    import shutil
+    one = _machine(tmp_path, "one")
+    for i in range(3):
+        path = tmp_path / f"f{i}.bin"
+        write_checkpoint(path, 5 * MiB, seed=20 + i)
+        _cas(s3_store, one, "put", str(path))
+    before = _cas(s3_store, one, "stats"), _cas(s3_store, one, "pins")
+    shutil.rmtree(one["CAS_CACHE_DIR"])
+    assert (_cas(s3_store, one, "stats"), _cas(s3_store, one, "pins")) == before  # the next command syncs
+    shutil.rmtree(one["CAS_CACHE_DIR"])
+    counts = _cas(s3_store, one, "reindex")
+    assert counts["packs"] == before[0]["packs"] and counts["chunks"] == before[0]["chunks"]
+    assert _cas(s3_store, one, "stats") == before[0]
+    for pin in before[1]:
+        out = tmp_path / "out.bin"
+        _cas(s3_store, one, "get", pin["digest"], "-o", str(out), "--force")
+        assert filecmp.cmp(out, pin["label"], shallow=False)
+
+
+def test_many_puts_are_merged_into_few_index_objects(s3_store, tmp_path):
+    from cas import Store, pack_index
+    store = Store.open(s3_store, cache_dir=str(tmp_path / "cache"))
+    blobs = [bytes([i]) * 1000 + i.to_bytes(4, "little") for i in range(pack_index.MERGE_AT + 5)]
+    digests = [store.put_bytes(b).digest for b in blobs]
+    assert len(pack_index.list_keys(store.backend)) <= pack_index.MERGE_AT
+    fresh = Store.open(s3_store, cache_dir=str(tmp_path / "cache-fresh"))
+    assert [fresh.read_bytes(d) for d in digests] == blobs
+
+
+def test_missing_store_and_racing_initializers(s3_store, tmp_path):
+    r = run_cas("--store", s3_store, "stats", env=_machine(tmp_path, "a"))
+    assert r.returncode == 3 and r.stderr.startswith("cas: error: no ") and r.stderr.count("\n") == 1
+    assert not _bucket_exists(s3_store)  # a read command created nothing
+    procs = [subprocess.Popen(cas_command() + ["--store", s3_store, "--json", "init"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, **_machine(tmp_path, f"i{i}")})
+             for i in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    ids = {json.loads(out)["store_id"] for out, _ in outs}
+    assert len(ids) == 1  # every racer adopted the winner's config
+    r = run_cas("--store", s3_store, "stats", env=_machine(tmp_path, "b"))
+    assert r.returncode == 0, r.stderr
+
+
+def _bucket_exists(store: str) -> bool:
+    bucket = store[len("s3://"):].partition("/")[0]
+    try:
+        boto3.client("s3").head_bucket(Bucket=bucket)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.parametrize("uri", ["s3://", "s3:///x", "s3://a b/c", "s3://bucket//x"])
+def test_malformed_s3_uris_are_one_line(uri, tmp_path):
+    r = run_cas("--store", uri, "stats", env=_machine(tmp_path, "a"))
+    assert r.returncode == 2 and r.stderr.startswith("cas: error: malformed S3 URI") and r.stderr.count("\n") == 1
