@@ -37,7 +37,10 @@ def cmd_init(args, uri, as_json) -> int:
 def cmd_put(args, uri, as_json) -> int:
     if args.label is not None and (len(args.paths) > 1 or args.no_pin):
         raise InvalidInput("--label takes exactly one PATH and cannot be combined with --no-pin")
+    from .store import source_kind
     store = _open(uri)
+    for path in args.paths:  # all checked first: a typo must not leave half a batch stored and pinned
+        source_kind(path)
     results = []
     for path in args.paths:
         label = None if args.no_pin else (args.label if args.label is not None else path)
@@ -88,7 +91,10 @@ def cmd_verify(args, uri, as_json) -> int:
             sys.stderr.write(f"cas: {problem}\n")
         if report.ok:
             emit(None, False, f"ok: {report.packs} packs, {report.chunks} chunks, {report.manifests} manifests, "
-                              f"{report.pins} pins" + (f", {human(report.bytes_read)} read" if args.read_data else ""))
+                              f"{report.pins} pins, {report.index_objects} index objects"
+                              + (f", {human(report.bytes_read)} read" if args.read_data else "")
+                              + ("" if report.conditional_writes else
+                                 "; the backend ignores create-only writes (If-None-Match), so they check first"))
     if not report.ok:
         raise IntegrityError(f"verify found {len(report.problems)} problem(s); first: {report.problems[0]}")
     return 0

@@ -55,6 +55,7 @@ class PutSession:
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-put")
         self.uploader = ThreadPoolExecutor(max_workers=backend.upload_concurrency, thread_name_prefix="cas-upload")
         self.uploads: deque[tuple[PackWriter, Future]] = deque()  # packs being made durable, oldest first
+        self.unconsumed: set[PackWriter] = set()  # finished packs whose upload has not completed
         self.written: list[PackRecord] = []  # durable packs no index object names yet
         self.index_keys: list[str] = []  # index objects this session wrote
         self.pack: PackWriter | None = None
@@ -97,6 +98,7 @@ class PutSession:
             except BaseException:
                 pack.abort()
                 raise
+            self.unconsumed.add(pack)  # close() removes its spool if an interrupt strikes before the upload
             if any(e.kind != CHUNK for e in pack.entries):
                 self._drain()
             self.uploads.append((pack, self.uploader.submit(self._upload, pack, *finished)))
@@ -115,6 +117,7 @@ class PutSession:
     def _complete_oldest(self) -> None:
         pack, future = self.uploads.popleft()
         record = future.result()
+        self.unconsumed.discard(pack)
         self.index.add_pack(record.pack_id, record.size, record.entries)
         self.pending.difference_update((e.kind, e.key) for e in record.entries)  # the index answers now
         self.written.append(record)
@@ -140,9 +143,9 @@ class PutSession:
         """Abandon anything not committed (after an error): stop the threads, remove spool files."""
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.uploader.shutdown(wait=True, cancel_futures=True)
-        for pack, future in self.uploads:
-            if future.cancelled():
-                pack.abort()
+        for pack in self.unconsumed:
+            pack.abort()
+        self.unconsumed.clear()
         self.uploads.clear()
         if self.pack is not None:
             self.pack.abort()

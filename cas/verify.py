@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import layout, refs
+from . import layout, pack_index, refs
 from .digest import hash_bytes
-from .errors import CasError, IntegrityError
+from .errors import CasError, IntegrityError, NotFound
 from .pack import CHUNK, FILE_MANIFEST, HEADER, TRAILER, PackEntry, parse_footer, parse_trailer, read_pack_entries
 from .index import Location
 from .restore import verified_blob
@@ -18,7 +18,9 @@ class VerifyReport:
     chunks: int = 0
     manifests: int = 0
     pins: int = 0
+    index_objects: int = 0
     bytes_read: int = 0
+    conditional_writes: bool = True
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -27,7 +29,8 @@ class VerifyReport:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "packs": self.packs, "chunks": self.chunks, "manifests": self.manifests,
-                "pins": self.pins, "bytes_read": self.bytes_read, "problems": list(self.problems)}
+                "pins": self.pins, "index_objects": self.index_objects, "bytes_read": self.bytes_read,
+                "conditional_writes": self.conditional_writes, "problems": list(self.problems)}
 
 
 def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyReport:
@@ -48,7 +51,9 @@ def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyR
         if loc.pack_id not in listed:
             report.problems.append(f"chunk {chunk_id.hex()}: its pack {loc.pack_id.hex()} is missing")
     _check_manifests(store, listed, report)
+    _check_index_objects(store, listed, report)
     _check_pins(store, report)
+    report.conditional_writes = bool(store.backend.conditional_writes)
     return report
 
 
@@ -96,6 +101,25 @@ def _check_manifests(store, listed: dict, report: VerifyReport) -> None:
             for e in manifest.entries:
                 if e.kind == "file" and index.manifest(e.digest) is None:
                     report.problems.append(f"tree {digest.hex()}: file {e.path!r} is missing")
+
+
+def _check_index_objects(store, listed: dict, report: VerifyReport) -> None:
+    """Every index object reads back against its name and describes packs that exist, as they are."""
+    for key in pack_index.list_keys(store.backend):
+        report.index_objects += 1
+        try:
+            records = pack_index.read(store.backend, key)
+        except NotFound:
+            continue  # merged away by a writer since we listed
+        except CasError as exc:
+            report.problems.append(f"{key}: {exc}")
+            continue
+        for rec in records:
+            if rec.pack_id not in listed:
+                report.problems.append(f"{key}: names pack {rec.pack_id.hex()}, which is missing")
+            elif listed[rec.pack_id] != rec.size:
+                report.problems.append(f"{key}: pack {rec.pack_id.hex()} has {listed[rec.pack_id]} bytes, "
+                                       f"the index object says {rec.size}")
 
 
 def _check_pins(store, report: VerifyReport) -> None:
