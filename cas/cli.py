@@ -112,5 +112,7 @@ def emit(obj, as_json: bool, text: str | None = None) -> None:
     if as_json:
         sys.stdout.write(json.dumps(obj, indent=None, sort_keys=False) + "\n")
     elif text is not None:
-        sys.stdout.write(text + ("\n" if text and not text.endswith("\n") else ""))
+        line = text + ("\n" if text and not text.endswith("\n") else "")
+        sys.stdout.flush()  # file names from the OS may hold undecodable bytes: write them back as they came
+        sys.stdout.buffer.write(line.encode("utf-8", "surrogateescape"))
     sys.stdout.flush()

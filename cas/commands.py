@@ -37,13 +37,16 @@ def cmd_init(args, uri, as_json) -> int:
 def cmd_put(args, uri, as_json) -> int:
     if args.label is not None and (len(args.paths) > 1 or args.no_pin):
         raise InvalidInput("--label takes exactly one PATH and cannot be combined with --no-pin")
+    from .refs import check_label
     from .store import source_kind
     store = _open(uri)
-    for path in args.paths:  # all checked first: a typo must not leave half a batch stored and pinned
+    labels = [None if args.no_pin else (args.label if args.label is not None else path) for path in args.paths]
+    for path, label in zip(args.paths, labels):  # all checked first: a typo must not leave half a batch stored
         source_kind(path)
+        if label is not None:
+            check_label(label)
     results = []
-    for path in args.paths:
-        label = None if args.no_pin else (args.label if args.label is not None else path)
+    for path, label in zip(args.paths, labels):
         with Progress(f"put {os.path.basename(path)}", _path_size(path), enabled=None if not as_json else False) as bar:
             res = store.put_file(path, pin=label, on_progress=bar)
         item = {"path": path, "digest": res.digest, "size": res.size, "new_bytes": res.new_bytes, "kind": res.kind}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import lmdb
 
+from .errors import StorageError
 from .pack import CHUNK, PackEntry
 
 _LOC = struct.Struct("<32sQIIB")        # pack id, offset, stored len, raw len, codec
@@ -39,8 +40,12 @@ def _environment(path: str) -> lmdb.Environment:
             env.close()  # the cache was deleted under us: start a new one
             env = None
         if env is None or pid != os.getpid():
-            os.makedirs(path, exist_ok=True)
-            env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=8, subdir=True, metasync=True, sync=True)
+            try:
+                os.makedirs(path, exist_ok=True)
+                env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=8, subdir=True, metasync=True, sync=True)
+            except (OSError, lmdb.Error) as exc:
+                raise StorageError(f"cannot use the cache folder {path} (set CAS_CACHE_DIR): "
+                                   f"{getattr(exc, 'strerror', None) or exc}", subject=path) from None
             _envs[path] = (os.getpid(), env)
         return env
 

@@ -259,12 +259,15 @@ class PutSession:
         return digest, tree.size
 
     def _tree_entry(self, full: str, rel: str) -> TreeEntry | None:
+        _require_utf8(rel, full, "its name")
         try:
             st = os.lstat(full)
         except OSError as exc:
             raise storage_error(exc, f"reading {full}") from exc
         if stat.S_ISLNK(st.st_mode):
-            return TreeEntry(rel, LINK, target=os.readlink(full))
+            target = os.readlink(full)
+            _require_utf8(target, full, "its link target")
+            return TreeEntry(rel, LINK, target=target)
         if stat.S_ISDIR(st.st_mode):
             return TreeEntry(rel, DIR)
         if stat.S_ISREG(st.st_mode):
@@ -272,6 +275,14 @@ class PutSession:
             return TreeEntry(rel, FILE, bool(st.st_mode & 0o111), digest, size)
         self.warn(f"skipping {full}: not a regular file, folder or link")
         return None
+
+
+def _require_utf8(text: str, full: str, what: str) -> None:
+    """Tree manifests hold UTF-8 paths: refuse names the file system gave us as undecodable bytes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"cannot store {full!r}: {what} is not valid UTF-8", subject=full) from None
 
 
 def _raise_walk_error(exc: OSError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .digest import hash_bytes
+
 CONFIG = "config"
 PACKS = "packs/"
 PINS = "pins/"
@@ -12,6 +14,7 @@ TMP = "tmp/"
 
 _PACK_KEY = re.compile(r"^packs/([0-9a-f]{2})/([0-9a-f]{64})$")
 _INDEX_KEY = re.compile(r"^index/([0-9a-f]{64})$")
+_PIN_KEY = re.compile(r"^pins/([0-9a-f]{32})/([0-9]{20}-[0-9a-f]{12})$")
 
 
 def pack_key(pack_id: bytes) -> str:
@@ -38,7 +41,8 @@ def index_name_from_key(key: str) -> str | None:
 
 
 def pin_prefix(label: str) -> str:
-    return f"{PINS}{label.encode().hex()}/"
+    """The folder of one label's pin events: a hash of the label, so any label fits in a key."""
+    return f"{PINS}{hash_bytes(label.encode()).hex()[:32]}/"
 
 
 def pin_key(label: str, stamp: str) -> str:
@@ -46,11 +50,7 @@ def pin_key(label: str, stamp: str) -> str:
     return pin_prefix(label) + stamp
 
 
-def pin_label_from_key(key: str) -> tuple[str, str] | None:
-    parts = key[len(PINS):].split("/")
-    if not key.startswith(PINS) or len(parts) != 2:
-        return None
-    try:
-        return bytes.fromhex(parts[0]).decode(), parts[1]
-    except ValueError:
-        return None
+def pin_from_key(key: str) -> tuple[str, str] | None:
+    """(label id, stamp) of a pin event key, or None for anything else under pins/."""
+    m = _PIN_KEY.match(key)
+    return (m.group(1), m.group(2)) if m else None

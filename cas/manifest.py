@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import sys
 from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -42,7 +43,9 @@ class FileManifest:
         return array("Q", accumulate(self.sizes, initial=0))
 
     def to_bytes(self) -> bytes:
-        sizes = self.sizes if self.sizes.itemsize == 4 else _u32(self.sizes)
+        sizes = _u32(self.sizes)  # a copy: the stored form is little-endian whatever the machine
+        if sys.byteorder == "big":
+            sizes.byteswap()
         return msgpack.packb({"v": MANIFEST_FORMAT, "size": self.size, "ids": self.ids,
                               "sizes": sizes.tobytes()}, use_bin_type=True)
 
@@ -54,6 +57,8 @@ class FileManifest:
                 raise ValueError(f"unknown manifest format {doc['v']}")
             sizes = array("I")
             sizes.frombytes(doc["sizes"])
+            if sys.byteorder == "big":
+                sizes.byteswap()
             manifest = cls(int(doc["size"]), doc["ids"], sizes)
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
             raise IntegrityError(f"unreadable file manifest {name}: {exc}", subject=name) from None

@@ -205,6 +205,7 @@ class FileReader(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._checkClosed()
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
         if base + offset < 0:
             raise ValueError("negative seek position")
@@ -217,6 +218,7 @@ class FileReader(io.RawIOBase):
         return self._cached[1]
 
     def readinto(self, buffer) -> int:
+        self._checkClosed()
         out = memoryview(buffer).cast("B")
         done = 0
         while done < len(out) and self._pos < self.size:

@@ -68,10 +68,16 @@ class Store:
 
     @property
     def index(self) -> Index:
+        """The local index, opened and synced with the store on first use."""
+        if self._index is None:
+            self._open_index()
+            self.sync()
+        return self._index
+
+    def _open_index(self) -> Index:
         if self._index is None:
             config = self._require()
             self._index = Index(os.path.join(self.cache_dir, config.store_id, "index"))
-            self.sync()
         return self._index
 
     def sync(self) -> int:
@@ -80,11 +86,12 @@ class Store:
         Reads only index objects this cache has not read yet, never pack data. An index object that
         vanishes while we read was merged by a writer: list again and read the merged one.
         """
+        index = self._open_index()
         for attempt in range(3):
-            seen = self._index.index_objects_read()
+            seen = index.index_objects_read()
             fresh = [k for k in pack_index.list_keys(self.backend) if k not in seen]
             try:
-                return sum(self._index.add_index_object(key, records)
+                return sum(index.add_index_object(key, records)
                            for key, records in pack_index.read_many(self.backend, fresh))
             except NotFound:
                 if attempt == 2:
@@ -93,7 +100,7 @@ class Store:
 
     def reindex(self) -> dict[str, int]:
         """Rebuild the local index from the packs themselves (their footers), the source of truth."""
-        index = self.index
+        index = self._open_index()
         index.clear()
         index_keys = pack_index.list_keys(self.backend)  # listed first: what they name is listed below
         listed = [(pid, size) for key, size in self.backend.list(layout.PACKS)
@@ -107,7 +114,7 @@ class Store:
             for pid, size, entries in pool.map(footer, listed):
                 index.add_pack(pid, size, entries)
         index.mark_index_objects(index_keys)
-        return {"packs": len(listed), **index.counts()}
+        return index.counts()
 
     # ---- references -------------------------------------------------------------------------
     def resolve(self, ref: str) -> tuple[bytes, Location]:
@@ -214,9 +221,11 @@ class Store:
         digest, loc = self.resolve(ref)
         manifest = self._manifest(digest, loc)
         reader = self._reader()
+        emptied = None  # the mode of an empty destination folder we removed, to put back on error
         if loc.kind == TREE_MANIFEST:
             target = dest.rstrip("/") or dest
             if os.path.isdir(target) and not os.path.islink(target) and not os.listdir(target):
+                emptied = stat.S_IMODE(os.stat(target).st_mode)
                 os.rmdir(target)  # an empty folder is simply filled
 
             def restore(to: str) -> None:
@@ -239,12 +248,14 @@ class Store:
         except BaseException:
             if made:
                 shutil.rmtree(made, ignore_errors=True)
+            if emptied is not None and not os.path.lexists(target):
+                os.mkdir(target, emptied)
             raise
         return target
 
     def _basename(self, digest: bytes) -> str:
         """A file name for a digest: the base name of a pin label naming it, else the digest itself."""
-        for pin in refs.list_pins(self.backend):
+        for pin in refs.list_pins(self.backend, on_damaged=lambda exc: None):  # a name is only a nicety
             if pin.digest == digest.hex():
                 name = os.path.basename(pin.label.rstrip("/"))
                 if name not in ("", ".", ".."):
