@@ -16,6 +16,8 @@ _LOC = struct.Struct("<32sQIIB")        # pack id, offset, stored len, raw len, 
 _MAN = struct.Struct("<32sQIIB32sBQ")   # ... plus check, kind, logical size
 _PACK = struct.Struct("<QI")            # pack size, entry count
 INITIAL_MAP = 64 << 20
+INLINE = 3  # Location.kind of content kept inline in a run record, not in a pack
+INLINE_PACK = bytes(32)  # Location.pack_id of inline content
 _envs: dict[str, tuple[int, lmdb.Environment]] = {}
 _envs_lock = threading.Lock()
 
@@ -42,7 +44,7 @@ def _environment(path: str) -> lmdb.Environment:
         if env is None or pid != os.getpid():
             try:
                 os.makedirs(path, exist_ok=True)
-                env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=8, subdir=True, metasync=True, sync=True)
+                env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=16, subdir=True, metasync=True, sync=True)
             except (OSError, lmdb.Error) as exc:
                 raise StorageError(f"cannot use the cache folder {path} (set CAS_CACHE_DIR): "
                                    f"{getattr(exc, 'strerror', None) or exc}", subject=path) from None
@@ -58,6 +60,8 @@ class Index:
         self.manifests = self.env.open_db(b"manifests")
         self.packs = self.env.open_db(b"packs")
         self.index_objects = self.env.open_db(b"index_objects")  # keys of the store's index objects read
+        self.records = self.env.open_db(b"records")  # run record key → its raw bytes
+        self.inline = self.env.open_db(b"inline")  # digest → content kept inline in a record
 
     def _write(self, fn):
         """Run fn(txn) in one write transaction, growing the map when it is full."""
@@ -109,9 +113,21 @@ class Index:
                 txn.put(key.encode(), b"", db=self.index_objects)
         self._write(fn)
 
+    def add_records(self, items) -> None:
+        """Cache records: (key, raw bytes, (digest, inline content) or None), in one transaction."""
+        if not items:
+            return
+
+        def fn(txn):
+            for key, raw, inline in items:
+                txn.put(key.encode(), raw, db=self.records)
+                if inline is not None:
+                    txn.put(inline[0], inline[1], db=self.inline)
+        self._write(fn)
+
     def clear(self) -> None:
         def fn(txn):
-            for db in (self.chunks, self.manifests, self.packs, self.index_objects):
+            for db in (self.chunks, self.manifests, self.packs, self.index_objects, self.records, self.inline):
                 txn.drop(db, delete=False)
         self._write(fn)
 
@@ -135,27 +151,62 @@ class Index:
         return Location(pack_id, off, slen, rlen, cod, check, kind, size)
 
     def manifests_with_prefix(self, prefix_hex: str, limit: int = 2) -> list[bytes]:
-        """Digests of stored manifests whose hex starts with prefix_hex (at most `limit`)."""
+        """Digests of stored files and trees (manifests or inline) whose hex starts with prefix_hex."""
         start = bytes.fromhex(prefix_hex[: len(prefix_hex) // 2 * 2])
 
         def fn(txn):
-            found = []
-            cur = txn.cursor(db=self.manifests)
-            if cur.set_range(start):
-                for key in cur.iternext(values=False):
-                    h = key.hex()
-                    if not h.startswith(prefix_hex[: len(start) * 2]):
-                        break
-                    if h.startswith(prefix_hex):
-                        found.append(bytes(key))
-                        if len(found) >= limit:
+            found = set()
+            for db in (self.manifests, self.inline):
+                cur = txn.cursor(db=db)
+                if cur.set_range(start):
+                    for key in cur.iternext(values=False):
+                        h = key.hex()
+                        if not h.startswith(prefix_hex[: len(start) * 2]):
                             break
-            return found
+                        if h.startswith(prefix_hex):
+                            found.add(bytes(key))
+                            if len(found) >= limit:
+                                break
+            return sorted(found)[:limit]
         return self._read(fn)
+
+    def object_location(self, digest: bytes) -> Location | None:
+        """Where a file or tree lives: its manifest, or inline content in a run record."""
+        loc = self.manifest(digest)
+        if loc is None:
+            content = self.inline_content(digest)
+            if content is not None:
+                loc = Location(INLINE_PACK, 0, len(content), len(content), 0, digest, INLINE, len(content))
+        return loc
 
     def pack_ids(self) -> dict[bytes, int]:
         return self._read(lambda txn: {bytes(k): _PACK.unpack(v)[0]
                                        for k, v in txn.cursor(db=self.packs)})
+
+    def unknown_records(self, keys: list[str]) -> list[str]:
+        return self._read(lambda txn: [k for k in keys if txn.get(k.encode(), db=self.records) is None])
+
+    def iter_records(self, prefix: str):
+        """(key, raw bytes) of every cached record whose key starts with prefix, in key order."""
+        start = prefix.encode()
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self.records)
+            if cur.set_range(start):
+                for key, raw in cur:
+                    if not key.startswith(start):
+                        break
+                    yield bytes(key).decode(), bytes(raw)
+
+    def iter_inline_sizes(self):
+        """(digest, size) of content kept inline in records and not also stored in a pack."""
+        with self.env.begin() as txn:
+            for key, raw in txn.cursor(db=self.inline):
+                if txn.get(key, db=self.manifests) is None:
+                    yield bytes(key), len(raw)
+
+    def inline_content(self, digest: bytes) -> bytes | None:
+        raw = self._read(lambda txn: txn.get(digest, db=self.inline))
+        return None if raw is None else bytes(raw)
 
     def index_objects_read(self) -> set[str]:
         return self._read(lambda txn: {bytes(k).decode() for k in txn.cursor(db=self.index_objects).iternext(values=False)})

@@ -83,7 +83,7 @@ class PutSession:
 
         Packs upload in parallel, but a pack holding a manifest waits until every earlier pack is
         durable, so no manifest is ever in the store before the chunks it lists. With wait, return
-        only when every pack of this session is durable and indexed locally.
+        only when every pack of this session is durable.
         """
         pack, self.pack = self.pack, None
         if pack is not None and not pack.entries:
@@ -118,16 +118,22 @@ class PutSession:
         pack, future = self.uploads.popleft()
         record = future.result()
         self.unconsumed.discard(pack)
-        self.index.add_pack(record.pack_id, record.size, record.entries)
-        self.pending.difference_update((e.kind, e.key) for e in record.entries)  # the index answers now
         self.written.append(record)
         if len(self.written) >= PACKS_PER_INDEX_OBJECT:  # a long put: let other machines see progress
             self._write_index_object()
 
     def _write_index_object(self) -> None:
+        """Name the durable packs in an index object; only then does the local index learn them.
+
+        Were a pack in the local index before an index object named it, a put that failed in between
+        would leave this machine deduplicating against chunks no other machine can find.
+        """
         records, self.written = self.written, []
         if records:
             self.index_keys.append(pack_index.write(self.backend, records))
+        for record in records:
+            self.index.add_pack(record.pack_id, record.size, record.entries)
+            self.pending.difference_update((e.kind, e.key) for e in record.entries)  # the index answers now
 
     def _drain(self) -> None:
         while self.uploads:
@@ -242,17 +248,38 @@ class PutSession:
 
     def put_tree(self, root: str) -> tuple[bytes, int]:
         """Store a folder: its files one by one, links as links, then its tree manifest."""
-        entries = []
+        return self._put_manifest_of(list(self._walk(root, "")))
+
+    def put_selection(self, items: list[tuple[str, str]]) -> tuple[bytes, int]:
+        """Store chosen paths as one tree: (relative POSIX path in the tree, path on disk) pairs.
+
+        Folders among them are stored whole; the parent folders of every path become entries too.
+        """
+        entries: dict[str, TreeEntry] = {}
+        for rel, full in items:
+            parts = rel.split("/")
+            for i in range(1, len(parts)):
+                entries.setdefault("/".join(parts[:i]), TreeEntry("/".join(parts[:i]), DIR))
+            entry = self._tree_entry(full, rel)
+            if entry is None:
+                continue
+            entries[rel] = entry
+            if entry.kind == DIR:
+                entries.update((e.path, e) for e in self._walk(full, rel + "/"))
+        return self._put_manifest_of(list(entries.values()))
+
+    def _walk(self, root: str, prefix: str):
         for dirpath, dirnames, filenames in os.walk(root, onerror=_raise_walk_error):
             rel = os.path.relpath(dirpath, root)
-            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            rel = prefix + ("" if rel == "." else rel.replace(os.sep, "/") + "/")
             dirnames.sort()
             for name in sorted(dirnames + filenames):
-                full = os.path.join(dirpath, name)
-                entry = self._tree_entry(full, rel + name)
+                entry = self._tree_entry(os.path.join(dirpath, name), rel + name)
                 if entry is not None:
-                    entries.append(entry)
+                    yield entry
             dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+
+    def _put_manifest_of(self, entries: list[TreeEntry]) -> tuple[bytes, int]:
         tree = TreeManifest(tuple(entries))
         digest = tree.digest()
         self.add_manifest(TREE_MANIFEST, digest, tree.to_bytes(), tree.size)

@@ -54,3 +54,55 @@ def pin_from_key(key: str) -> tuple[str, str] | None:
     """(label id, stamp) of a pin event key, or None for anything else under pins/."""
     m = _PIN_KEY.match(key)
     return (m.group(1), m.group(2)) if m else None
+
+
+# ---- run records: runs/<run id>/{v/<name id>/<step>/<stamp>, e/<stamp>, claims/<name id>/<step>} ----------
+RUNS = "runs/"
+_RECORD_KEY = re.compile(r"^runs/[0-9a-f]{32}/(v/[0-9a-f]{32}/[0-9]{20}|e)/[0-9]{20}-[0-9a-f]{12}$")
+_CLAIM_KEY = re.compile(r"^runs/[0-9a-f]{32}/claims/[0-9a-f]{32}/([0-9]{20})$")
+
+
+def _name_id(name: str) -> str:
+    """Names of any length become fixed-size key parts; the record itself holds the name."""
+    return hash_bytes(name.encode()).hex()[:32]
+
+
+def run_prefix(run: str) -> str:
+    return f"{RUNS}{_name_id(run)}/"
+
+
+def run_versions_prefix(run: str) -> str:
+    return f"{run_prefix(run)}v/"
+
+
+def run_events_prefix(run: str) -> str:
+    return f"{run_prefix(run)}e/"
+
+
+def version_prefix(run: str, name: str) -> str:
+    return f"{run_versions_prefix(run)}{_name_id(name)}/"
+
+
+def version_key(run: str, name: str, step: int, stamp: str) -> str:
+    return f"{version_prefix(run, name)}{step:020d}/{stamp}"
+
+
+def event_key(run: str, stamp: str) -> str:
+    return f"{run_events_prefix(run)}{stamp}"
+
+
+def claim_prefix(run: str, name: str) -> str:
+    return f"{run_prefix(run)}claims/{_name_id(name)}/"
+
+
+def claim_key(run: str, name: str, step: int) -> str:
+    return f"{claim_prefix(run, name)}{step:020d}"
+
+
+def claim_step(key: str) -> int | None:
+    m = _CLAIM_KEY.match(key)
+    return int(m.group(1)) if m else None
+
+
+def is_record_key(key: str) -> bool:
+    return _RECORD_KEY.match(key) is not None

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 from . import codec, layout
 from .digest import file_hasher, hash_bytes
 from .errors import IntegrityError, NotFound, StorageError
-from .index import Location
+from .index import INLINE, Location
 from .manifest import DIR, FILE, LINK, FileManifest, TreeManifest, check_safe, locate
 from .backends.local import fsync_dir, storage_error
 
@@ -41,10 +41,16 @@ class ChunkReader:
     def location(self, chunk_id: bytes) -> Location:
         loc = self.index.chunk(chunk_id)
         if loc is None:
+            loc = self.index.object_location(chunk_id)  # small content kept inline in a run record
+            if loc is not None and loc.kind != INLINE:
+                loc = None
+        if loc is None:
             raise IntegrityError(f"chunk {chunk_id.hex()} is missing from the store", subject=chunk_id.hex())
         return loc
 
     def blob(self, loc: Location, *, what: str) -> bytes:
+        if loc.kind == INLINE:
+            return verified_blob(loc, self.index.inline_content(loc.check) or b"", what=what)
         key = layout.pack_key(loc.pack_id)
         try:
             stored = self.backend.get(key, loc.offset, loc.offset + loc.stored_len)
@@ -73,6 +79,8 @@ class ChunkReader:
 
     def fetch_run(self, run: list[tuple[Location, int]]) -> list[bytes]:
         first, last = run[0][0], run[-1][0]
+        if first.kind == INLINE:
+            return [self.blob(loc, what=f"inline content {loc.check.hex()}") for loc, _ in run]
         key = layout.pack_key(first.pack_id)
         try:
             data = self.backend.get(key, first.offset, last.offset + last.stored_len)

@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import time
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable
@@ -16,9 +17,10 @@ from .backends import Backend, open_backend
 from .config import StoreConfig, create_or_load_config, load_config
 from .digest import parse_ref
 from .errors import AlreadyExists, AmbiguousReference, InvalidInput, NotFound
-from .index import Index, Location
+from .index import INLINE, Index, Location
 from .ingest import PutResult, PutSession
 from .manifest import FileManifest, TreeManifest
+from .records import RecordBook
 from .pack import FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
 from .restore import ChunkReader, FileReader, replace_destination, stream_file, write_file, write_tree
 
@@ -35,6 +37,7 @@ class Store:
         self.config = config
         self.cache_dir = cache_dir or default_cache_dir()
         self._index: Index | None = None
+        self._records: RecordBook | None = None
         self.warnings: list[str] = []
         self.on_warning: Callable[[str], None] = self.warnings.append
 
@@ -118,11 +121,16 @@ class Store:
 
     # ---- references -------------------------------------------------------------------------
     def resolve(self, ref: str) -> tuple[bytes, Location]:
-        """The digest and manifest location named by a reference (digest, prefix ≥ 8, cas://)."""
+        """The digest and location named by a reference (digest, prefix ≥ 8, cas://, runs:/run/name[@step])."""
+        if isinstance(ref, str) and ref.startswith("runs:/"):
+            version = self.records.resolve(ref)
+            if version.digest is None:
+                raise InvalidInput(f"{ref} is a reference to {version.ref_uri}; nothing is stored", subject=ref)
+            ref = version.digest
         text = parse_ref(ref)
         if len(text) == 64:
             digest = bytes.fromhex(text)
-            loc = self.index.manifest(digest)
+            loc = self.index.object_location(digest)
             if loc is None:
                 raise NotFound(f"unknown reference: {ref}", subject=ref)
             return digest, loc
@@ -131,12 +139,22 @@ class Store:
             raise NotFound(f"unknown reference: {ref}", subject=ref)
         if len(found) > 1:
             raise AmbiguousReference(f"ambiguous reference {ref}: matches several objects", subject=ref)
-        return found[0], self.index.manifest(found[0])
+        return found[0], self.index.object_location(found[0])
+
+    @property
+    def records(self) -> RecordBook:
+        """Run records (the tracker's versions and events), synced with the store on first use."""
+        if self._records is None:
+            self._records = RecordBook(self.backend, self.index)
+            self._records.sync()
+        return self._records
 
     def _reader(self) -> ChunkReader:
         return ChunkReader(self.backend, self.index)
 
     def _manifest(self, digest: bytes, loc: Location):
+        if loc.kind == INLINE:  # small content: one chunk whose id is the file's digest
+            return FileManifest(loc.size, digest if loc.size else b"", array("I", [loc.size] if loc.size else []))
         raw = self._reader().blob(loc, what=f"manifest {digest.hex()}")
         if loc.kind == TREE_MANIFEST:
             return TreeManifest.from_bytes(raw, name=digest.hex())
@@ -184,6 +202,16 @@ class Store:
             self.pin(result.digest, pin)
         return result
 
+    def put_selection(self, items: list[tuple[str, str]], *, on_progress: Progress | None = None) -> PutResult:
+        """Store chosen paths as one tree: (relative path in the tree, path on disk) pairs (globs, file lists)."""
+        if not items:
+            raise InvalidInput("nothing to store: no paths given", subject="")
+        for _, full in items:
+            source_kind(full)
+        with self._session(on_progress) as session:
+            digest, size = session.put_selection(items)
+        return PutResult("", digest.hex(), size, session.new_bytes, "tree")
+
     def put_bytes(self, data: bytes, *, pin: str | None = None) -> PutResult:
         with self._session() as session:
             digest, size = session.put_stream(io.BytesIO(data))
@@ -196,7 +224,7 @@ class Store:
     def open_file(self, ref: str) -> FileReader:
         """A readable, seekable file object; it keeps one verified chunk cached, so it needs no buffer."""
         digest, loc = self.resolve(ref)
-        if loc.kind != FILE_MANIFEST:
+        if loc.kind == TREE_MANIFEST:
             raise InvalidInput(f"{ref} is a folder, not a file", subject=ref)
         return FileReader(self._reader(), self._manifest(digest, loc), digest)
 
@@ -208,7 +236,7 @@ class Store:
     def stream(self, ref: str, write: Callable[[bytes], None], *, on_progress: Progress | None = None) -> int:
         """Write a stored file's verified bytes to `write`; returns its size."""
         digest, loc = self.resolve(ref)
-        if loc.kind != FILE_MANIFEST:
+        if loc.kind == TREE_MANIFEST:
             raise InvalidInput(f"{ref} is a folder, not a file", subject=ref)
         manifest = self._manifest(digest, loc)
         stream_file(self._reader(), manifest, write, digest=digest, on_progress=on_progress)
@@ -286,6 +314,9 @@ class Store:
             if loc.kind == FILE_MANIFEST:
                 logical += loc.size
                 files += 1
+        for _, size in index.iter_inline_sizes():
+            logical += size
+            files += 1
         unique = chunks = 0
         for _, loc in index.iter_chunks():
             unique += loc.raw_len

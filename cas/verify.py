@@ -125,5 +125,5 @@ def _check_index_objects(store, listed: dict, report: VerifyReport) -> None:
 def _check_pins(store, report: VerifyReport) -> None:
     for pin in refs.list_pins(store.backend, on_damaged=lambda exc: report.problems.append(str(exc))):
         report.pins += 1
-        if store.index.manifest(bytes.fromhex(pin.digest)) is None:
+        if store.index.object_location(bytes.fromhex(pin.digest)) is None:
             report.problems.append(f"pin {pin.label!r}: {pin.digest} is missing from the store")

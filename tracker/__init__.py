@@ -1,3 +1,43 @@
-"""tracker: run tracking (runs, names, steps, kinds → content hashes) on top of the cas store; not yet built."""
+"""tracker: runs, artifact names, steps and kinds mapped to content hashes in a cas store.
 
-__all__: list[str] = []
+    import tracker
+    with tracker.init("exp-1", config={"lr": 3e-4}) as run:
+        v = run.log_artifact("ckpt.pt", name="model", kind="checkpoint", step=100)
+    tracker.download("runs:/exp-1/model@100", "restored/")
+"""
+
+from __future__ import annotations
+
+from cas.records import Version, check_name
+
+from .run import Run, RunInfo, _open_store, generate_run_name, run_info
+
+__all__ = ["init", "download", "open", "get_run", "Run", "RunInfo", "Version"]
+
+
+def init(name: str | None = None, *, store=None, config: dict | None = None, metadata: dict | None = None) -> Run:
+    """Open a run, creating it if new and resuming it if it exists; `store` is a URI or a cas Store."""
+    st = _open_store(store)
+    if name is None:
+        name = generate_run_name()
+    check_name(name, "run name")
+    if config is not None and not isinstance(config, dict):
+        raise TypeError("config must be a dict")
+    st.init()
+    st.records.log_event(name, "start", config=config or {}, metadata=metadata or {})
+    return Run(st, name)
+
+
+def download(ref: str, dest, *, store=None, force: bool = False) -> str:
+    """Restore the file or folder a reference names at dest; returns the path written."""
+    return _open_store(store).get_file(ref, dest, force=force)
+
+
+def open(ref: str, *, store=None):  # noqa: A001 - mirrors the built-in on purpose: tracker.open(ref)
+    """A readable, seekable file object for a stored file."""
+    return _open_store(store).open_file(ref)
+
+
+def get_run(name: str, *, store=None) -> RunInfo:
+    """A run's status, config, metadata, live versions and inputs."""
+    return run_info(_open_store(store), name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from typing import Iterable, Iterator
 
 from ..errors import NotFound, StorageError
@@ -50,7 +51,7 @@ class LocalBackend(Backend):
                     f.seek(start)
                     return f.read()
                 return os.pread(f.fileno(), end - start, start)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # a folder is not an object
             raise NotFound(f"object not found: {key}", subject=key) from None
         except OSError as exc:
             raise storage_error(exc, f"reading {key}") from exc
@@ -95,11 +96,12 @@ class LocalBackend(Backend):
 
     def stat(self, key):
         try:
-            return os.stat(self._path(key)).st_size
-        except FileNotFoundError:
+            st = os.stat(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
             raise storage_error(exc, f"reading {key}") from exc
+        return st.st_size if stat.S_ISREG(st.st_mode) else None  # a folder is not an object
 
     def list(self, prefix) -> Iterator[tuple[str, int]]:
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -124,9 +126,11 @@ class LocalBackend(Backend):
             try:
                 os.unlink(path)
                 folders.add(os.path.dirname(path))
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 pass
             except OSError as exc:
+                if os.path.isdir(path):  # a folder is not an object (unlink says EISDIR or EPERM)
+                    continue
                 raise storage_error(exc, f"deleting {key}") from exc
         for folder in folders:
             fsync_dir(folder)

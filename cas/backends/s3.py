@@ -68,9 +68,9 @@ class S3Backend(Backend):
         except bex.BotoCoreError as exc:
             raise StorageError(f"cannot set up the S3 client: {exc}", subject=uri) from None
         self.conditional_writes: bool | None = None  # None: not probed; try If-None-Match and learn
-        # a cut-off body is not retried by botocore; the reads below retry these themselves
-        self._retryable_reads = (bex.IncompleteReadError, bex.ResponseStreamingError, bex.ReadTimeoutError,
-                                 bex.ConnectionClosedError, bex.EndpointConnectionError)
+        # a body cut off or stalled mid-read is not retried by botocore (which retries the request
+        # itself, connection errors included); get() retries these, and only these, itself
+        self._body_cut_off = (bex.IncompleteReadError, bex.ResponseStreamingError, bex.ReadTimeoutError)
 
     def _key(self, key: str) -> str:
         return self.prefix + key
@@ -103,15 +103,7 @@ class S3Backend(Backend):
         delay = 0.05
         for attempt in range(READ_ATTEMPTS):
             try:
-                resp = self.client.get_object(**kwargs)
-                body = resp["Body"]
-                try:
-                    data = body.read()
-                finally:
-                    body.close()
-                if len(data) != resp.get("ContentLength", len(data)):
-                    raise self._bex.IncompleteReadError(actual_bytes=len(data), expected_bytes=resp["ContentLength"])
-                return data
+                resp = self.client.get_object(**kwargs)  # botocore retries the request itself
             except self._bex.ClientError as exc:
                 code = _code(exc)
                 if code in _NO_KEY:
@@ -119,11 +111,21 @@ class S3Backend(Backend):
                 if code in ("InvalidRange", "416"):
                     return b""
                 raise self._fail(exc, f"reading {key}") from None
-            except self._retryable_reads as exc:
+            except self._bex.BotoCoreError as exc:
+                raise self._fail(exc, f"reading {key}") from None
+            body = resp["Body"]
+            try:
+                data = body.read()
+                if len(data) != resp.get("ContentLength", len(data)):
+                    raise self._bex.IncompleteReadError(actual_bytes=len(data), expected_bytes=resp["ContentLength"])
+                return data
+            except self._body_cut_off as exc:
                 if attempt == READ_ATTEMPTS - 1:
                     raise self._fail(exc, f"reading {key}") from None
             except self._bex.BotoCoreError as exc:
                 raise self._fail(exc, f"reading {key}") from None
+            finally:
+                body.close()
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")

@@ -1,0 +1,263 @@
+"""Run records: versions (run, name, step, kind → digest) and run events, as immutable objects with unique keys.
+
+Records are, with pins, the roots of the store. The backend is their source of truth; the local LMDB
+index caches them. A (run, name, step) may be logged again: the record with the latest stamp wins
+(the earlier one is superseded, not rewritten). An automatic step is claimed with a create-only
+write, so concurrent loggers never get the same step. Small content (texts, dicts) lives inline in
+its record: one object per log call, checked against its digest whenever it is read.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import msgpack
+
+from . import layout
+from .digest import hash_bytes, parse_ref
+from .errors import AlreadyExists, IntegrityError, InvalidInput, NotFound
+
+RECORD_FORMAT = 1
+INLINE_MAX = 4096  # content up to this size is kept in its record, not in a pack
+MAX_NAME = 512
+STEP_CLAIM_ATTEMPTS = 10_000
+
+
+def check_name(name, what: str = "artifact name") -> str:
+    """Names are 1..512 characters, no control characters, no '@', no empty, '.' or '..' path segments."""
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+        raise InvalidInput(f"invalid {what} {name!r}: 1 to {MAX_NAME} characters", subject=str(name))
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in name):
+        raise InvalidInput(f"invalid {what} {name!r}: control characters are not allowed", subject=name)
+    if "@" in name:
+        raise InvalidInput(f"invalid {what} {name!r}: '@' separates the step in references", subject=name)
+    if what == "run name" and "/" in name:
+        raise InvalidInput(f"invalid run name {name!r}: '/' is not allowed", subject=name)
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise InvalidInput(f"invalid {what} {name!r}: empty, '.' or '..' path segments", subject=name)
+    return name
+
+
+def check_step(step) -> int:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0 or step >= 10 ** 19:
+        raise InvalidInput(f"invalid step {step!r}: a non-negative integer", subject=str(step))
+    return step
+
+
+def _stamp(now: float) -> str:
+    return f"{int(now * 1e9):020d}-{secrets.token_hex(6)}"
+
+
+@dataclass(frozen=True)
+class Version:
+    """One logged version of an artifact of a run."""
+
+    run: str
+    name: str
+    step: int
+    kind: str
+    digest: str | None  # None for a reference-only artifact
+    size: int
+    new_bytes: int
+    time: float
+    metadata: dict = field(default_factory=dict)
+    ref_uri: str | None = None  # log_artifact_ref: what it points at
+    inline: bytes | None = None
+    object_type: str = "file"  # file or tree
+    key: str = ""
+
+    @property
+    def uri(self) -> str:
+        return f"runs:/{self.run}/{self.name}@{self.step}"
+
+    def to_dict(self) -> dict:
+        return {"run": self.run, "name": self.name, "step": self.step, "kind": self.kind, "digest": self.digest,
+                "size": self.size, "new_bytes": self.new_bytes, "time": self.time, "uri": self.uri,
+                "type": self.object_type, "metadata": self.metadata,
+                **({"ref_uri": self.ref_uri} if self.ref_uri else {})}
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """Something that happened to a run: started, status changed, config or metadata set, an input used."""
+
+    run: str
+    type: str  # start, status, input
+    time: float
+    data: dict = field(default_factory=dict)
+
+
+def _encode(doc: dict) -> bytes:
+    return msgpack.packb({"v": RECORD_FORMAT, **doc}, use_bin_type=True)
+
+
+def decode(raw: bytes, *, key: str) -> Version | RunEvent:
+    """A record read from storage or the cache, checked for shape; inline content checked against its digest."""
+    try:
+        doc = msgpack.unpackb(raw, raw=False, max_bin_len=INLINE_MAX, max_str_len=1 << 20,
+                              max_array_len=1 << 16, max_map_len=1 << 16)
+        if doc.pop("v") != RECORD_FORMAT:
+            raise ValueError("unknown record format")
+        if doc["t"] == "version":
+            v = Version(doc["run"], doc["name"], int(doc["step"]), str(doc["kind"]), doc["digest"], int(doc["size"]),
+                        int(doc["new_bytes"]), float(doc["time"]), dict(doc.get("metadata") or {}),
+                        doc.get("ref_uri"), doc.get("inline"), doc.get("type", "file"), key)
+            if v.digest is not None:
+                parse_ref(v.digest)
+            if v.inline is not None and hash_bytes(v.inline).hex() != v.digest:
+                raise IntegrityError(f"record {key} is damaged: its inline content does not match its digest",
+                                     subject=key)
+            return v
+        return RunEvent(doc["run"], doc["t"], float(doc["time"]), dict(doc.get("data") or {}))
+    except IntegrityError:
+        raise
+    except (ValueError, KeyError, TypeError, InvalidInput, msgpack.UnpackException):
+        raise IntegrityError(f"record {key} is damaged", subject=key) from None
+
+
+class RecordBook:
+    """Writes records to the backend and answers questions about runs from the local cache."""
+
+    def __init__(self, backend, index):
+        self.backend = backend
+        self.index = index
+
+    # ---- syncing ------------------------------------------------------------------------
+    def sync(self, prefix: str = layout.RUNS) -> int:
+        """Learn records written elsewhere under prefix (all runs by default); returns how many."""
+        keys = [k for k, _ in self.backend.list(prefix) if layout.is_record_key(k)]
+        fresh = self.index.unknown_records(keys)
+
+        def fetch(key):
+            raw = self.backend.get(key)
+            return key, raw, decode(raw, key=key)
+        if len(fresh) > 1 and self.backend.read_concurrency > 1:
+            with ThreadPoolExecutor(self.backend.read_concurrency, thread_name_prefix="cas-records") as pool:
+                got = list(pool.map(fetch, fresh))
+        else:
+            got = [fetch(k) for k in fresh]
+        self.index.add_records([(key, raw, _inline_of(rec)) for key, raw, rec in got])
+        return len(got)
+
+    # ---- writing ------------------------------------------------------------------------
+    def _write(self, key: str, doc: dict) -> None:
+        raw = _encode(doc)
+        rec = decode(raw, key=key)
+        if not self.backend.put(key, raw, create_only=True):
+            raise AlreadyExists(f"record {key} exists already", subject=key)  # unique keys: never happens
+        self.index.add_records([(key, raw, _inline_of(rec))])
+
+    def log_version(self, run: str, name: str, *, kind: str, digest: str | None, size: int, new_bytes: int,
+                    step: int | None = None, metadata: dict | None = None, ref_uri: str | None = None,
+                    inline: bytes | None = None, object_type: str = "file") -> Version:
+        check_name(run, "run name")
+        check_name(name)
+        now = time.time()
+        if step is None:
+            step = self._claim_next_step(run, name)
+        else:
+            check_step(step)
+        doc = {"t": "version", "run": run, "name": name, "step": step, "kind": kind or "artifact", "digest": digest,
+               "size": size, "new_bytes": new_bytes, "time": now, "metadata": metadata or {}, "type": object_type}
+        if ref_uri is not None:
+            doc["ref_uri"] = ref_uri
+        if inline is not None:
+            doc["inline"] = bytes(inline)
+        key = layout.version_key(run, name, step, _stamp(now))
+        self._write(key, doc)
+        return decode(_encode(doc), key=key)
+
+    def _claim_next_step(self, run: str, name: str) -> int:
+        """The next step of (run, name): one past every step recorded or claimed, claimed create-only."""
+        self.sync(layout.version_prefix(run, name))
+        taken = {v.step for v in self.versions(run, name, live_only=False)}
+        claims = [layout.claim_step(k) for k, _ in self.backend.list(layout.claim_prefix(run, name))]
+        step = max(taken | {c for c in claims if c is not None}, default=0) + 1  # versions count from 1
+        for _ in range(STEP_CLAIM_ATTEMPTS):
+            if self.backend.put(layout.claim_key(run, name, step), b"", create_only=True):
+                return step
+            step += 1
+        raise AlreadyExists(f"could not claim a step for {run}/{name}", subject=name)
+
+    def log_event(self, run: str, type_: str, **data) -> RunEvent:
+        check_name(run, "run name")
+        now = time.time()
+        doc = {"t": type_, "run": run, "time": now, "data": data}
+        self._write(layout.event_key(run, _stamp(now)), doc)
+        return RunEvent(run, type_, now, data)
+
+    # ---- reading ------------------------------------------------------------------------
+    def _records(self, prefix: str):
+        for key, raw in self.index.iter_records(prefix):
+            yield decode(raw, key=key)
+
+    def versions(self, run: str, name: str | None = None, *, kind: str | None = None,
+                 live_only: bool = True) -> list[Version]:
+        """Versions of a run (one name, or all), ordered by name and step; live ones only unless asked."""
+        prefix = layout.version_prefix(run, name) if name is not None else layout.run_versions_prefix(run)
+        latest: dict[tuple[str, int], Version] = {}
+        everything = []
+        for rec in self._records(prefix):
+            if not isinstance(rec, Version) or rec.run != run or (name is not None and rec.name != name):
+                continue
+            everything.append(rec)
+            ident = (rec.name, rec.step)
+            if ident not in latest or rec.key > latest[ident].key:  # keys end in the stamp: latest wins
+                latest[ident] = rec
+        chosen = list(latest.values()) if live_only else everything
+        if kind is not None:
+            chosen = [v for v in chosen if v.kind == kind]
+        return sorted(chosen, key=lambda v: (v.name, v.step, v.key))
+
+    def events(self, run: str) -> list[RunEvent]:
+        return sorted((r for r in self._records(layout.run_events_prefix(run)) if isinstance(r, RunEvent)),
+                      key=lambda e: e.time)
+
+    def run_names(self) -> list[str]:
+        """Every run that has a start event or a version."""
+        names = set()
+        for rec in self._records(layout.RUNS):
+            names.add(rec.run)
+        return sorted(names)
+
+    def exists(self, run: str) -> bool:
+        return any(True for _ in self.index.iter_records(layout.run_prefix(run)))
+
+    def resolve(self, ref: str) -> Version:
+        """The version named by runs:/<run>/<name> (latest step) or runs:/<run>/<name>@<step>."""
+        run, name, step = parse_runs_ref(ref)
+        versions = self.versions(run, name)
+        if step is not None:
+            versions = [v for v in versions if v.step == step]
+        if not versions:
+            if not self.exists(run):
+                raise NotFound(f"unknown run {run!r} in {ref}", subject=ref)
+            raise NotFound(f"unknown reference: {ref}", subject=ref)
+        return versions[-1]
+
+
+def parse_runs_ref(ref: str) -> tuple[str, str, int | None]:
+    """(run, name, step or None) of runs:/<run>/<name>[@<step>]."""
+    if not ref.startswith("runs:/"):
+        raise InvalidInput(f"not a runs:/ reference: {ref!r}", subject=ref)
+    body = ref[len("runs:/"):]
+    run, sep, rest = body.partition("/")
+    if not sep or not rest:
+        raise InvalidInput(f"malformed reference {ref!r} (use runs:/<run>/<name>[@<step>])", subject=ref)
+    name, at, step_text = rest.partition("@")
+    step = None
+    if at:
+        if not step_text.isdigit():
+            raise InvalidInput(f"malformed step in {ref!r}: a non-negative integer", subject=ref)
+        step = int(step_text)
+    return check_name(run, "run name"), check_name(name), step
+
+
+def _inline_of(rec) -> tuple[bytes, bytes] | None:
+    if isinstance(rec, Version) and rec.inline is not None:
+        return bytes.fromhex(rec.digest), rec.inline
+    return None

@@ -1,0 +1,176 @@
+"""A run: the logging calls of MLflow, ClearML, Polyaxon and Aim, each storing content in cas and writing a record."""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from cas import Store
+from cas.digest import hash_bytes
+from cas.errors import InvalidInput, NotFound
+from cas.records import INLINE_MAX, RunEvent, Version, check_name, check_step
+
+from . import formats
+
+_ADJECTIVES = ("amber", "brisk", "calm", "dusty", "eager", "fuzzy", "gentle", "hidden", "icy", "jolly", "keen",
+               "lucid", "misty", "noble", "olive", "proud", "quiet", "rapid", "silver", "tidy", "upbeat", "vivid",
+               "witty", "young", "zesty")
+_NOUNS = ("otter", "falcon", "maple", "comet", "harbor", "lynx", "meadow", "nebula", "pebble", "quartz", "raven",
+          "summit", "tundra", "willow", "yak", "zephyr", "badger", "cedar", "dune", "ember")
+
+
+def _open_store(store) -> Store:
+    if isinstance(store, Store):
+        return store
+    return Store.open(store)
+
+
+def generate_run_name() -> str:
+    """A readable, unique run name such as 'quiet-falcon-3f9a'."""
+    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.token_hex(2)}"
+
+
+class Run:
+    """An open run. Use as a context manager: the end records `finished`, or `failed` if the block raised."""
+
+    def __init__(self, store: Store, name: str):
+        self.store = store
+        self.name = name
+        self.records = store.records
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.end("failed" if exc_type is not None else "finished")
+
+    def end(self, status: str = "finished") -> None:
+        self.records.log_event(self.name, "status", status=status)
+
+    # ---- logging verbs --------------------------------------------------------------------
+    def log_artifact(self, path, name: str | None = None, kind: str | None = None, step: int | None = None,
+                     metadata: dict | None = None) -> Version:
+        """Log a file, a folder, or every path matching a glob pattern (stored as one tree, file by file)."""
+        path = os.fspath(path)
+        if name is None:
+            name = os.path.basename(path.rstrip("/" + os.sep)) or path
+        self._check(name, step)
+        if globlib.has_magic(path):
+            matches = sorted(globlib.glob(path, recursive=True))
+            if not matches:
+                raise NotFound(f"no files match {path}", subject=path)
+            base = os.path.commonpath([os.path.abspath(m) for m in matches])
+            if len(matches) == 1 or os.path.abspath(matches[0]) == base:
+                base = os.path.dirname(base)
+            items = [(os.path.relpath(os.path.abspath(m), base).replace(os.sep, "/"), m) for m in matches]
+            res = self.store.put_selection(items)
+        else:
+            res = self.store.put_file(path)
+        return self.records.log_version(self.name, name, kind=kind or "artifact", digest=res.digest, size=res.size,
+                                        new_bytes=res.new_bytes, step=step, metadata=metadata,
+                                        object_type=res.kind)
+
+    def log_model(self, path, name: str = "model", framework: str | None = None, step: int | None = None,
+                  metadata: dict | None = None) -> Version:
+        meta = dict(metadata or {})
+        if framework is not None:
+            meta["framework"] = framework
+        return self.log_artifact(path, name=name, kind="model", step=step, metadata=meta)
+
+    def log_text(self, text: str, artifact_file: str, step: int | None = None) -> Version:
+        return self._log_bytes(formats.text_bytes(text), artifact_file, "text", step)
+
+    def log_dict(self, dictionary: dict, artifact_file: str, step: int | None = None) -> Version:
+        return self._log_bytes(formats.dict_bytes(dictionary, artifact_file), artifact_file, "dict", step)
+
+    def log_table(self, data, artifact_file: str, step: int | None = None) -> Version:
+        return self._log_bytes(formats.table_bytes(data, artifact_file), artifact_file, "table", step)
+
+    def log_image(self, image, artifact_file: str, step: int | None = None) -> Version:
+        return self._log_bytes(formats.image_bytes(image, artifact_file), artifact_file, "image", step)
+
+    def log_numpy(self, value, artifact_file: str, step: int | None = None) -> Version:
+        return self._log_bytes(formats.numpy_bytes(value, artifact_file), artifact_file, "numpy", step)
+
+    def log_artifact_ref(self, uri: str, name: str, kind: str | None = None, summary: dict | None = None) -> Version:
+        """Record that this run relates to something stored elsewhere; nothing is stored."""
+        if not isinstance(uri, str) or not uri:
+            raise InvalidInput(f"invalid reference URI {uri!r}", subject=str(uri))
+        self._check(name, None)
+        return self.records.log_version(self.name, name, kind=kind or "reference", digest=None, size=0, new_bytes=0,
+                                        metadata=summary, ref_uri=uri)
+
+    def use_artifact(self, ref: str) -> Version:
+        """Record an input of this run (lineage) and return the version it names."""
+        if ref.startswith("runs:/"):
+            version = self.records.resolve(ref)
+        else:
+            digest, loc = self.store.resolve(ref)
+            version = Version("", "", 0, "input", digest.hex(), loc.size, 0, time.time())
+        self.records.log_event(self.name, "input", ref=ref, digest=version.digest,
+                               uri=version.uri if version.run else None)
+        return version
+
+    def set_metadata(self, **metadata) -> None:
+        self.records.log_event(self.name, "metadata", metadata=metadata)
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _check(self, name: str, step) -> None:
+        check_name(name)
+        if step is not None:
+            check_step(step)
+
+    def _log_bytes(self, data: bytes, artifact_file: str, kind: str, step: int | None) -> Version:
+        """Small content goes inline in its record (one object); larger content is stored in packs."""
+        self._check(artifact_file, step)
+        if len(data) <= INLINE_MAX:
+            return self.records.log_version(self.name, artifact_file, kind=kind, digest=hash_bytes(data).hex(),
+                                            size=len(data), new_bytes=len(data), step=step, inline=data)
+        res = self.store.put_bytes(data)
+        return self.records.log_version(self.name, artifact_file, kind=kind, digest=res.digest, size=res.size,
+                                        new_bytes=res.new_bytes, step=step)
+
+
+@dataclass
+class RunInfo:
+    """What is known of a run: its status, config, metadata, live versions and inputs."""
+
+    name: str
+    status: str
+    config: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+    versions: list[Version] = field(default_factory=list)
+    inputs: list[dict] = field(default_factory=list)
+    start_time: float | None = None
+    end_time: float | None = None
+
+
+def run_info(store: Store, name: str) -> RunInfo:
+    check_name(name, "run name")
+    records = store.records
+    if not records.exists(name):
+        raise NotFound(f"unknown run {name!r}", subject=name)
+    info = RunInfo(name, "running", versions=records.versions(name))
+    for event in records.events(name):
+        _apply(info, event)
+    return info
+
+
+def _apply(info: RunInfo, event: RunEvent) -> None:
+    data = event.data
+    if event.type == "start":
+        info.start_time = info.start_time or event.time
+        info.config.update(data.get("config") or {})
+        info.metadata.update(data.get("metadata") or {})
+        info.status, info.end_time = "running", None
+    elif event.type == "status":
+        info.status = data.get("status", info.status)
+        info.end_time = event.time if info.status != "running" else None
+    elif event.type == "metadata":
+        info.metadata.update(data.get("metadata") or {})
+    elif event.type == "input":
+        info.inputs.append({k: v for k, v in data.items() if v is not None})
