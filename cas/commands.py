@@ -127,3 +127,82 @@ def cmd_unpin(args, uri, as_json) -> int:
     pin = _open(uri).unpin(args.label)
     emit({"label": pin.label, "digest": pin.digest}, as_json, f"unpinned {pin.label} ({pin.digest})")
     return 0
+
+
+def cmd_runs(args, uri, as_json) -> int:
+    from .reach import Reach, usage
+    store = _open(uri)
+    records = store.records
+    reach, roots = Reach(store), None
+    out = []
+    for name in records.run_names():
+        versions = records.versions(name)
+        status = "running"
+        for event in records.events(name):
+            if event.type == "status":
+                status = event.data.get("status", status)
+            elif event.type == "start":
+                status = "running"
+        stored = [v for v in versions if v.digest]
+        if roots is None:
+            roots = store.roots()
+        use = usage(reach, roots, [v.uri for v in stored])
+        out.append({"name": name, "status": status, "versions": len(versions),
+                    "logical_bytes": sum(v.size for v in versions), "stored_bytes": use["total_bytes"]})
+    text = "\n".join(f"{r['name']:30} {r['status']:9} {r['versions']:5} versions  {human(r['logical_bytes']):>10} "
+                      f"logical  {human(r['stored_bytes']):>10} stored" for r in out)
+    emit(out, as_json, text or "no runs")
+    return 0
+
+
+def cmd_log(args, uri, as_json) -> int:
+    from .records import check_name
+    store = _open(uri)
+    records = store.records
+    check_name(args.run, "run name")
+    if not records.exists(args.run):
+        from .errors import NotFound
+        raise NotFound(f"unknown run {args.run!r}", subject=args.run)
+    versions = records.versions(args.run, args.name, kind=args.kind)
+    out = [{"name": v.name, "step": v.step, "kind": v.kind, "digest": v.digest, "size": v.size,
+            "new_bytes": v.new_bytes, "time": v.time, "uri": v.uri, **({"ref_uri": v.ref_uri} if v.ref_uri else {})}
+           for v in versions]
+    text = "\n".join(f"{v['step']:>6}  {v['name']:30} {v['kind']:12} {(v['digest'] or '-')[:16]:16} "
+                      f"{human(v['size']):>10}  new {human(v['new_bytes']):>10}" for v in out)
+    emit(out, as_json, text or "no versions")
+    return 0
+
+
+def cmd_du(args, uri, as_json) -> int:
+    from .reach import Reach, usage
+    from .records import check_name
+    store = _open(uri)
+    roots = store.roots()
+    if args.run is not None:
+        check_name(args.run, "run name")
+        if not store.records.exists(args.run):
+            from .errors import NotFound
+            raise NotFound(f"unknown run {args.run!r}", subject=args.run)
+        focus = [v.uri for v in store.records.versions(args.run) if v.digest]
+    else:
+        focus = sorted(roots)
+    result = {"run": args.run, **usage(Reach(store), roots, focus)}
+    lines = [f"{'logical':>10} {'only this':>10} {'shared':>10}  version"]
+    lines += [f"{human(r['logical_bytes']):>10} {human(r['exclusive_bytes']):>10} {human(r['shared_bytes']):>10}  "
+              f"{r['ref']}" for r in result["versions"]]
+    lines.append(f"total {human(result['total_bytes'])} stored: {human(result['exclusive_bytes'])} only one version "
+                 f"references, {human(result['shared_bytes'])} shared")
+    emit(result, as_json, "\n".join(lines))
+    return 0
+
+
+def cmd_diff(args, uri, as_json) -> int:
+    from .reach import Reach, diff
+    store = _open(uri)
+    a, _ = store.resolve(args.ref_a)
+    b, _ = store.resolve(args.ref_b)
+    result = diff(Reach(store), a, b)
+    emit(result, as_json, f"shared {human(result['shared_bytes'])} ({result['shared_chunks']} chunks); "
+                          f"only in {args.ref_a}: {human(result['only_a_bytes'])}; "
+                          f"only in {args.ref_b}: {human(result['only_b_bytes'])}")
+    return 0

@@ -213,6 +213,10 @@ class RecordBook:
             chosen = [v for v in chosen if v.kind == kind]
         return sorted(chosen, key=lambda v: (v.name, v.step, v.key))
 
+    def all_versions(self) -> list[Version]:
+        """The live versions of every run."""
+        return [v for run in self.run_names() for v in self.versions(run)]
+
     def events(self, run: str) -> list[RunEvent]:
         return sorted((r for r in self._records(layout.run_events_prefix(run)) if isinstance(r, RunEvent)),
                       key=lambda e: e.time)

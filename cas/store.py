@@ -306,6 +306,12 @@ class Store:
         self._require()
         return refs.list_pins(self.backend)
 
+    def roots(self) -> dict[str, bytes]:
+        """Everything that keeps data alive: live run versions (by runs:/ URI) and pins (by pin:<label>)."""
+        roots = {v.uri: bytes.fromhex(v.digest) for v in self.records.all_versions() if v.digest}
+        roots.update((f"pin:{p.label}", bytes.fromhex(p.digest)) for p in self.pins())
+        return roots
+
     # ---- reports ----------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         index = self.index

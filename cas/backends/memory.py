@@ -6,6 +6,7 @@ import threading
 from typing import Iterable, Iterator
 
 from ..errors import NotFound
+from ..layout import TMP
 from . import Backend
 
 _NAMED: dict[str, "MemoryBackend"] = {}
@@ -48,7 +49,8 @@ class MemoryBackend(Backend):
 
     def list(self, prefix) -> Iterator[tuple[str, int]]:
         with self._lock:
-            items = [(k, len(v)) for k, v in self._objects.items() if k.startswith(prefix)]
+            items = [(k, len(v)) for k, v in self._objects.items()
+                     if k.startswith(prefix) and not k.startswith(TMP)]  # temp objects are never listed
         yield from sorted(items)
 
     def delete(self, keys: Iterable[str]) -> None:
