@@ -56,10 +56,9 @@ def pin_from_key(key: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
-# ---- run records: runs/<run id>/{v/<name id>/<step>/<stamp>, e/<stamp>, claims/<name id>/<step>} ----------
+# ---- run records: runs/<run id>/{v/<name id>/<step>/<stamp>, e/<stamp>} ----------------------------------
 RUNS = "runs/"
 _RECORD_KEY = re.compile(r"^runs/[0-9a-f]{32}/(v/[0-9a-f]{32}/[0-9]{20}|e)/[0-9]{20}-[0-9a-f]{12}$")
-_CLAIM_KEY = re.compile(r"^runs/[0-9a-f]{32}/claims/[0-9a-f]{32}/([0-9]{20})$")
 
 
 def _name_id(name: str) -> str:
@@ -89,19 +88,6 @@ def version_key(run: str, name: str, step: int, stamp: str) -> str:
 
 def event_key(run: str, stamp: str) -> str:
     return f"{run_events_prefix(run)}{stamp}"
-
-
-def claim_prefix(run: str, name: str) -> str:
-    return f"{run_prefix(run)}claims/{_name_id(name)}/"
-
-
-def claim_key(run: str, name: str, step: int) -> str:
-    return f"{claim_prefix(run, name)}{step:020d}"
-
-
-def claim_step(key: str) -> int | None:
-    m = _CLAIM_KEY.match(key)
-    return int(m.group(1)) if m else None
 
 
 def is_record_key(key: str) -> bool:

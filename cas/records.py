@@ -2,8 +2,9 @@
 
 Records are, with pins, the roots of the store. The backend is their source of truth; the local LMDB
 index caches them. A (run, name, step) may be logged again: the record with the latest stamp wins
-(the earlier one is superseded, not rewritten). An automatic step is claimed with a create-only
-write, so concurrent loggers never get the same step. Small content (texts, dicts) lives inline in
+(the earlier one is superseded, not rewritten). A version with an automatic step claims its step by
+itself: its record is written create-only under the step's one automatic key, so concurrent loggers
+never get the same step and no other object is written. Small content (texts, dicts) lives inline in
 its record: one object per log call, checked against its digest whenever it is read.
 """
 
@@ -25,6 +26,10 @@ RECORD_FORMAT = 1
 INLINE_MAX = 4096  # content up to this size is kept in its record, not in a pack
 MAX_NAME = 512
 STEP_CLAIM_ATTEMPTS = 10_000
+# the stamp of a version whose step was chosen automatically: one key per step, so writing it create-only
+# claims the step; it sorts before every real stamp, so logging that step again explicitly supersedes it
+AUTO_STAMP = "0" * 20 + "-" + "0" * 12
+_LIMITS = dict(max_bin_len=INLINE_MAX, max_str_len=1 << 20, max_array_len=1 << 16, max_map_len=1 << 16)
 
 
 def check_name(name, what: str = "artifact name") -> str:
@@ -40,6 +45,19 @@ def check_name(name, what: str = "artifact name") -> str:
     if any(part in ("", ".", "..") for part in name.split("/")):
         raise InvalidInput(f"invalid {what} {name!r}: empty, '.' or '..' path segments", subject=name)
     return name
+
+
+def check_fields(value, what: str) -> dict:
+    """A dict a record can hold (config, metadata): str keys, plain values, within the record limits."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"invalid {what}: a dict, not {type(value).__name__}", subject=what)
+    try:
+        msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, **_LIMITS)
+    except (TypeError, ValueError, OverflowError, msgpack.UnpackException) as exc:
+        raise InvalidInput(f"invalid {what}: {exc}", subject=what) from None
+    return value
 
 
 def check_step(step) -> int:
@@ -98,8 +116,7 @@ def _encode(doc: dict) -> bytes:
 def decode(raw: bytes, *, key: str) -> Version | RunEvent:
     """A record read from storage or the cache, checked for shape; inline content checked against its digest."""
     try:
-        doc = msgpack.unpackb(raw, raw=False, max_bin_len=INLINE_MAX, max_str_len=1 << 20,
-                              max_array_len=1 << 16, max_map_len=1 << 16)
+        doc = msgpack.unpackb(raw, raw=False, **_LIMITS)
         if doc.pop("v") != RECORD_FORMAT:
             raise ValueError("unknown record format")
         if doc["t"] == "version":
@@ -144,43 +161,52 @@ class RecordBook:
         return len(got)
 
     # ---- writing ------------------------------------------------------------------------
-    def _write(self, key: str, doc: dict) -> None:
-        raw = _encode(doc)
-        rec = decode(raw, key=key)
+    def _write(self, key: str, doc: dict, *, claim: bool = False):
+        """Write a record create-only and cache it; returns it, or None if `claim` and the key is taken."""
+        try:
+            raw = _encode(doc)
+            rec = decode(raw, key=key)
+        except (TypeError, ValueError, OverflowError, IntegrityError) as exc:  # a value a record cannot hold
+            raise InvalidInput(f"cannot record this {doc['t']} of run {doc['run']!r}: {exc}",
+                               subject=doc["run"]) from None
         if not self.backend.put(key, raw, create_only=True):
+            if claim:
+                return None
             raise AlreadyExists(f"record {key} exists already", subject=key)  # unique keys: never happens
         self.index.add_records([(key, raw, _inline_of(rec))])
+        return rec
 
     def log_version(self, run: str, name: str, *, kind: str, digest: str | None, size: int, new_bytes: int,
                     step: int | None = None, metadata: dict | None = None, ref_uri: str | None = None,
                     inline: bytes | None = None, object_type: str = "file") -> Version:
         check_name(run, "run name")
         check_name(name)
-        now = time.time()
-        if step is None:
-            step = self._claim_next_step(run, name)
-        else:
+        if step is not None:
             check_step(step)
+        now = time.time()
         doc = {"t": "version", "run": run, "name": name, "step": step, "kind": kind or "artifact", "digest": digest,
-               "size": size, "new_bytes": new_bytes, "time": now, "metadata": metadata or {}, "type": object_type}
+               "size": size, "new_bytes": new_bytes, "time": now, "metadata": check_fields(metadata, "metadata"),
+               "type": object_type}
         if ref_uri is not None:
             doc["ref_uri"] = ref_uri
         if inline is not None:
             doc["inline"] = bytes(inline)
-        key = layout.version_key(run, name, step, _stamp(now))
-        self._write(key, doc)
-        return decode(_encode(doc), key=key)
+        if step is not None:
+            return self._write(layout.version_key(run, name, step, _stamp(now)), doc)
+        return self._claim_next_step(doc)
 
-    def _claim_next_step(self, run: str, name: str) -> int:
-        """The next step of (run, name): one past every step recorded or claimed, claimed create-only."""
-        self.sync(layout.version_prefix(run, name))
-        taken = {v.step for v in self.versions(run, name, live_only=False)}
-        claims = [layout.claim_step(k) for k, _ in self.backend.list(layout.claim_prefix(run, name))]
-        step = max(taken | {c for c in claims if c is not None}, default=0) + 1  # versions count from 1
+    def _claim_next_step(self, doc: dict) -> Version:
+        """Write a version at the next step of its name, one past every step recorded: the record is the claim."""
+        run, name = doc["run"], doc["name"]
+        step = 0
         for _ in range(STEP_CLAIM_ATTEMPTS):
-            if self.backend.put(layout.claim_key(run, name, step), b"", create_only=True):
-                return step
-            step += 1
+            self.sync(layout.version_prefix(run, name))  # again after a lost race: explicit steps may have landed
+            taken = {v.step for v in self.versions(run, name, live_only=False)}
+            step = max(max(taken, default=0), step) + 1  # versions count from 1
+            doc["step"] = step
+            rec = self._write(layout.version_key(run, name, step, AUTO_STAMP), doc, claim=True)
+            if rec is not None:
+                return rec
         raise AlreadyExists(f"could not claim a step for {run}/{name}", subject=name)
 
     def log_event(self, run: str, type_: str, **data) -> RunEvent:
@@ -255,7 +281,7 @@ def parse_runs_ref(ref: str) -> tuple[str, str, int | None]:
     name, at, step_text = rest.partition("@")
     step = None
     if at:
-        if not step_text.isdigit():
+        if not (step_text.isascii() and step_text.isdigit()) or int(step_text) >= 10 ** 19:
             raise InvalidInput(f"malformed step in {ref!r}: a non-negative integer", subject=ref)
         step = int(step_text)
     return check_name(run, "run name"), check_name(name), step

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from cas.records import Version, check_name
+from cas.records import Version, check_fields, check_name
 
 from .run import Run, RunInfo, _open_store, generate_run_name, run_info
 
@@ -21,10 +21,9 @@ def init(name: str | None = None, *, store=None, config: dict | None = None, met
     if name is None:
         name = generate_run_name()
     check_name(name, "run name")
-    if config is not None and not isinstance(config, dict):
-        raise TypeError("config must be a dict")
+    config, metadata = check_fields(config, "config"), check_fields(metadata, "metadata")
     st.init()
-    st.records.log_event(name, "start", config=config or {}, metadata=metadata or {})
+    st.records.log_event(name, "start", config=config, metadata=metadata)
     return Run(st, name)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from cas import Store
 from cas.digest import hash_bytes
 from cas.errors import InvalidInput, NotFound
-from cas.records import INLINE_MAX, RunEvent, Version, check_name, check_step
+from cas.records import INLINE_MAX, RunEvent, Version, check_fields, check_name, check_step
 
 from . import formats
 
@@ -58,7 +58,7 @@ class Run:
         path = os.fspath(path)
         if name is None:
             name = os.path.basename(path.rstrip("/" + os.sep)) or path
-        self._check(name, step)
+        self._check(name, step, metadata)
         if globlib.has_magic(path):
             matches = sorted(globlib.glob(path, recursive=True))
             if not matches:
@@ -76,7 +76,7 @@ class Run:
 
     def log_model(self, path, name: str = "model", framework: str | None = None, step: int | None = None,
                   metadata: dict | None = None) -> Version:
-        meta = dict(metadata or {})
+        meta = dict(check_fields(metadata, "metadata"))
         if framework is not None:
             meta["framework"] = framework
         return self.log_artifact(path, name=name, kind="model", step=step, metadata=meta)
@@ -100,12 +100,14 @@ class Run:
         """Record that this run relates to something stored elsewhere; nothing is stored."""
         if not isinstance(uri, str) or not uri:
             raise InvalidInput(f"invalid reference URI {uri!r}", subject=str(uri))
-        self._check(name, None)
+        self._check(name, None, summary)
         return self.records.log_version(self.name, name, kind=kind or "reference", digest=None, size=0, new_bytes=0,
                                         metadata=summary, ref_uri=uri)
 
     def use_artifact(self, ref: str) -> Version:
         """Record an input of this run (lineage) and return the version it names."""
+        if not isinstance(ref, str):
+            raise InvalidInput(f"invalid reference {ref!r}: a str", subject=str(ref))
         if ref.startswith("runs:/"):
             version = self.records.resolve(ref)
         else:
@@ -116,13 +118,15 @@ class Run:
         return version
 
     def set_metadata(self, **metadata) -> None:
-        self.records.log_event(self.name, "metadata", metadata=metadata)
+        self.records.log_event(self.name, "metadata", metadata=check_fields(metadata, "metadata"))
 
     # ---- helpers ------------------------------------------------------------------------
-    def _check(self, name: str, step) -> None:
+    def _check(self, name: str, step, metadata: dict | None = None) -> None:
+        """Everything a record needs, checked before any content is stored."""
         check_name(name)
         if step is not None:
             check_step(step)
+        check_fields(metadata, "metadata")
 
     def _log_bytes(self, data: bytes, artifact_file: str, kind: str, step: int | None) -> Version:
         """Small content goes inline in its record (one object); larger content is stored in packs."""
