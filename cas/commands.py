@@ -206,3 +206,13 @@ def cmd_diff(args, uri, as_json) -> int:
                           f"only in {args.ref_a}: {human(result['only_a_bytes'])}; "
                           f"only in {args.ref_b}: {human(result['only_b_bytes'])}")
     return 0
+
+
+def cmd_forget(args, uri, as_json) -> int:
+    import tracker
+    dropped = tracker.forget(args.runs, name=args.name, kind=args.kind, keep_last=args.keep_last,
+                             keep_every=args.keep_every, all=args.all, dry_run=args.dry_run, store=_open(uri))
+    result = {"forgotten": [v.uri for v in dropped], "count": len(dropped), "dry_run": args.dry_run}
+    verb = "would forget" if args.dry_run else "forgot"
+    emit(result, as_json, "\n".join([f"{verb} {v.uri}" for v in dropped] + [f"{verb} {len(dropped)} versions"]))
+    return 0

@@ -87,6 +87,7 @@ class Version:
     inline: bytes | None = None
     object_type: str = "file"  # file or tree
     key: str = ""
+    forgotten: bool = False  # a tombstone: `cas forget` dropped this (run, name, step)
 
     @property
     def uri(self) -> str:
@@ -122,7 +123,8 @@ def decode(raw: bytes, *, key: str) -> Version | RunEvent:
         if doc["t"] == "version":
             v = Version(doc["run"], doc["name"], int(doc["step"]), str(doc["kind"]), doc["digest"], int(doc["size"]),
                         int(doc["new_bytes"]), float(doc["time"]), dict(doc.get("metadata") or {}),
-                        doc.get("ref_uri"), doc.get("inline"), doc.get("type", "file"), key)
+                        doc.get("ref_uri"), doc.get("inline"), doc.get("type", "file"), key,
+                        bool(doc.get("forgotten", False)))
             if v.digest is not None:
                 parse_ref(v.digest)
             if v.inline is not None and hash_bytes(v.inline).hex() != v.digest:
@@ -234,10 +236,18 @@ class RecordBook:
             ident = (rec.name, rec.step)
             if ident not in latest or rec.key > latest[ident].key:  # keys end in the stamp: latest wins
                 latest[ident] = rec
-        chosen = list(latest.values()) if live_only else everything
+        chosen = [v for v in latest.values() if not v.forgotten] if live_only else everything
         if kind is not None:
             chosen = [v for v in chosen if v.kind == kind]
         return sorted(chosen, key=lambda v: (v.name, v.step, v.key))
+
+    def forget(self, versions: list[Version]) -> None:
+        """Drop versions by writing a tombstone for each (run, name, step); no data is touched here."""
+        for v in versions:
+            now = time.time()
+            doc = {"t": "version", "run": v.run, "name": v.name, "step": v.step, "kind": v.kind, "digest": None,
+                   "size": 0, "new_bytes": 0, "time": now, "metadata": {}, "forgotten": True}
+            self._write(layout.version_key(v.run, v.name, v.step, _stamp(now)), doc)
 
     def all_versions(self) -> list[Version]:
         """The live versions of every run."""

@@ -12,7 +12,7 @@ from cas.records import Version, check_fields, check_name
 
 from .run import Run, RunInfo, _open_store, generate_run_name, run_info
 
-__all__ = ["init", "download", "open", "get_run", "Run", "RunInfo", "Version"]
+__all__ = ["init", "download", "open", "get_run", "forget", "Run", "RunInfo", "Version"]
 
 
 def init(name: str | None = None, *, store=None, config: dict | None = None, metadata: dict | None = None) -> Run:
@@ -40,3 +40,28 @@ def open(ref: str, *, store=None):  # noqa: A001 - mirrors the built-in on purpo
 def get_run(name: str, *, store=None) -> RunInfo:
     """A run's status, config, metadata, live versions and inputs."""
     return run_info(_open_store(store), name)
+
+
+def forget(runs, *, name: str | None = None, kind: str | None = None, keep_last: int | None = None,
+           keep_every: int | None = None, all: bool = False, dry_run: bool = False,  # noqa: A002 - the CLI's --all
+           store=None) -> list[Version]:
+    """Drop versions of runs by policy (records only; `cas gc` frees the data). Returns what was dropped.
+
+    Versions kept by any keep option, and versions whose digest is pinned, are kept; with no keep
+    option, `all=True` must be given.
+    """
+    from .retention import Policy, to_forget
+    st = _open_store(store)
+    policy = Policy(name, kind, keep_last, keep_every, all).check()
+    names = [runs] if isinstance(runs, str) else list(runs)
+    versions = []
+    for run in names:
+        check_name(run, "run name")
+        if not st.records.exists(run):
+            from cas.errors import NotFound
+            raise NotFound(f"unknown run {run!r}", subject=run)
+        versions += st.records.versions(run)
+    dropped = to_forget(versions, policy, {p.digest for p in st.pins()})
+    if not dry_run:
+        st.records.forget(dropped)
+    return dropped
