@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--keep-every", type=int, metavar="STEPS", help="keep versions whose step is a multiple")
     c.add_argument("--all", action="store_true", help="forget every matching version (needed without --keep-*)")
     c.add_argument("--dry-run", action="store_true", help="show what would be forgotten; change nothing")
+    c = cmd("gc", "delete what no run or pin references, safely beside running writers")
+    c.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")
+    c.add_argument("--grace", default="24h", metavar="DURATION",
+                   help="delete what was condemned at least this long ago: 0, 30s, 15m, 24h, 7d (default 24h)")
+    c.add_argument("--repack-threshold", type=float, default=None, metavar="SHARE",
+                   help="repack a needed pack once this share of it is dead (default 0.25)")
     c = cmd("pin", "pin a stored object under a label")
     c.add_argument("ref", metavar="REF")
     c.add_argument("--label", required=True)

@@ -216,3 +216,17 @@ def cmd_forget(args, uri, as_json) -> int:
     verb = "would forget" if args.dry_run else "forgot"
     emit(result, as_json, "\n".join([f"{verb} {v.uri}" for v in dropped] + [f"{verb} {len(dropped)} versions"]))
     return 0
+
+
+def cmd_gc(args, uri, as_json) -> int:
+    from .gc import REPACK_THRESHOLD, execute_gc, parse_duration
+    grace = parse_duration(args.grace)
+    threshold = REPACK_THRESHOLD if args.repack_threshold is None else args.repack_threshold
+    if not 0 < threshold <= 1:
+        raise InvalidInput(f"--repack-threshold takes a share in (0, 1], not {threshold}")
+    report = execute_gc(_open(uri), grace=grace, dry_run=args.dry_run, repack_threshold=threshold)
+    verb = "would delete" if args.dry_run else "deleted"
+    emit(report, as_json, f"{verb} {report['deleted_packs']} packs ({human(report['freed_bytes'])}); "
+                          f"repacked {report['repacked_packs']}, condemned {report['condemned_packs']}, "
+                          f"{report['waiting_packs']} waiting for their grace period or live writers")
+    return 0

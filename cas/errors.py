@@ -59,6 +59,12 @@ class ChangedWhileReading(CasError):
     exit_code = 8
 
 
+class LeaseExpired(CasError):
+    """A writer was paused or cut off longer than its lease: gc may have run, so nothing was committed."""
+
+    exit_code = 9
+
+
 class Interrupted(BaseException):
     """A signal (SIGTERM) stopped the operation; partial work was cleaned up.
 

@@ -62,6 +62,9 @@ class Index:
         self.index_objects = self.env.open_db(b"index_objects")  # keys of the store's index objects read
         self.records = self.env.open_db(b"records")  # run record key → its raw bytes
         self.inline = self.env.open_db(b"inline")  # digest → content kept inline in a record
+        self.condemned = self.env.open_db(b"condemned")  # pack id → b"": gc condemned it; never dedup against it
+        self.deleted = self.env.open_db(b"deleted")  # pack id → b"": gc deleted it; never learn it again
+        self.gc_lists = self.env.open_db(b"gc_lists")  # gc list key → its packs (32-byte ids back to back)
 
     def _write(self, fn):
         """Run fn(txn) in one write transaction, growing the map when it is full."""
@@ -96,11 +99,11 @@ class Index:
         self._write(lambda txn: self._put_pack(txn, pack_id, size, entries))
 
     def add_index_object(self, key: str, records) -> int:
-        """Learn the packs of one index object (those not yet known) and remember it was read."""
+        """Learn the packs of one index object (those not yet known nor deleted) and remember it was read."""
         def fn(txn):
             added = 0
             for rec in records:
-                if txn.get(rec.pack_id, db=self.packs) is None:
+                if txn.get(rec.pack_id, db=self.packs) is None and txn.get(rec.pack_id, db=self.deleted) is None:
                     self._put_pack(txn, rec.pack_id, rec.size, rec.entries)
                     added += 1
             txn.put(key.encode(), b"", db=self.index_objects)
@@ -125,6 +128,45 @@ class Index:
                     txn.put(inline[0], inline[1], db=self.inline)
         self._write(fn)
 
+    # ---- gc state ---------------------------------------------------------------------
+    def gc_list(self, key: str) -> list[bytes] | None:
+        raw = self._read(lambda txn: txn.get(key.encode(), db=self.gc_lists))
+        return None if raw is None else [bytes(raw[i:i + 32]) for i in range(0, len(raw), 32)]
+
+    def set_gc_state(self, lists: dict[str, list[bytes]], condemned: set[bytes], deleted: set[bytes]) -> bool:
+        """Record the gc lists read and the condemned packs; returns True if packs were newly deleted."""
+        def fn(txn):
+            for key, packs in lists.items():
+                txn.put(key.encode(), b"".join(packs), db=self.gc_lists)
+            txn.drop(self.condemned, delete=False)
+            for pid in condemned:
+                txn.put(pid, b"", db=self.condemned)
+            fresh = [pid for pid in deleted if txn.get(pid, db=self.deleted) is None]
+            for pid in fresh:
+                txn.put(pid, b"", db=self.deleted)
+            return bool(fresh)
+        return self._write(fn)
+
+    def forget_packs(self) -> None:
+        """Drop what the cache knows of packs (not records): the next sync relearns them from index objects."""
+        def fn(txn):
+            for db in (self.chunks, self.manifests, self.packs, self.index_objects):
+                txn.drop(db, delete=False)
+        self._write(fn)
+
+    def condemned_packs(self) -> set[bytes]:
+        return self._read(lambda txn: {bytes(k) for k in txn.cursor(db=self.condemned).iternext(values=False)})
+
+    def deleted_packs(self) -> set[bytes]:
+        return self._read(lambda txn: {bytes(k) for k in txn.cursor(db=self.deleted).iternext(values=False)})
+
+    def usable(self, kind: int, key: bytes) -> bool:
+        """Whether a writer may deduplicate against this blob: known, in a pack gc has not condemned."""
+        def fn(txn):
+            raw = txn.get(key, db=self.chunks if kind == CHUNK else self.manifests)
+            return raw is not None and txn.get(bytes(raw[:32]), db=self.condemned) is None
+        return self._read(fn)
+
     def clear(self) -> None:
         def fn(txn):
             for db in (self.chunks, self.manifests, self.packs, self.index_objects, self.records, self.inline):
@@ -140,7 +182,17 @@ class Index:
         return Location(pack_id, off, slen, rlen, cod, chunk_id)
 
     def chunks_known(self, ids: list[bytes]) -> list[bool]:
-        """Which of the ids are in the index, in one read transaction."""
+        """Which of the ids a writer may deduplicate against (known, not condemned), in one transaction."""
+        def fn(txn):
+            out = []
+            for i in ids:
+                raw = txn.get(i, db=self.chunks)
+                out.append(raw is not None and txn.get(bytes(raw[:32]), db=self.condemned) is None)
+            return out
+        return self._read(fn)
+
+    def chunks_present(self, ids: list[bytes]) -> list[bool]:
+        """Which of the ids the index has a location for, condemned or not."""
         return self._read(lambda txn: [txn.get(i, db=self.chunks) is not None for i in ids])
 
     def manifest(self, digest: bytes) -> Location | None:

@@ -161,15 +161,25 @@ class PutSession:
     def _known(self, key: bytes, kind: int) -> bool:
         if (kind, key) in self.pending:
             return True
-        if kind == CHUNK:
-            return self.index.chunk(key) is not None
-        return self.index.manifest(key) is not None
+        return self.index.usable(kind, key)
 
     def add_manifest(self, kind: int, key: bytes, raw: bytes, size: int) -> None:
         if self._known(key, kind):
             return
         codec_id, stored = codec.compress(raw, self.config.level)
         self._add(kind, key, stored, len(raw), codec_id, hash_bytes(raw), size)
+
+    def copy_blob(self, kind: int, key: bytes, stored: bytes, raw_len: int, codec_id: int, check: bytes,
+                  size: int = 0, *, force: bool = False) -> None:
+        """Store an already verified, already compressed blob again (gc's repack, reviving condemned data).
+
+        With force, copy it even if the index knows it (repack moves blobs out of packs still indexed).
+        """
+        if (kind, key) in self.pending or (not force and self.index.usable(kind, key)):
+            return
+        if kind == CHUNK:
+            self.new_bytes += raw_len
+        self._add(kind, key, stored, raw_len, codec_id, check, size)
 
     # ---- files ------------------------------------------------------------------------------
     def put_stream(self, stream) -> tuple[bytes, int]:

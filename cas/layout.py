@@ -92,3 +92,29 @@ def event_key(run: str, stamp: str) -> str:
 
 def is_record_key(key: str) -> bool:
     return _RECORD_KEY.match(key) is not None
+
+
+# ---- writer leases and gc state ----------------------------------------------------------------------
+SESSIONS = "sessions/"
+GC = "gc/"
+GC_CONDEMNED = "gc/condemned/"
+GC_SESSIONS = "gc/sessions/"
+GC_DELETED = "gc/deleted/"
+GC_CLOCK = "gc/clock"
+
+
+def session_key(session_id: str) -> str:
+    return f"{SESSIONS}{session_id}"
+
+
+def condemned_key(stamp: str) -> str:
+    """A list of condemned packs; gc/sessions/<stamp> lists the writer sessions live once it was durable."""
+    return f"{GC_CONDEMNED}{stamp}"
+
+
+def gc_sessions_key(stamp: str) -> str:
+    return f"{GC_SESSIONS}{stamp}"
+
+
+def deleted_key(stamp: str) -> str:
+    return f"{GC_DELETED}{stamp}"

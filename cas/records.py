@@ -141,9 +141,10 @@ def decode(raw: bytes, *, key: str) -> Version | RunEvent:
 class RecordBook:
     """Writes records to the backend and answers questions about runs from the local cache."""
 
-    def __init__(self, backend, index):
+    def __init__(self, backend, index, *, before_commit=None):
         self.backend = backend
         self.index = index
+        self.before_commit = before_commit or (lambda: None)  # the store's writer-lease check
 
     # ---- syncing ------------------------------------------------------------------------
     def sync(self, prefix: str = layout.RUNS) -> int:
@@ -171,6 +172,7 @@ class RecordBook:
         except (TypeError, ValueError, OverflowError, IntegrityError) as exc:  # a value a record cannot hold
             raise InvalidInput(f"cannot record this {doc['t']} of run {doc['run']!r}: {exc}",
                                subject=doc["run"]) from None
+        self.before_commit()
         if not self.backend.put(key, raw, create_only=True):
             if claim:
                 return None

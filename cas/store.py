@@ -20,9 +20,11 @@ from .errors import AlreadyExists, AmbiguousReference, InvalidInput, NotFound
 from .index import INLINE, Index, Location
 from .ingest import PutResult, PutSession
 from .manifest import FileManifest, TreeManifest
+from .leases import WriterLease
 from .records import RecordBook
-from .pack import FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
-from .restore import ChunkReader, FileReader, replace_destination, stream_file, write_file, write_tree
+from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
+from .restore import (ChunkReader, FileReader, replace_destination, stream_file, verified_blob, write_file,
+                      write_tree)
 
 Progress = Callable[[int], None]
 
@@ -38,6 +40,7 @@ class Store:
         self.cache_dir = cache_dir or default_cache_dir()
         self._index: Index | None = None
         self._records: RecordBook | None = None
+        self._lease: WriterLease | None = None
         self.warnings: list[str] = []
         self.on_warning: Callable[[str], None] = self.warnings.append
 
@@ -90,6 +93,8 @@ class Store:
         vanishes while we read was merged by a writer: list again and read the merged one.
         """
         index = self._open_index()
+        if self._sync_gc_state(index):
+            index.forget_packs()  # gc deleted packs: relearn every location from the index objects
         for attempt in range(3):
             seen = index.index_objects_read()
             fresh = [k for k in pack_index.list_keys(self.backend) if k not in seen]
@@ -100,6 +105,46 @@ class Store:
                 if attempt == 2:
                     raise
         return 0
+
+    def _sync_gc_state(self, index: Index) -> bool:
+        """Learn gc's condemned and deleted packs; True if packs were deleted since the last look."""
+        from .gc import decode_list
+        lists, condemned, deleted = {}, set(), set()
+        for key, _ in self.backend.list(layout.GC):
+            if not key.startswith((layout.GC_CONDEMNED, layout.GC_DELETED)):
+                continue
+            packs = index.gc_list(key)
+            if packs is None:
+                try:
+                    packs = lists[key] = decode_list(self.backend.get(key), key=key)[1]
+                except NotFound:
+                    continue  # gc finished with it while we listed
+            (condemned if key.startswith(layout.GC_CONDEMNED) else deleted).update(packs)
+        return index.set_gc_state(lists, condemned, deleted)
+
+    @contextmanager
+    def writing(self):
+        """Hold a writer lease from before deduplication until after the refs are written (reentrant).
+
+        gc never deletes what a live writer may use; a writer whose lease expired commits nothing.
+        """
+        if self._lease is not None:
+            yield self._lease
+            return
+        self.init()
+        lease = self._lease = WriterLease(self.backend).acquire()
+        try:
+            self._open_index()
+            self.sync()  # after the lease is durable: every condemnation made before it is seen now
+            yield lease
+        finally:
+            self._lease = None
+            lease.release()
+
+    def _before_commit(self) -> None:
+        """Called right before a ref is written: refuse if our lease may have expired."""
+        if self._lease is not None:
+            self._lease.check()
 
     def reindex(self) -> dict[str, int]:
         """Rebuild the local index from the packs themselves (their footers), the source of truth."""
@@ -145,7 +190,7 @@ class Store:
     def records(self) -> RecordBook:
         """Run records (the tracker's versions and events), synced with the store on first use."""
         if self._records is None:
-            self._records = RecordBook(self.backend, self.index)
+            self._records = RecordBook(self.backend, self.index, before_commit=self._before_commit)
             self._records.sync()
         return self._records
 
@@ -195,11 +240,14 @@ class Store:
         """Store a file or folder; pin it under `pin` when given. Acknowledged once this returns."""
         path = os.fspath(path)
         kind = source_kind(path)
-        with self._session(on_progress) as session:
-            digest, size = session.put_tree(path) if kind == "tree" else session.put_file(path)
-        result = PutResult(path, digest.hex(), size, session.new_bytes, kind)
         if pin is not None:
-            self.pin(result.digest, pin)
+            refs.check_label(pin)
+        with self.writing():
+            with self._session(on_progress) as session:
+                digest, size = session.put_tree(path) if kind == "tree" else session.put_file(path)
+            result = PutResult(path, digest.hex(), size, session.new_bytes, kind)
+            if pin is not None:
+                self.pin(result.digest, pin)
         return result
 
     def put_selection(self, items: list[tuple[str, str]], *, on_progress: Progress | None = None) -> PutResult:
@@ -208,16 +256,17 @@ class Store:
             raise InvalidInput("nothing to store: no paths given", subject="")
         for _, full in items:
             source_kind(full)
-        with self._session(on_progress) as session:
+        with self.writing(), self._session(on_progress) as session:
             digest, size = session.put_selection(items)
         return PutResult("", digest.hex(), size, session.new_bytes, "tree")
 
     def put_bytes(self, data: bytes, *, pin: str | None = None) -> PutResult:
-        with self._session() as session:
-            digest, size = session.put_stream(io.BytesIO(data))
-        result = PutResult("", digest.hex(), size, session.new_bytes)
-        if pin is not None:
-            self.pin(result.digest, pin)
+        with self.writing():
+            with self._session() as session:
+                digest, size = session.put_stream(io.BytesIO(data))
+            result = PutResult("", digest.hex(), size, session.new_bytes)
+            if pin is not None:
+                self.pin(result.digest, pin)
         return result
 
     # ---- reading ----------------------------------------------------------------------------
@@ -292,11 +341,38 @@ class Store:
 
     # ---- pins -------------------------------------------------------------------------------
     def pin(self, ref: str, label: str) -> refs.Pin:
-        digest, loc = self.resolve(ref)
-        kind = "tree" if loc.kind == TREE_MANIFEST else "file"
-        pin = refs.Pin(refs.check_label(label), digest.hex(), time.time(), kind, loc.size)
-        refs.write_pin(self.backend, pin)
+        refs.check_label(label)
+        self._require()  # pinning never creates a store
+        with self.writing():
+            digest, loc = self.resolve(ref)
+            self.revive(digest)
+            kind = "tree" if loc.kind == TREE_MANIFEST else "file"
+            pin = refs.Pin(label, digest.hex(), time.time(), kind, loc.size)
+            self._before_commit()
+            refs.write_pin(self.backend, pin)
         return pin
+
+    def revive(self, digest: bytes) -> int:
+        """Store again every blob of an object that sits in a pack gc condemned; call under writing().
+
+        A new ref to old data must not point into a pack gc may delete; returns the blobs copied.
+        """
+        condemned = self.index.condemned_packs()
+        if not condemned:
+            return 0
+        from .gc import _reachable
+        blobs = []
+        for kind, key in _reachable(self, {digest.hex(): digest}):
+            loc = self.index.chunk(key) if kind == CHUNK else self.index.manifest(key)
+            if loc is not None and loc.pack_id in condemned:
+                blobs.append((kind, key, loc))
+        if blobs:
+            with self._session() as session:
+                for kind, key, loc in blobs:
+                    stored = self.backend.get(layout.pack_key(loc.pack_id), loc.offset, loc.offset + loc.stored_len)
+                    verified_blob(loc, stored, what=f"blob {key.hex()}")
+                    session.copy_blob(kind, key, stored, loc.raw_len, loc.codec, loc.check, loc.size)
+        return len(blobs)
 
     def unpin(self, label: str) -> refs.Pin:
         self._require()

@@ -80,8 +80,29 @@ def _what(e: PackEntry) -> str:
     return f"chunk {e.key.hex()}" if e.kind == CHUNK else f"manifest {e.key.hex()}"
 
 
+def _referenced(store) -> set[bytes]:
+    """Digests of the files and trees some ref reaches; only those must be complete (gc may have taken
+    the chunks of a manifest nothing references any more)."""
+    seen: set[bytes] = set()
+    todo = [bytes.fromhex(v.digest) for v in store.records.all_versions() if v.digest]
+    todo += [bytes.fromhex(p.digest) for p in refs.list_pins(store.backend, on_damaged=lambda exc: None)]
+    while todo:
+        digest = todo.pop()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        loc = store.index.manifest(digest)
+        if loc is not None and loc.kind != FILE_MANIFEST:
+            try:
+                todo += [e.digest for e in store._manifest(digest, loc).entries if e.kind == "file"]
+            except CasError:
+                pass  # reported by the manifest check below
+    return seen
+
+
 def _check_manifests(store, listed: dict, report: VerifyReport) -> None:
     index = store.index
+    referenced = _referenced(store)
     for digest, loc in index.iter_manifests():
         report.manifests += 1
         if loc.pack_id not in listed:
@@ -92,8 +113,10 @@ def _check_manifests(store, listed: dict, report: VerifyReport) -> None:
         except CasError as exc:
             report.problems.append(f"manifest {digest.hex()}: {exc}")
             continue
+        if digest not in referenced:
+            continue
         if loc.kind == FILE_MANIFEST:
-            missing = [i for i, have in enumerate(index.chunks_known(
+            missing = [i for i, have in enumerate(index.chunks_present(
                 [manifest.chunk_id(i) for i in range(len(manifest))])) if not have]
             if missing:
                 report.problems.append(f"file {digest.hex()}: {len(missing)} chunks are missing")

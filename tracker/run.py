@@ -67,12 +67,11 @@ class Run:
             if len(matches) == 1 or os.path.abspath(matches[0]) == base:
                 base = os.path.dirname(base)
             items = [(os.path.relpath(os.path.abspath(m), base).replace(os.sep, "/"), m) for m in matches]
-            res = self.store.put_selection(items)
-        else:
-            res = self.store.put_file(path)
-        return self.records.log_version(self.name, name, kind=kind or "artifact", digest=res.digest, size=res.size,
-                                        new_bytes=res.new_bytes, step=step, metadata=metadata,
-                                        object_type=res.kind)
+        with self.store.writing():  # one writer lease from deduplication to the record
+            res = self.store.put_selection(items) if globlib.has_magic(path) else self.store.put_file(path)
+            return self.records.log_version(self.name, name, kind=kind or "artifact", digest=res.digest,
+                                            size=res.size, new_bytes=res.new_bytes, step=step, metadata=metadata,
+                                            object_type=res.kind)
 
     def log_model(self, path, name: str = "model", framework: str | None = None, step: int | None = None,
                   metadata: dict | None = None) -> Version:
@@ -134,9 +133,10 @@ class Run:
         if len(data) <= INLINE_MAX:
             return self.records.log_version(self.name, artifact_file, kind=kind, digest=hash_bytes(data).hex(),
                                             size=len(data), new_bytes=len(data), step=step, inline=data)
-        res = self.store.put_bytes(data)
-        return self.records.log_version(self.name, artifact_file, kind=kind, digest=res.digest, size=res.size,
-                                        new_bytes=res.new_bytes, step=step)
+        with self.store.writing():
+            res = self.store.put_bytes(data)
+            return self.records.log_version(self.name, artifact_file, kind=kind, digest=res.digest, size=res.size,
+                                            new_bytes=res.new_bytes, step=step)
 
 
 @dataclass

@@ -38,6 +38,13 @@ class Backend(abc.ABC):
         """(key, size) of every complete object whose key starts with prefix; no temp objects."""
 
     @abc.abstractmethod
+    def list_times(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """(key, last-modified time by the backend's own clock, in epoch seconds) under prefix.
+
+        gc and writer leases compare these times with each other only, so machines' clocks never matter.
+        """
+
+    @abc.abstractmethod
     def delete(self, keys: Iterable[str]) -> None:
         """Delete the keys; absent keys are ignored."""
 
@@ -47,6 +54,10 @@ class Backend(abc.ABC):
     def probe_conditional_writes(self) -> bool:
         """Whether create_only is atomic here; S3 asks the server once, at store creation."""
         return True
+
+    def abort_stale_uploads(self, older_than: float, *, dry_run: bool = False) -> int:
+        """Abort unfinished multipart uploads started more than older_than seconds ago; how many."""
+        return 0
 
     def spool_dir(self) -> str | None:
         """A folder on the same filesystem for temp files that put_file can move in cheaply."""

@@ -104,6 +104,14 @@ class LocalBackend(Backend):
         return st.st_size if stat.S_ISREG(st.st_mode) else None  # a folder is not an object
 
     def list(self, prefix) -> Iterator[tuple[str, int]]:
+        for key, st in self._walk(prefix):
+            yield key, st.st_size
+
+    def list_times(self, prefix) -> Iterator[tuple[str, float]]:
+        for key, st in self._walk(prefix):
+            yield key, st.st_mtime
+
+    def _walk(self, prefix: str):
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         top = self._path(base) if base else self.root
         for dirpath, dirnames, filenames in os.walk(top):
@@ -115,7 +123,7 @@ class LocalBackend(Backend):
                 if name.startswith(TMP_PREFIX) or key.startswith("tmp/") or not key.startswith(prefix):
                     continue
                 try:
-                    yield key, os.stat(os.path.join(dirpath, name)).st_size
+                    yield key, os.stat(os.path.join(dirpath, name))
                 except FileNotFoundError:
                     continue
 

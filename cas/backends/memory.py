@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Iterable, Iterator
 
 from ..errors import NotFound
@@ -16,6 +17,7 @@ class MemoryBackend(Backend):
     def __init__(self, uri: str = "memory://"):
         self.uri = uri
         self._objects: dict[str, bytes] = {}
+        self._times: dict[str, float] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -37,6 +39,7 @@ class MemoryBackend(Backend):
             if create_only and key in self._objects:
                 return False
             self._objects[key] = bytes(data)
+            self._times[key] = time.time()
             return True
 
     def put_file(self, key, path, *, create_only=False):
@@ -53,7 +56,13 @@ class MemoryBackend(Backend):
                      if k.startswith(prefix) and not k.startswith(TMP)]  # temp objects are never listed
         yield from sorted(items)
 
+    def list_times(self, prefix) -> Iterator[tuple[str, float]]:
+        with self._lock:
+            items = [(k, self._times[k]) for k in self._objects if k.startswith(prefix) and not k.startswith(TMP)]
+        yield from sorted(items)
+
     def delete(self, keys: Iterable[str]) -> None:
         with self._lock:
             for key in keys:
                 self._objects.pop(key, None)
+                self._times.pop(key, None)

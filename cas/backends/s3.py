@@ -141,6 +141,14 @@ class S3Backend(Backend):
             raise self._fail(exc, f"reading {key}") from None
 
     def list(self, prefix) -> Iterator[tuple[str, int]]:
+        for key, obj in self._objects(prefix):
+            yield key, int(obj["Size"])
+
+    def list_times(self, prefix) -> Iterator[tuple[str, float]]:
+        for key, obj in self._objects(prefix):
+            yield key, obj["LastModified"].timestamp()  # the server's clock
+
+    def _objects(self, prefix: str):
         skip = len(self.prefix)
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
@@ -149,7 +157,7 @@ class S3Backend(Backend):
                 for obj in page.get("Contents", ()):
                     key = obj["Key"][skip:]
                     if not key.startswith("tmp/"):
-                        yield key, int(obj["Size"])
+                        yield key, obj
         except (self._bex.ClientError, self._bex.BotoCoreError) as exc:
             raise self._fail(exc, f"listing {prefix or 'the store'}") from None
 
@@ -230,6 +238,22 @@ class S3Backend(Backend):
                 raise StorageError(f"S3 could not delete {len(errors)} objects, e.g. "
                                    f"{errors[0].get('Key', '')[len(self.prefix):]}: {errors[0].get('Code')}",
                                    subject=self.bucket)
+
+    def abort_stale_uploads(self, older_than: float, *, dry_run: bool = False) -> int:
+        """Abort multipart uploads under the store's prefix begun more than older_than seconds ago."""
+        import datetime
+        cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than)
+        stale = []
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                     Prefix=self.prefix):
+                stale += [u for u in page.get("Uploads", ()) if u["Initiated"] < cutoff]
+            if not dry_run:
+                for u in stale:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
+        except (self._bex.ClientError, self._bex.BotoCoreError) as exc:
+            raise self._fail(exc, "cleaning up unfinished uploads") from None
+        return len(stale)
 
     def create_location(self) -> None:
         """Create the bucket if it does not exist (the first write to a store creates it)."""

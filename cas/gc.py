@@ -1,0 +1,274 @@
+"""Garbage collection in two phases without a lock on the write path: `plan_gc` decides (pure), `execute_gc` acts.
+
+Phase 1 condemns packs no root needs (writing gc/condemned/<stamp>, then gc/sessions/<stamp> with the
+writer sessions live once the condemnation was durable); writers that start later see it and store
+those blobs again instead of deduplicating. Phase 2 deletes a condemned pack once the grace period
+has passed since condemnation, every session listed with it is over, and it is still unneeded.
+The argument for why this is safe is in docs/design.md. Reads metadata only: index objects,
+manifests, records, pins.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import msgpack
+
+from . import layout, pack_index
+from .errors import IntegrityError, InvalidInput, NotFound
+from .index import INLINE, Location
+from .leases import backend_now, lease_seconds, live_sessions
+from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
+from .pack_index import PackRecord
+from .restore import verified_blob
+
+DEFAULT_GRACE = 24 * 3600.0
+REPACK_THRESHOLD = 0.25  # a needed pack whose dead share reaches this is repacked
+GC_LIST_FORMAT = 1
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of '0', '30s', '15m', '24h', '7d' (a bare number is seconds)."""
+    m = _DURATION.match(str(text).strip())
+    if not m:
+        raise InvalidInput(f"invalid duration {text!r} (use e.g. 0, 30s, 15m, 24h, 7d)", subject=str(text))
+    return float(int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+
+
+# ---- gc lists in the store ------------------------------------------------------------------------
+def encode_list(packs, now: float) -> bytes:
+    return msgpack.packb({"v": GC_LIST_FORMAT, "time": now, "packs": sorted(packs)}, use_bin_type=True)
+
+
+def decode_list(raw: bytes, *, key: str) -> tuple[float, list[bytes]]:
+    try:
+        doc = msgpack.unpackb(raw, raw=False, max_bin_len=64, max_str_len=256, max_array_len=len(raw) + 1,
+                              max_map_len=8)
+        packs = [bytes(p) for p in doc["packs"]]
+        if doc["v"] != GC_LIST_FORMAT or any(len(p) != 32 for p in packs):
+            raise ValueError
+        return float(doc["time"]), packs
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+        raise IntegrityError(f"gc list {key} is damaged", subject=key) from None
+
+
+@dataclass(frozen=True)
+class Condemnation:
+    stamp: str
+    time: float  # backend clock when it was written
+    packs: frozenset[bytes]
+    sessions: frozenset[str] | None  # None: gc stopped before listing them; the condemnation is void
+
+
+@dataclass
+class GcPlan:
+    keep: set[bytes] = field(default_factory=set)
+    repack: list[bytes] = field(default_factory=list)
+    condemn: set[bytes] = field(default_factory=set)
+    delete: set[bytes] = field(default_factory=set)
+    finished: list[str] = field(default_factory=list)  # condemnation stamps fully handled by this run
+    void: list[str] = field(default_factory=list)  # condemnations without a sessions list
+    waiting: set[bytes] = field(default_factory=set)  # condemned, not yet deletable
+
+
+def _needed(packs: dict[bytes, PackRecord], reachable: set, condemned: set[bytes]) -> tuple[set, dict]:
+    """Packs that must stay so every reachable blob has a home, and which blobs each one supplies.
+
+    Every blob is supplied by one pack, preferring packs not condemned, then packs mostly alive.
+    """
+    live = {pid: [e for e in rec.entries if (e.kind, e.key) in reachable] for pid, rec in packs.items()}
+
+    def order(pid):
+        share = sum(e.stored_len for e in live[pid]) / max(1, packs[pid].size)
+        return (pid in condemned, -share, pid)
+    covered: set = set()
+    keep: set[bytes] = set()
+    supplies: dict[bytes, list] = {}
+    for pid in sorted(packs, key=order):
+        need = [e for e in live[pid] if (e.kind, e.key) not in covered]
+        if need:
+            keep.add(pid)
+            supplies[pid] = need
+            covered.update((e.kind, e.key) for e in need)
+    missing = reachable - covered
+    if missing:
+        kind, key = next(iter(missing))
+        raise IntegrityError(f"gc stopped: {len(missing)} reachable blobs are in no pack (e.g. {key.hex()}); "
+                             f"nothing was changed", subject=key.hex())
+    return keep, supplies
+
+
+def plan_gc(packs: dict[bytes, PackRecord], reachable: set, condemnations: list[Condemnation],
+            live: set[str], now: float, grace: float, repack_threshold: float = REPACK_THRESHOLD) -> GcPlan:
+    """What to repack, condemn and delete; a pure function of the store's metadata."""
+    plan = GcPlan()
+    condemned = {p for c in condemnations for p in c.packs}
+    plan.keep, supplies = _needed(packs, reachable, condemned)
+    for pid in sorted(plan.keep):
+        supplied = sum(e.stored_len for e in supplies[pid])
+        if pid not in condemned and 1 - supplied / max(1, packs[pid].size) >= repack_threshold:
+            plan.repack.append(pid)
+    dead = set(packs) - plan.keep
+    plan.condemn = (dead | set(plan.repack)) - condemned
+    for c in condemnations:
+        if c.sessions is None:
+            plan.void.append(c.stamp)
+            continue
+        ready = now - c.time >= grace and not (c.sessions & live)
+        if ready:
+            plan.delete |= c.packs & dead
+            plan.finished.append(c.stamp)
+        else:
+            plan.waiting |= c.packs & dead
+    return plan
+
+
+# ---- running it -----------------------------------------------------------------------------------
+def _reachable(store, roots: dict[str, bytes]) -> set:
+    """(kind, key) of every blob a root needs: manifests and chunks, from manifests only."""
+    seen: set = set()
+    done: set[bytes] = set()
+
+    def visit(digest: bytes, ref: str) -> None:
+        if digest in done:
+            return
+        done.add(digest)
+        loc = store.index.object_location(digest)
+        if loc is None:
+            raise IntegrityError(f"gc stopped: {ref} names {digest.hex()}, which is not in the store; nothing "
+                                 f"was changed (run cas verify)", subject=digest.hex())
+        if loc.kind == INLINE:
+            return
+        manifest = store._manifest(digest, loc)
+        if loc.kind == TREE_MANIFEST:
+            seen.add((TREE_MANIFEST, digest))
+            for entry in manifest.entries:
+                if entry.kind == "file":
+                    visit(entry.digest, ref)
+        else:
+            seen.add((FILE_MANIFEST, digest))
+            seen.update((CHUNK, manifest.chunk_id(i)) for i in range(len(manifest)))
+    for ref, digest in roots.items():
+        visit(digest, ref)
+    return seen
+
+
+def _condemnations(backend) -> list[Condemnation]:
+    listed = dict(backend.list(layout.GC))
+    out = []
+    for key in sorted(k for k in listed if k.startswith(layout.GC_CONDEMNED)):
+        stamp = key[len(layout.GC_CONDEMNED):]
+        try:
+            when, packs = decode_list(backend.get(key), key=key)
+        except NotFound:
+            continue
+        sessions = None
+        if layout.gc_sessions_key(stamp) in listed:
+            sessions = frozenset(msgpack.unpackb(backend.get(layout.gc_sessions_key(stamp)), raw=False))
+        out.append(Condemnation(stamp, when, frozenset(packs), sessions))
+    return out
+
+
+def _catalog(store) -> tuple[dict[bytes, PackRecord], list[str]]:
+    """Every pack of the store with its entries: from index objects, plus footers of packs none names."""
+    keys = pack_index.list_keys(store.backend)
+    packs: dict[bytes, PackRecord] = {}
+    for _, records in pack_index.read_many(store.backend, keys):
+        for rec in records:
+            packs.setdefault(rec.pack_id, rec)
+    for key, size in store.backend.list(layout.PACKS):
+        pid = layout.pack_id_from_key(key)
+        if pid is not None and pid not in packs:  # a crash left it unnamed (or a writer is still uploading)
+            packs[pid] = PackRecord(pid, size, tuple(read_pack_entries(store.backend, key, size, name=pid.hex())))
+    listed = {layout.pack_id_from_key(k) for k, _ in store.backend.list(layout.PACKS)}
+    return {pid: rec for pid, rec in packs.items() if pid in listed}, keys
+
+
+def _stamp(now: float) -> str:
+    return f"{int(now * 1e3):015d}-{secrets.token_hex(4)}"
+
+
+def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
+               repack_threshold: float = REPACK_THRESHOLD) -> dict:
+    backend = store.backend
+    store._require()
+    store.records.sync()  # roots first: a record seen here had its packs indexed before it was written
+    roots = store.roots()
+    store.sync()
+    reachable = _reachable(store, roots)
+    packs, index_keys = _catalog(store)
+    now = time.time() if dry_run else backend_now(backend)
+    condemnations = _condemnations(backend)
+    live = set(live_sessions(backend, now))
+    plan = plan_gc(packs, reachable, condemnations, live, now, grace, repack_threshold)
+    report = {"dry_run": dry_run, "packs": len(packs), "reachable_blobs": len(reachable),
+              "repacked_packs": len(plan.repack), "repacked_bytes": sum(packs[p].size for p in plan.repack),
+              "condemned_packs": len(plan.condemn), "deleted_packs": 0, "freed_bytes": 0,
+              "waiting_packs": len(plan.waiting), "aborted_uploads": 0}
+    if dry_run:
+        report["deleted_packs"] = len(plan.delete)
+        report["freed_bytes"] = sum(packs[p].size for p in plan.delete)
+        report["aborted_uploads"] = backend.abort_stale_uploads(max(grace, 2 * lease_seconds()), dry_run=True)
+        return report
+    with store.writing():
+        if plan.repack:
+            _repack(store, packs, reachable, plan.repack)
+        if plan.condemn:
+            stamp = _stamp(now)
+            backend.put(layout.condemned_key(stamp), encode_list(plan.condemn, now), create_only=True)
+            # listed only now that the condemnation is durable: a writer missing from this list started
+            # after it, and saw it when its session began
+            own = store._lease.key  # gc's own session: it commits no refs
+            sessions = sorted(set(live_sessions(backend, backend_now(backend))) - {own})
+            backend.put(layout.gc_sessions_key(stamp), msgpack.packb(sessions), create_only=True)
+            if grace == 0:  # condemn and delete in one run, still waiting for the writers listed
+                condemnations = _condemnations(backend)
+                now = backend_now(backend)
+                packs, index_keys = _catalog(store)
+                live = set(live_sessions(backend, now)) - {own}
+                plan2 = plan_gc(packs, reachable | _reachable(store, store.roots()), condemnations, live, now, 0.0,
+                                repack_threshold=2.0)
+                plan.delete, plan.finished, plan.void = plan2.delete, plan2.finished, plan2.void
+                report["waiting_packs"] = len(plan2.waiting)
+    if plan.delete:
+        store.records.sync()
+        store.sync()
+        # a writer may have committed a ref to a condemned pack before it learned of the condemnation
+        still = _reachable(store, store.roots())
+        keep, _ = _needed(packs, still, {p for c in _condemnations(backend) for p in c.packs})
+        plan.delete -= keep
+    if plan.delete:
+        stamp = _stamp(now)
+        backend.put(layout.deleted_key(stamp), encode_list(plan.delete, now), create_only=True)
+        backend.delete([layout.pack_key(p) for p in sorted(plan.delete)])
+        remaining = [rec for pid, rec in sorted(packs.items()) if pid not in plan.delete]
+        merged = pack_index.write(backend, remaining) if remaining else None
+        backend.delete([k for k in index_keys if k != merged])
+        report["deleted_packs"] = len(plan.delete)
+        report["freed_bytes"] = sum(packs[p].size for p in plan.delete)
+    backend.delete([k for stamp in plan.finished + plan.void
+                    for k in (layout.condemned_key(stamp), layout.gc_sessions_key(stamp))])
+    report["aborted_uploads"] = backend.abort_stale_uploads(max(grace, 2 * lease_seconds()))
+    store.sync()
+    return report
+
+
+def _repack(store, packs: dict[bytes, PackRecord], reachable: set, victims: list[bytes]) -> None:
+    """Copy the needed blobs of partly dead packs, still compressed, into new packs (durable and indexed).
+
+    Each victim is read once and every blob is verified before it is copied.
+    """
+    with store._session() as session:
+        for pid in victims:
+            data = memoryview(store.backend.get(layout.pack_key(pid)))
+            for e in packs[pid].entries:
+                if (e.kind, e.key) not in reachable:
+                    continue
+                stored = data[e.offset:e.offset + e.stored_len]
+                verified_blob(Location(pid, e.offset, e.stored_len, e.raw_len, e.codec, e.check, e.kind), stored,
+                              what=f"blob {e.key.hex()}")
+                session.copy_blob(e.kind, e.key, bytes(stored), e.raw_len, e.codec, e.check, e.size, force=True)
