@@ -156,14 +156,8 @@ def cmd_runs(args, uri, as_json) -> int:
 
 
 def cmd_log(args, uri, as_json) -> int:
-    from .records import check_name
-    store = _open(uri)
-    records = store.records
-    check_name(args.run, "run name")
-    if not records.exists(args.run):
-        from .errors import NotFound
-        raise NotFound(f"unknown run {args.run!r}", subject=args.run)
-    versions = records.versions(args.run, args.name, kind=args.kind)
+    records = _open(uri).records
+    versions = records.versions(records.require_run(args.run), args.name, kind=args.kind)
     out = [{"name": v.name, "step": v.step, "kind": v.kind, "digest": v.digest, "size": v.size,
             "new_bytes": v.new_bytes, "time": v.time, "uri": v.uri, **({"ref_uri": v.ref_uri} if v.ref_uri else {})}
            for v in versions]
@@ -175,15 +169,10 @@ def cmd_log(args, uri, as_json) -> int:
 
 def cmd_du(args, uri, as_json) -> int:
     from .reach import Reach, usage
-    from .records import check_name
     store = _open(uri)
     roots = store.roots()
     if args.run is not None:
-        check_name(args.run, "run name")
-        if not store.records.exists(args.run):
-            from .errors import NotFound
-            raise NotFound(f"unknown run {args.run!r}", subject=args.run)
-        focus = [v.uri for v in store.records.versions(args.run) if v.digest]
+        focus = [v.uri for v in store.records.versions(store.records.require_run(args.run)) if v.digest]
     else:
         focus = sorted(roots)
     result = {"run": args.run, **usage(Reach(store), roots, focus)}

@@ -269,6 +269,13 @@ class RecordBook:
     def exists(self, run: str) -> bool:
         return any(True for _ in self.index.iter_records(layout.run_prefix(run)))
 
+    def require_run(self, run: str) -> str:
+        """The run name, checked: NotFound with one line if no such run was ever recorded."""
+        check_name(run, "run name")
+        if not self.exists(run):
+            raise NotFound(f"unknown run {run!r}", subject=run)
+        return run
+
     def resolve(self, ref: str) -> Version:
         """The version named by runs:/<run>/<name> (latest step) or runs:/<run>/<name>@<step>."""
         run, name, step = parse_runs_ref(ref)

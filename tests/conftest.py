@@ -62,6 +62,27 @@ def run_cas(*args: str, env=None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cas_command() + list(args), capture_output=True, text=True, env=full_env, **kw)
 
 
+def leftovers(root) -> list[str]:
+    """Temp files or folders anywhere under root: atomic-write temps (.tmp*) and restore siblings (*cas-tmp*)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            if name.startswith(".tmp") or "cas-tmp" in name:
+                found.append(os.path.join(dirpath, name))
+    return sorted(found)
+
+
+def files_under(root) -> dict[str, bytes]:
+    """Relative POSIX path → bytes of every file under root (a whole store, for before/after comparisons)."""
+    out = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            with open(full, "rb") as f:
+                out[os.path.relpath(full, root).replace(os.sep, "/")] = f.read()
+    return out
+
+
 def write_checkpoint(path, size: int, seed: int = 0) -> bytes:
     """Checkpoint-like bytes: float32 weights from a seeded normal distribution."""
     import numpy as np

@@ -22,7 +22,7 @@ import pytest
 from cas import Store
 from cas.errors import AmbiguousReference
 from cas.index import Index
-from conftest import run_cas, write_checkpoint
+from conftest import files_under, leftovers, run_cas, write_checkpoint
 
 KiB = 1 << 10
 
@@ -38,25 +38,8 @@ def _error_line(err: str) -> str:
     return lines[0]
 
 
-def _leftovers(root) -> list[str]:
-    """Temp files or folders anywhere under root: atomic-write temps (.tmp*) and restore siblings (*cas-tmp*)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            if name.startswith(".tmp") or "cas-tmp" in name:
-                found.append(os.path.join(dirpath, name))
-    return sorted(found)
 
 
-def _files(root) -> dict[str, bytes]:
-    """Every file under root with its content (the whole store, for before/after comparisons)."""
-    out = {}
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, root)] = f.read()
-    return out
 
 
 def _spool_files(store_dir) -> list[str]:
@@ -66,9 +49,9 @@ def _spool_files(store_dir) -> list[str]:
 
 def _assert_untouched(cli, store_dir, before: dict[str, bytes]) -> None:
     """The store holds exactly what it held before, no temp file, and still verifies end to end."""
-    assert _files(store_dir) == before
+    assert files_under(store_dir) == before
     assert _spool_files(store_dir) == []
-    assert _leftovers(store_dir) == []
+    assert leftovers(store_dir) == []
     v = cli("verify", "--read-data")
     assert v.code == 0, v.err
     assert v.out.startswith("ok:"), v.out
@@ -98,7 +81,7 @@ def stored(cli, tmp_path):
 # ---- a missing path ----------------------------------------------------------------------------
 
 def test_put_of_a_missing_path_fails_and_stores_nothing(cli, store_dir, tmp_path, stored):
-    before, pins = _files(store_dir), _pins(cli)
+    before, pins = files_under(store_dir), _pins(cli)
     missing = str(tmp_path / "no-such-file.bin")
     r = cli("put", missing)
     assert r.code == 3
@@ -125,7 +108,7 @@ def test_put_of_several_paths_with_one_missing_stores_nothing(cli, store_dir, tm
     missing = str(tmp_path / "typo.bin")
     paths = {"first": [missing, str(a), str(b)], "middle": [str(a), missing, str(b)],
              "last": [str(a), str(b), missing]}[where]
-    before, pins = _files(store_dir), _pins(cli)
+    before, pins = files_under(store_dir), _pins(cli)
     r = cli("put", *paths)
     assert r.code == 3
     line = _error_line(r.err)
@@ -243,14 +226,14 @@ def test_put_of_an_unreadable_file_fails_cleanly(unprivileged, what):
         os.chmod(os.path.join(src, "inner", "b.bin"), 0)
         target = os.path.join(src, "inner", "b.bin") if what == "file" else src
         bad = os.path.join(src, "inner", "b.bin")
-    before = _files(store)
+    before = files_under(store)
     r = u.cas("--store", store, "put", target)
     assert r.returncode != 0, u.how
     line = _error_line(r.stderr)
     assert bad in line and "permission denied" in line.lower(), line
     assert r.stdout == ""
-    assert _files(store) == before  # no pack, no pin
-    assert _spool_files(store) == [] and _leftovers(store) == []
+    assert files_under(store) == before  # no pack, no pin
+    assert _spool_files(store) == [] and leftovers(store) == []
     pins = u.cas("--store", store, "--json", "pins")
     assert [p["label"] for p in json.loads(pins.stdout)] == [os.path.join(src, "a.bin")]
     v = u.cas("--store", store, "verify", "--read-data")
@@ -270,14 +253,14 @@ def test_unknown_reference(cli, store_dir, tmp_path, stored, command, form):
     assert unknown not in (stored["file"], stored["tree"])
     ref = {"digest": unknown, "cas-uri": "cas://" + unknown, "prefix": unknown[:8]}[form]
     dest = tmp_path / "out" / "deeper" / "restored.bin"
-    before, pins = _files(store_dir), _pins(cli)
+    before, pins = files_under(store_dir), _pins(cli)
     r = cli(*_ref_commands(ref, str(dest))[command])
     assert r.code == 3
     line = _error_line(r.err)
     assert "unknown reference" in line and ref in line
     assert r.out == ""
     assert not (tmp_path / "out").exists()  # not even the destination's parent folders
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
     assert _pins(cli) == pins
     _assert_untouched(cli, store_dir, before)
 
@@ -310,7 +293,7 @@ def _remove(index: Index, keys: list[bytes]) -> None:
 @pytest.mark.parametrize("command", ["cat", "get", "pin"])
 def test_ambiguous_reference(cli, store_dir, tmp_path, stored, command):
     digest = stored["file"]
-    before, pins = _files(store_dir), _pins(cli)
+    before, pins = files_under(store_dir), _pins(cli)
     index = _index_of(store_dir)
     twins = _inject_twins(index, digest)
     dest = tmp_path / "out" / "restored.bin"
@@ -321,7 +304,7 @@ def test_ambiguous_reference(cli, store_dir, tmp_path, stored, command):
         assert "ambiguous" in line and ref in line
         assert r.out == ""
         assert not (tmp_path / "out").exists()
-        assert _leftovers(tmp_path) == []
+        assert leftovers(tmp_path) == []
     # the full digest still names the one object
     assert cli("get", "cas://" + digest, "-o", str(dest)).code == 0
     assert dest.read_bytes() == open(stored["file_path"], "rb").read()
@@ -355,7 +338,7 @@ def test_ambiguous_reference_from_the_api(store_dir, tmp_path):
 ])
 def test_malformed_reference(cli, store_dir, tmp_path, stored, command, ref, says):
     dest = tmp_path / "out" / "restored.bin"
-    before, pins = _files(store_dir), _pins(cli)
+    before, pins = files_under(store_dir), _pins(cli)
     r = cli(*_ref_commands(ref, str(dest))[command])
     assert r.code == 2
     line = _error_line(r.err)
@@ -416,17 +399,17 @@ def test_store_of_a_newer_format_version(cli, store_dir, tmp_path, stored, comma
             "unpin": ["unpin", stored["file_path"]]}[command]
     pins = _pins(cli)
     _bump_format(store_dir, 2)
-    before = _files(store_dir)
+    before = files_under(store_dir)
     r = cli(*args)
     assert r.code == 7
     line = _error_line(r.err)
     assert "format version 2" in line and "upgrade cas" in line
     assert r.out == ""
-    assert _files(store_dir) == before
+    assert files_under(store_dir) == before
     assert not (tmp_path / "out").exists()
     _bump_format(store_dir, 1)
     assert _pins(cli) == pins
-    _assert_untouched(cli, store_dir, _files(store_dir))
+    _assert_untouched(cli, store_dir, files_under(store_dir))
 
 
 def test_store_of_a_newer_format_version_in_a_real_process(store_dir, tmp_path):
@@ -465,19 +448,19 @@ def test_existing_destination_without_force(cli, store_dir, tmp_path, stored, ca
         existing.write_bytes(b"precious")
         os.symlink("target", dest)
     listing = sorted(os.listdir(work))
-    before, pins = _files(store_dir), _pins(cli)
+    before, pins = files_under(store_dir), _pins(cli)
     r = cli("get", ref, "-o", str(dest))
     assert r.code == 4
     line = _error_line(r.err)
     assert "exists" in line and "--force" in line
     assert existing.read_bytes() == b"precious"
     assert sorted(os.listdir(work)) == listing  # no temp file next to the destination
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
     assert _pins(cli) == pins
     _assert_untouched(cli, store_dir, before)
     ok = cli("get", ref, "-o", str(dest), "--force")  # and with --force it is replaced
     assert ok.code == 0, ok.err
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 # ---- read commands on a missing store ----------------------------------------------------------
@@ -539,7 +522,7 @@ def test_bad_input_in_a_real_process_is_one_line(store_dir, tmp_path):
         assert says in _error_line(r.stderr), args
     assert (tmp_path / "exists.bin").read_bytes() == b"precious"
     assert not (tmp_path / "o").exists() and not (tmp_path / ".cas").exists()
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
     pins = run_cas("--store", store_dir, "--json", "pins")
     assert [p["label"] for p in json.loads(pins.stdout)] == [str(f)]
     v = run_cas("--store", store_dir, "verify", "--read-data")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from blake3 import blake3
 
-from conftest import cas_command, run_cas, write_checkpoint
+from conftest import cas_command, leftovers, run_cas, write_checkpoint
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -59,14 +59,6 @@ def _spools(store: str, pid: int) -> list[str]:
     return glob.glob(os.path.join(store, "tmp", f".tmp.pack-{pid}-*"))
 
 
-def _leftovers(root) -> list[str]:
-    """Temp files or folders anywhere under root: atomic-write temps (.tmp*) and restore siblings (*cas-tmp*)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            if name.startswith(".tmp") or "cas-tmp" in name:
-                found.append(os.path.join(dirpath, name))
-    return sorted(found)
 
 
 def _error_line(err: str) -> str:
@@ -275,7 +267,7 @@ def test_signal_mid_put_exits_cleanly(store_dir, big_file, sig, code, message, d
     assert out == ""
     _verify(store_dir)
     assert _pins(store_dir) == {}  # an interrupted put pins nothing
-    left = _leftovers(store_dir)
+    left = leftovers(store_dir)
     assert left == []
 
 
@@ -296,7 +288,7 @@ def test_signal_mid_get_leaves_nothing_at_dest(store_dir, tmp_path, big_file):
         assert p.returncode == code, err
         assert _error_line(err) == f"cas: error: {message}"
         assert not parent.exists(), os.listdir(parent)
-        assert _leftovers(tmp_path) == []
+        assert leftovers(tmp_path) == []
     g = run_cas("--store", store_dir, "get", digest, "-o", str(tmp_path / "restore" / "big.bin"))
     assert g.returncode == 0, g.stderr
     assert filecmp.cmp(tmp_path / "restore" / "big.bin", path, shallow=False)
@@ -339,7 +331,7 @@ def test_full_disk_fails_cleanly_and_keeps_earlier_data(small_disk, tmp_path):
     assert r.returncode != 0
     assert "no space left" in _error_line(r.stderr).lower()
     assert r.stdout == ""
-    assert _leftovers(small_disk) == []
+    assert leftovers(small_disk) == []
     assert _pins(store) == {str(small): small_digest}
 
     _verify(store)
@@ -400,7 +392,7 @@ def test_file_changing_during_put_is_refused(store_dir, tmp_path, how):
     s = run_cas("--store", store_dir, "--json", "stats")
     assert s.returncode == 0, s.stderr
     assert json.loads(s.stdout)["files"] == 0  # no file manifest recorded
-    assert _leftovers(store_dir) == []
+    assert leftovers(store_dir) == []
     _verify(store_dir)
 
     # once it holds still, it stores fine
@@ -452,7 +444,7 @@ def test_get_of_unknown_reference_leaves_nothing(store_dir, tmp_path):
     line = _error_line(g.stderr)
     assert "unknown reference" in line and unknown in line
     assert not (tmp_path / "new").exists()
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 @pytest.fixture
@@ -490,7 +482,7 @@ def test_get_from_damaged_pack_leaves_nothing_at_new_dest(store_dir, tmp_path, d
     g = run_cas("--store", store_dir, "get", digest, "-o", str(dest))
     _assert_integrity_failure(g, pack_id)
     assert not (tmp_path / "restore").exists()
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_get_from_damaged_pack_into_existing_folder(store_dir, tmp_path, damaged):
@@ -509,7 +501,7 @@ def test_get_force_from_damaged_pack_keeps_the_old_file(store_dir, tmp_path, dam
     g = run_cas("--store", store_dir, "get", digest, "-o", str(dest), "--force")
     _assert_integrity_failure(g, pack_id)
     assert dest.read_bytes() == b"the user's old file"
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_get_of_folder_with_damaged_file_leaves_nothing(store_dir, tmp_path, damaged):
@@ -518,7 +510,7 @@ def test_get_of_folder_with_damaged_file_leaves_nothing(store_dir, tmp_path, dam
     g = run_cas("--store", store_dir, "get", tree, "-o", str(dest))
     _assert_integrity_failure(g, pack_id)
     assert not dest.exists()
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 # ---- signals at exact points ---------------------------------------------------------
@@ -544,7 +536,7 @@ def test_signal_while_a_pack_is_finished_leaves_no_spool_file(cli, store_dir, tm
     write_checkpoint(path, 1 * MiB, seed=6)
     r = cli("put", str(path))
     assert r.code == (130 if signal_name == "SIGINT" else 143)
-    assert _leftovers(store_dir) == []
+    assert leftovers(store_dir) == []
 
 
 # Runs `cas ARGS...` in a subprocess where a real signal is delivered at one chosen point: right after the first
@@ -633,7 +625,7 @@ def test_signal_while_a_worker_thread_starts_is_one_clean_line(store_dir, tmp_pa
     assert r.returncode == code, r.stderr
     assert r.stderr == line + "\n"
     assert not (tmp_path / "out.bin").exists()
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])

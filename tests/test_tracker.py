@@ -24,6 +24,7 @@ from cas import Store
 from cas.errors import CasError, InvalidInput, NotFound
 from cas.layout import is_record_key
 from cas.manifest import TreeManifest
+from conftest import files_under
 
 MiB = 1 << 20
 CKPT = 32 * MiB
@@ -38,15 +39,6 @@ def _one_line(err: str) -> str:
     return err
 
 
-def _files_under(folder) -> dict[str, bytes]:
-    """Relative path → bytes of every file under folder."""
-    out = {}
-    for dirpath, _, filenames in os.walk(folder):
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, folder).replace(os.sep, "/")] = f.read()
-    return out
 
 
 def _make_folder(root, files: dict[str, bytes]):
@@ -119,7 +111,7 @@ def test_checkpoint_series_roundtrip_log_and_dedup(store_dir, tmp_path, cli):
     got = tracker.download("runs:/series/arrays/probe.npy", tmp_path / "probe.npy", store=store_dir)
     np.testing.assert_array_equal(np.load(got), array)
     got = tracker.download("runs:/series/eval", tmp_path / "eval-copy", store=store_dir)
-    assert _files_under(got) == _files_under(folder)
+    assert files_under(got) == files_under(folder)
 
     # cas log --json: the five model versions, plain JSON integers
     r = cli("log", "series", "--json")
@@ -631,13 +623,13 @@ def test_log_artifact_glob_is_a_tree_of_the_matches(store_dir, tmp_path):
         one = run.log_artifact(os.path.join(root, "sub", "c.cs?"), name="one")
     assert every.object_type == top.object_type == one.object_type == "tree"
     got = tracker.download("runs:/g/csvs", tmp_path / "csvs", store=store_dir)
-    assert _files_under(got) == {"a.csv": b"a\n1\n", "b.csv": b"b\n2\n", "sub/c.csv": b"c\n3\n",
+    assert files_under(got) == {"a.csv": b"a\n1\n", "b.csv": b"b\n2\n", "sub/c.csv": b"c\n3\n",
                                  "sub/deeper/d.csv": b"d\n4\n"}
     got = tracker.download("runs:/g/top", tmp_path / "top", store=store_dir)
-    assert _files_under(got) == {"a.csv": b"a\n1\n", "b.csv": b"b\n2\n"}
+    assert files_under(got) == {"a.csv": b"a\n1\n", "b.csv": b"b\n2\n"}
     got = tracker.download("runs:/g/one", tmp_path / "one", store=store_dir)
-    assert _files_under(got) == {"c.csv": b"c\n3\n"}
-    assert every.size == sum(len(b) for b in _files_under(tmp_path / "csvs").values())
+    assert files_under(got) == {"c.csv": b"c\n3\n"}
+    assert every.size == sum(len(b) for b in files_under(tmp_path / "csvs").values())
 
 
 def test_log_artifact_ref_stores_nothing_and_use_artifact_is_lineage(store_dir, tmp_path, cli):

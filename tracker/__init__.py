@@ -56,11 +56,7 @@ def forget(runs, *, name: str | None = None, kind: str | None = None, keep_last:
     names = [runs] if isinstance(runs, str) else list(runs)
     versions = []
     for run in names:
-        check_name(run, "run name")
-        if not st.records.exists(run):
-            from cas.errors import NotFound
-            raise NotFound(f"unknown run {run!r}", subject=run)
-        versions += st.records.versions(run)
+        versions += st.records.versions(st.records.require_run(run))
     dropped = to_forget(versions, policy, {p.digest for p in st.pins()})
     if not dry_run:
         st.records.forget(dropped)

@@ -154,11 +154,8 @@ class RunInfo:
 
 
 def run_info(store: Store, name: str) -> RunInfo:
-    check_name(name, "run name")
     records = store.records
-    if not records.exists(name):
-        raise NotFound(f"unknown run {name!r}", subject=name)
-    info = RunInfo(name, "running", versions=records.versions(name))
+    info = RunInfo(records.require_run(name), "running", versions=records.versions(name))
     for event in records.events(name):
         _apply(info, event)
     return info
