@@ -154,3 +154,31 @@ def _bucket_exists(store: str) -> bool:
 def test_malformed_s3_uris_are_one_line(uri, tmp_path):
     r = run_cas("--store", uri, "stats", env=_machine(tmp_path, "a"))
     assert r.returncode == 2 and r.stderr.startswith("cas: error: malformed S3 URI") and r.stderr.count("\n") == 1
+
+
+def test_big_packs_go_up_in_parts_and_stale_uploads_are_aborted(s3_store, tmp_path, monkeypatch):
+    import os as _os
+
+    from cas import Store
+    from cas.backends import s3 as s3mod
+    monkeypatch.setattr(s3mod, "MULTIPART_THRESHOLD", 6 * MiB)
+    monkeypatch.setattr(s3mod, "PART_SIZE", 5 * MiB)
+    store = Store.open(s3_store, cache_dir=str(tmp_path / "cache"))
+    data = _os.urandom(12 * MiB)  # incompressible: one pack of about 12 MiB, above the threshold
+    res = store.put_bytes(data)
+    (pack_key,) = [k for k, _ in store.backend.list("packs/")]
+    assert store.backend.stat(pack_key) > 6 * MiB
+    fresh = Store.open(s3_store, cache_dir=str(tmp_path / "cache-2"))
+    assert fresh.read_bytes(res.digest) == data
+    spool = tmp_path / "again.pack"
+    spool.write_bytes(b"not the same bytes" * (400 * 1024))
+    assert store.backend.put_file(pack_key, str(spool), create_only=True) is False  # never overwritten
+    assert fresh.read_bytes(res.digest) == data
+    client, bucket = store.backend.client, store.backend.bucket
+    upload = client.create_multipart_upload(Bucket=bucket, Key=store.backend.prefix + "packs/zz/stale")["UploadId"]
+    client.upload_part(Bucket=bucket, Key=store.backend.prefix + "packs/zz/stale", UploadId=upload, PartNumber=1,
+                       Body=b"x" * 1024)
+    assert store.backend.abort_stale_uploads(3600, dry_run=True) == 0  # too young
+    assert store.backend.abort_stale_uploads(0, dry_run=True) == 1
+    assert store.backend.abort_stale_uploads(0) == 1
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
