@@ -516,13 +516,17 @@ def test_get_of_folder_with_damaged_file_leaves_nothing(store_dir, tmp_path, dam
 # ---- signals at exact points ---------------------------------------------------------
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
-def test_signal_while_a_pack_is_finished_leaves_no_spool_file(cli, store_dir, tmp_path, monkeypatch, signal_name):
+def test_signal_while_a_pack_is_finished_leaves_no_spool_file(cli, store_dir, tmp_path, monkeypatch, request,
+                                                               signal_name):
     """In-process stand-in for a signal landing in PackWriter.finish() (its footer write or fsync): the handler
     that `cas` has installed for the signal runs there, as it would when the signal arrives."""
     from cas.pack import PackWriter
 
     finish = PackWriter.finish
     signum = getattr(signal, signal_name)
+    if signal_name == "SIGINT":  # pytest started from a background job inherits SIGINT as ignored
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
     def interrupted_finish(self):
         result = finish(self)
