@@ -78,7 +78,8 @@ def cmd_cat(args, uri, as_json) -> int:
 
 def cmd_stats(args, uri, as_json) -> int:
     stats = _open(uri).stats()
-    text = "\n".join(f"{k:14} {human(v) if k.endswith('bytes') else v}" for k, v in stats.items())
+    text = "\n".join(f"{k:18} {human(v) if k.endswith('bytes') else ('yes' if v else 'no') if isinstance(v, bool) else v}"
+                     for k, v in stats.items())
     emit(stats, as_json, text)
     return 0
 
@@ -149,7 +150,7 @@ def cmd_runs(args, uri, as_json) -> int:
         use = usage(reach, roots, [v.uri for v in stored])
         out.append({"name": name, "status": status, "versions": len(versions),
                     "logical_bytes": sum(v.size for v in versions), "stored_bytes": use["total_bytes"]})
-    text = "\n".join(f"{r['name']:30} {r['status']:9} {r['versions']:5} versions  {human(r['logical_bytes']):>10} "
+    text = "\n".join(f"{r['name']:30} {r['status']:9} {r['versions']:5} version{'' if r['versions'] == 1 else 's'}  {human(r['logical_bytes']):>10} "
                       f"logical  {human(r['stored_bytes']):>10} stored" for r in out)
     emit(out, as_json, text or "no runs")
     return 0
