@@ -268,6 +268,9 @@ class PutSession:
         entries: dict[str, TreeEntry] = {}
         for rel, full in items:
             parts = rel.split("/")
+            if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                raise InvalidInput(f"cannot store {full!r} as {rel!r}: a path inside a tree must be relative "
+                                   f"and without empty, '.' or '..' parts", subject=rel)
             for i in range(1, len(parts)):
                 entries.setdefault("/".join(parts[:i]), TreeEntry("/".join(parts[:i]), DIR))
             entry = self._tree_entry(full, rel)

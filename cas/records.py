@@ -147,19 +147,29 @@ class RecordBook:
         self.before_commit = before_commit or (lambda: None)  # the store's writer-lease check
 
     # ---- syncing ------------------------------------------------------------------------
-    def sync(self, prefix: str = layout.RUNS) -> int:
-        """Learn records written elsewhere under prefix (all runs by default); returns how many."""
+    def sync(self, prefix: str = layout.RUNS, *, on_damaged=None) -> int:
+        """Learn records written elsewhere under prefix (all runs by default); returns how many.
+
+        A damaged record raises IntegrityError, or goes to on_damaged(error) and is skipped if given.
+        """
         keys = [k for k, _ in self.backend.list(prefix) if layout.is_record_key(k)]
         fresh = self.index.unknown_records(keys)
 
         def fetch(key):
             raw = self.backend.get(key)
-            return key, raw, decode(raw, key=key)
+            try:
+                return key, raw, decode(raw, key=key)
+            except IntegrityError as exc:
+                if on_damaged is None:
+                    raise
+                on_damaged(exc)
+                return None
         if len(fresh) > 1 and self.backend.read_concurrency > 1:
             with ThreadPoolExecutor(self.backend.read_concurrency, thread_name_prefix="cas-records") as pool:
                 got = list(pool.map(fetch, fresh))
         else:
             got = [fetch(k) for k in fresh]
+        got = [item for item in got if item is not None]
         self.index.add_records([(key, raw, _inline_of(rec)) for key, raw, rec in got])
         return len(got)
 

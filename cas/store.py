@@ -173,6 +173,8 @@ class Store:
                 raise InvalidInput(f"{ref} is a reference to {version.ref_uri}; nothing is stored", subject=ref)
             ref = version.digest
         text = parse_ref(ref)
+        if self._records is None and not self._knows(text):
+            self.records  # small content lives inline in run records: learn them, then look again
         if len(text) == 64:
             digest = bytes.fromhex(text)
             loc = self.index.object_location(digest)
@@ -186,12 +188,22 @@ class Store:
             raise AmbiguousReference(f"ambiguous reference {ref}: matches several objects", subject=ref)
         return found[0], self.index.object_location(found[0])
 
+    def _knows(self, hex_text: str) -> bool:
+        if len(hex_text) == 64:
+            return self.index.object_location(bytes.fromhex(hex_text)) is not None
+        return bool(self.index.manifests_with_prefix(hex_text, limit=1))
+
     @property
     def records(self) -> RecordBook:
         """Run records (the tracker's versions and events), synced with the store on first use."""
+        return self.open_records()
+
+    def open_records(self, *, on_damaged=None) -> RecordBook:
+        """The run records, synced on first use; a damaged record raises unless on_damaged takes it (verify)."""
         if self._records is None:
-            self._records = RecordBook(self.backend, self.index, before_commit=self._before_commit)
-            self._records.sync()
+            book = RecordBook(self.backend, self.index, before_commit=self._before_commit)
+            book.sync(on_damaged=on_damaged)
+            self._records = book
         return self._records
 
     def _reader(self) -> ChunkReader:
@@ -391,6 +403,7 @@ class Store:
     # ---- reports ----------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         index = self.index
+        self.records  # learn content kept inline in run records
         logical = files = 0
         for _, loc in index.iter_manifests():
             if loc.kind == FILE_MANIFEST:

@@ -18,6 +18,7 @@ class VerifyReport:
     chunks: int = 0
     manifests: int = 0
     pins: int = 0
+    versions: int = 0
     index_objects: int = 0
     bytes_read: int = 0
     conditional_writes: bool = True
@@ -29,7 +30,7 @@ class VerifyReport:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "packs": self.packs, "chunks": self.chunks, "manifests": self.manifests,
-                "pins": self.pins, "index_objects": self.index_objects, "bytes_read": self.bytes_read,
+                "pins": self.pins, "versions": self.versions, "index_objects": self.index_objects, "bytes_read": self.bytes_read,
                 "conditional_writes": self.conditional_writes, "problems": list(self.problems)}
 
 
@@ -50,6 +51,7 @@ def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyR
         report.chunks += 1
         if loc.pack_id not in listed:
             report.problems.append(f"chunk {chunk_id.hex()}: its pack {loc.pack_id.hex()} is missing")
+    _check_records(store, report)
     _check_manifests(store, listed, report)
     _check_index_objects(store, listed, report)
     _check_pins(store, report)
@@ -78,6 +80,18 @@ def _check_pack(backend, pid: bytes, size: int, *, read_data: bool, report: Veri
 
 def _what(e: PackEntry) -> str:
     return f"chunk {e.key.hex()}" if e.kind == CHUNK else f"manifest {e.key.hex()}"
+
+
+def _check_records(store, report: VerifyReport) -> None:
+    """Every run record reads back; every live version's content is in the store."""
+    def damaged(exc):
+        if str(exc) not in report.problems:  # the first open and the sync may both meet it
+            report.problems.append(str(exc))
+    store.open_records(on_damaged=damaged).sync(on_damaged=damaged)
+    for v in store.records.all_versions():
+        report.versions += 1
+        if v.digest and store.index.object_location(bytes.fromhex(v.digest)) is None:
+            report.problems.append(f"{v.uri}: {v.digest} is missing from the store")
 
 
 def _referenced(store) -> set[bytes]:

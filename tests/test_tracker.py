@@ -732,3 +732,37 @@ def test_s3_flow_and_a_second_machine(s3_store, tmp_path):
     info = tracker.get_run("remote", store=reader)
     assert info.status == "finished" and info.config == {"lr": 0.01}
     assert [v.uri for v in info.versions] == ["runs:/remote/model@1", "runs:/remote/model@2", note.uri]
+
+
+def test_inline_content_resolves_by_digest_on_a_fresh_machine(store_dir, tmp_path, cli):
+    with tracker.init("r", store=store_dir) as run:
+        v = run.log_text("small note", "notes.md")
+    fresh = Store.open(store_dir, cache_dir=str(tmp_path / "fresh-cache"))
+    assert fresh.read_bytes(v.digest) == b"small note"
+    assert Store.open(store_dir, cache_dir=str(tmp_path / "fresh-2")).read_bytes(v.digest[:10]) == b"small note"
+    assert Store.open(store_dir, cache_dir=str(tmp_path / "fresh-3")).stats()["files"] == 1
+
+
+def test_verify_reports_a_damaged_record_and_checks_live_versions(store_dir, tmp_path, cli):
+    with tracker.init("r", store=store_dir) as run:
+        run.log_text("a", "a.txt")
+        run.log_text("b", "b.txt")
+    store = Store.open(store_dir)
+    key = [k for k, _ in store.backend.list("runs/") if is_record_key(k) and "/v/" in k][0]
+    with open(os.path.join(store_dir, *key.split("/")), "r+b") as f:
+        f.write(b"\xc1broken")
+    import shutil
+    shutil.rmtree(os.environ["CAS_CACHE_DIR"])
+    r = cli("--json", "verify")
+    assert r.code == 5 and "Traceback" not in r.err
+    report = json.loads(r.out)
+    assert not report["ok"] and any(key in p for p in report["problems"]) and report["versions"] == 1
+
+
+def test_a_selection_path_escaping_the_tree_is_refused(store_dir, tmp_path):
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    store = Store.open(store_dir)
+    for rel in ("../evil.txt", "/abs.txt", "a//b.txt", "./a.txt"):
+        with pytest.raises(InvalidInput):
+            store.put_selection([(rel, str(src))])
