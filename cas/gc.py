@@ -68,6 +68,7 @@ class Condemnation:
 class GcPlan:
     keep: set[bytes] = field(default_factory=set)
     repack: list[bytes] = field(default_factory=list)
+    supplies: dict[bytes, list] = field(default_factory=dict)  # kept pack → the blobs it is the home of
     condemn: set[bytes] = field(default_factory=set)
     delete: set[bytes] = field(default_factory=set)
     finished: list[str] = field(default_factory=list)  # condemnation stamps fully handled by this run
@@ -107,10 +108,11 @@ def plan_gc(packs: dict[bytes, PackRecord], reachable: set, condemnations: list[
     """What to repack, condemn and delete; a pure function of the store's metadata."""
     plan = GcPlan()
     condemned = {p for c in condemnations for p in c.packs}
-    plan.keep, supplies = _needed(packs, reachable, condemned)
+    plan.keep, plan.supplies = _needed(packs, reachable, condemned)
     for pid in sorted(plan.keep):
-        supplied = sum(e.stored_len for e in supplies[pid])
-        if pid not in condemned and 1 - supplied / max(1, packs[pid].size) >= repack_threshold:
+        supplied = sum(e.stored_len for e in plan.supplies[pid])
+        blobs = sum(e.stored_len for e in packs[pid].entries)  # not the pack's size: a tiny pack is mostly footer
+        if pid not in condemned and 1 - supplied / max(1, blobs) >= repack_threshold:
             plan.repack.append(pid)
     dead = set(packs) - plan.keep
     plan.condemn = (dead | set(plan.repack)) - condemned
@@ -216,7 +218,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
         return report
     with store.writing():
         if plan.repack:
-            _repack(store, packs, reachable, plan.repack)
+            _repack(store, plan.supplies, plan.repack)
         if plan.condemn:
             stamp = _stamp(now)
             backend.put(layout.condemned_key(stamp), encode_list(plan.condemn, now), create_only=True)
@@ -237,8 +239,10 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     if plan.delete:
         store.records.sync()
         store.sync()
-        # a writer may have committed a ref to a condemned pack before it learned of the condemnation
+        # a writer may have committed a ref to a condemned pack before it learned of the condemnation;
+        # blobs of packs written since we read the catalog are not our concern (we delete none of those)
         still = _reachable(store, store.roots())
+        still &= {(e.kind, e.key) for rec in packs.values() for e in rec.entries}
         keep, _ = _needed(packs, still, {p for c in _condemnations(backend) for p in c.packs})
         plan.delete -= keep
     if plan.delete:
@@ -257,17 +261,17 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     return report
 
 
-def _repack(store, packs: dict[bytes, PackRecord], reachable: set, victims: list[bytes]) -> None:
-    """Copy the needed blobs of partly dead packs, still compressed, into new packs (durable and indexed).
+def _repack(store, supplies: dict[bytes, list], victims: list[bytes]) -> None:
+    """Copy the blobs partly dead packs are the home of, still compressed, into new packs (durable and indexed).
 
+    Only those: a reachable blob of a victim that another kept pack supplies stays there, else every
+    repack would copy duplicates along and gc would never stop finding partly dead packs.
     Each victim is read once and every blob is verified before it is copied.
     """
     with store._session() as session:
         for pid in victims:
             data = memoryview(store.backend.get(layout.pack_key(pid)))
-            for e in packs[pid].entries:
-                if (e.kind, e.key) not in reachable:
-                    continue
+            for e in supplies[pid]:
                 stored = data[e.offset:e.offset + e.stored_len]
                 verified_blob(Location(pid, e.offset, e.stored_len, e.raw_len, e.codec, e.check, e.kind), stored,
                               what=f"blob {e.key.hex()}")

@@ -79,7 +79,11 @@ class PackWriter:
 
     def finish(self) -> tuple[bytes, str, int]:
         """Write footer and trailer, fsync, close. Returns (pack id, spool path, size)."""
-        raw = msgpack.packb({"v": PACK_FORMAT, "entries": [e.to_list() for e in self.entries]}, use_bin_type=True)
+        # a random nonce makes every pack's bytes, hence its id, unique: a pack gc deleted (or is deleting) can
+        # never be "written again" by a later put of the same blobs, whose create-only write would then succeed
+        # on the doomed object, and whose id every cache would refuse to learn again
+        raw = msgpack.packb({"v": PACK_FORMAT, "nonce": secrets.token_bytes(16),
+                             "entries": [e.to_list() for e in self.entries]}, use_bin_type=True)
         footer = zstandard.ZstdCompressor(level=3).compress(raw)
         offset = self.size
         self._write(footer)
