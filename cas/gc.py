@@ -130,10 +130,14 @@ def plan_gc(packs: dict[bytes, PackRecord], reachable: set, condemnations: list[
 
 
 # ---- running it -----------------------------------------------------------------------------------
-def _reachable(store, roots: dict[str, bytes]) -> set:
-    """(kind, key) of every blob a root needs: manifests and chunks, from manifests only."""
+def _reachable(store, roots: dict[str, bytes], done: set[bytes] | None = None) -> set:
+    """(kind, key) of every blob a root needs: manifests and chunks, from manifests only.
+
+    Objects whose digest is in `done` are skipped, and those visited are added to it: a manifest is
+    named by its content, so a later call in the same gc run need only read the manifests of new roots.
+    """
     seen: set = set()
-    done: set[bytes] = set()
+    done = set() if done is None else done
 
     def visit(digest: bytes, ref: str) -> None:
         if digest in done:
@@ -175,12 +179,18 @@ def _condemnations(backend) -> list[Condemnation]:
     return out
 
 
-def _catalog(store) -> tuple[dict[bytes, PackRecord], list[str]]:
-    """Every pack of the store with its entries: from index objects, plus footers of packs none names."""
+def _catalog(store, read: dict[str, list[PackRecord]] | None = None) -> tuple[dict[bytes, PackRecord], list[str]]:
+    """Every pack of the store with its entries: from index objects, plus footers of packs none names.
+
+    `read` keeps the index objects read so far (immutable and named by their content), so a second
+    catalog in the same gc run reads only the new ones.
+    """
     keys = pack_index.list_keys(store.backend)
+    read = {} if read is None else read
+    read.update(pack_index.read_many(store.backend, [k for k in keys if k not in read]))
     packs: dict[bytes, PackRecord] = {}
-    for _, records in pack_index.read_many(store.backend, keys):
-        for rec in records:
+    for key in keys:
+        for rec in read[key]:
             packs.setdefault(rec.pack_id, rec)
     for key, size in store.backend.list(layout.PACKS):
         pid = layout.pack_id_from_key(key)
@@ -201,8 +211,10 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     store.records.sync()  # roots first: a record seen here had its packs indexed before it was written
     roots = store.roots()
     store.sync()
-    reachable = _reachable(store, roots)
-    packs, index_keys = _catalog(store)
+    expanded: set[bytes] = set()  # objects whose blobs are in `reachable`: later passes read only new roots
+    index_objects: dict[str, list[PackRecord]] = {}
+    reachable = _reachable(store, roots, expanded)
+    packs, index_keys = _catalog(store, index_objects)
     now = time.time() if dry_run else backend_now(backend)
     condemnations = _condemnations(backend)
     live = set(live_sessions(backend, now))
@@ -212,8 +224,14 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
               "condemned_packs": len(plan.condemn), "deleted_packs": 0, "freed_bytes": 0,
               "waiting_packs": len(plan.waiting), "aborted_uploads": 0}
     if dry_run:
-        report["deleted_packs"] = len(plan.delete)
-        report["freed_bytes"] = sum(packs[p].size for p in plan.delete)
+        would = set(plan.delete)
+        if grace == 0:  # a real run would condemn and delete in one go, unless writers are live
+            if live:
+                report["waiting_packs"] += len(plan.condemn)
+            else:
+                would |= plan.condemn
+        report["deleted_packs"] = len(would)
+        report["freed_bytes"] = sum(packs[p].size for p in would)
         report["aborted_uploads"] = backend.abort_stale_uploads(max(grace, 2 * lease_seconds()), dry_run=True)
         return report
     with store.writing():
@@ -230,10 +248,10 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
             if grace == 0:  # condemn and delete in one run, still waiting for the writers listed
                 condemnations = _condemnations(backend)
                 now = backend_now(backend)
-                packs, index_keys = _catalog(store)
+                packs, index_keys = _catalog(store, index_objects)
                 live = set(live_sessions(backend, now)) - {own}
-                plan2 = plan_gc(packs, reachable | _reachable(store, store.roots()), condemnations, live, now, 0.0,
-                                repack_threshold=2.0)
+                reachable |= _reachable(store, store.roots(), expanded)
+                plan2 = plan_gc(packs, reachable, condemnations, live, now, 0.0, repack_threshold=2.0)
                 plan.delete, plan.finished, plan.void = plan2.delete, plan2.finished, plan2.void
                 report["waiting_packs"] = len(plan2.waiting)
     if plan.delete:
@@ -241,7 +259,8 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
         store.sync()
         # a writer may have committed a ref to a condemned pack before it learned of the condemnation;
         # blobs of packs written since we read the catalog are not our concern (we delete none of those)
-        still = _reachable(store, store.roots())
+        # (the blobs of roots seen earlier in this run count too: a superset only spares more packs)
+        still = reachable | _reachable(store, store.roots(), expanded)
         still &= {(e.kind, e.key) for rec in packs.values() for e in rec.entries}
         keep, _ = _needed(packs, still, {p for c in _condemnations(backend) for p in c.packs})
         plan.delete -= keep
