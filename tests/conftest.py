@@ -62,6 +62,15 @@ def run_cas(*args: str, env=None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cas_command() + list(args), capture_output=True, text=True, env=full_env, **kw)
 
 
+def one_error_line(err: str) -> str:
+    """stderr must be exactly one `cas: error: ...` line, and no traceback; returns it."""
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("cas: error: "), err
+    return lines[0]
+
+
 def leftovers(root) -> list[str]:
     """Temp files or folders anywhere under root: atomic-write temps (.tmp*) and restore siblings (*cas-tmp*)."""
     found = []

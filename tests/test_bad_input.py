@@ -22,20 +22,12 @@ import pytest
 from cas import Store
 from cas.errors import AmbiguousReference
 from cas.index import Index
-from conftest import files_under, leftovers, run_cas, write_checkpoint
+from conftest import files_under, leftovers, one_error_line, run_cas, write_checkpoint
 
 KiB = 1 << 10
 
 
 # ---- helpers --------------------------------------------------------------------------------------
-
-def _error_line(err: str) -> str:
-    """stderr must be exactly one `cas: error: ...` line, and no traceback."""
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("cas: error: "), err
-    return lines[0]
 
 
 
@@ -85,7 +77,7 @@ def test_put_of_a_missing_path_fails_and_stores_nothing(cli, store_dir, tmp_path
     missing = str(tmp_path / "no-such-file.bin")
     r = cli("put", missing)
     assert r.code == 3
-    line = _error_line(r.err)
+    line = one_error_line(r.err)
     assert "no such file or folder" in line and missing in line
     assert r.out == ""
     assert _pins(cli) == pins
@@ -95,7 +87,7 @@ def test_put_of_a_missing_path_fails_and_stores_nothing(cli, store_dir, tmp_path
 def test_put_of_a_missing_path_does_not_create_the_store(cli, store_dir, tmp_path):
     r = cli("put", str(tmp_path / "nope"))
     assert r.code == 3
-    assert "no such file or folder" in _error_line(r.err)
+    assert "no such file or folder" in one_error_line(r.err)
     assert not os.path.exists(store_dir)
 
 
@@ -111,7 +103,7 @@ def test_put_of_several_paths_with_one_missing_stores_nothing(cli, store_dir, tm
     before, pins = files_under(store_dir), _pins(cli)
     r = cli("put", *paths)
     assert r.code == 3
-    line = _error_line(r.err)
+    line = one_error_line(r.err)
     assert missing in line
     assert r.out == ""
     assert _pins(cli) == pins  # neither the missing path nor the good ones were pinned
@@ -127,7 +119,7 @@ def test_put_of_several_paths_with_one_missing_on_a_new_store_creates_nothing(cl
     a.write_bytes(b"a" * 1000)
     r = cli("put", str(a), str(tmp_path / "typo.bin"))
     assert r.code == 3
-    _error_line(r.err)
+    one_error_line(r.err)
     assert not os.path.exists(store_dir)
 
 
@@ -229,7 +221,7 @@ def test_put_of_an_unreadable_file_fails_cleanly(unprivileged, what):
     before = files_under(store)
     r = u.cas("--store", store, "put", target)
     assert r.returncode != 0, u.how
-    line = _error_line(r.stderr)
+    line = one_error_line(r.stderr)
     assert bad in line and "permission denied" in line.lower(), line
     assert r.stdout == ""
     assert files_under(store) == before  # no pack, no pin
@@ -256,7 +248,7 @@ def test_unknown_reference(cli, store_dir, tmp_path, stored, command, form):
     before, pins = files_under(store_dir), _pins(cli)
     r = cli(*_ref_commands(ref, str(dest))[command])
     assert r.code == 3
-    line = _error_line(r.err)
+    line = one_error_line(r.err)
     assert "unknown reference" in line and ref in line
     assert r.out == ""
     assert not (tmp_path / "out").exists()  # not even the destination's parent folders
@@ -300,7 +292,7 @@ def test_ambiguous_reference(cli, store_dir, tmp_path, stored, command):
     for ref in (digest[:8], digest[:13], digest[:16], "cas://" + digest[:8].upper()):
         r = cli(*_ref_commands(ref, str(dest))[command])
         assert r.code == 2, r.err
-        line = _error_line(r.err)
+        line = one_error_line(r.err)
         assert "ambiguous" in line and ref in line
         assert r.out == ""
         assert not (tmp_path / "out").exists()
@@ -341,7 +333,7 @@ def test_malformed_reference(cli, store_dir, tmp_path, stored, command, ref, say
     before, pins = files_under(store_dir), _pins(cli)
     r = cli(*_ref_commands(ref, str(dest))[command])
     assert r.code == 2
-    line = _error_line(r.err)
+    line = one_error_line(r.err)
     assert says in line and repr(ref) in line
     assert not (tmp_path / "out").exists()
     assert _pins(cli) == pins
@@ -363,7 +355,7 @@ def test_malformed_store_uri(cli, tmp_path, monkeypatch, uri, command):
             "verify": ["verify"], "pins": ["pins"]}[command]
     r = cli("--store", uri, *args, store=None)
     assert r.code == 2, r.err
-    line = _error_line(r.err)
+    line = one_error_line(r.err)
     assert "URI" in line and repr(uri) in line
     assert os.listdir(cwd) == []
     assert not (tmp_path / "out").exists()
@@ -373,7 +365,7 @@ def test_malformed_store_uri(cli, tmp_path, monkeypatch, uri, command):
 def test_malformed_store_uri_from_the_environment(tmp_path):
     r = run_cas("stats", env={"CAS_STORE": "foo://bar"}, cwd=tmp_path)
     assert r.returncode == 2
-    assert "foo://bar" in _error_line(r.stderr)
+    assert "foo://bar" in one_error_line(r.stderr)
 
 
 # ---- a store of a newer format version ---------------------------------------------------------
@@ -402,7 +394,7 @@ def test_store_of_a_newer_format_version(cli, store_dir, tmp_path, stored, comma
     before = files_under(store_dir)
     r = cli(*args)
     assert r.code == 7
-    line = _error_line(r.err)
+    line = one_error_line(r.err)
     assert "format version 2" in line and "upgrade cas" in line
     assert r.out == ""
     assert files_under(store_dir) == before
@@ -419,7 +411,7 @@ def test_store_of_a_newer_format_version_in_a_real_process(store_dir, tmp_path):
     for args in (["put", str(tmp_path / "f")], ["stats"], ["verify"], ["get", "cas://" + "0" * 64, "-o", "x"]):
         r = run_cas("--store", store_dir, *args, cwd=tmp_path)
         assert r.returncode == 7, (args, r.stderr)
-        assert "format version 99" in _error_line(r.stderr)
+        assert "format version 99" in one_error_line(r.stderr)
     assert not (tmp_path / "x").exists()
 
 
@@ -451,7 +443,7 @@ def test_existing_destination_without_force(cli, store_dir, tmp_path, stored, ca
     before, pins = files_under(store_dir), _pins(cli)
     r = cli("get", ref, "-o", str(dest))
     assert r.code == 4
-    line = _error_line(r.err)
+    line = one_error_line(r.err)
     assert "exists" in line and "--force" in line
     assert existing.read_bytes() == b"precious"
     assert sorted(os.listdir(work)) == listing  # no temp file next to the destination
@@ -474,7 +466,7 @@ def test_read_commands_on_a_missing_store_create_nothing(cli, store_dir, tmp_pat
             "unpin": ["unpin", "x"], "reindex": ["reindex"]}[command]
     r = cli(*args)
     assert r.code == 3
-    line = _error_line(r.err)
+    line = one_error_line(r.err)
     assert "no cas store" in line and store_dir in line
     assert r.out == ""
     assert not os.path.exists(store_dir)
@@ -486,12 +478,12 @@ def test_read_commands_on_a_missing_store_in_a_real_process(tmp_path, command):
     store = tmp_path / "nested" / "store"
     r = run_cas("--store", str(store), *command, cwd=tmp_path)
     assert r.returncode == 3
-    assert "no cas store" in _error_line(r.stderr)
+    assert "no cas store" in one_error_line(r.stderr)
     assert r.stdout == ""
     assert not (tmp_path / "nested").exists()
     r = run_cas(*command, cwd=tmp_path)  # the default store, ./.cas
     assert r.returncode == 3
-    assert "no cas store" in _error_line(r.stderr)
+    assert "no cas store" in one_error_line(r.stderr)
     assert not (tmp_path / ".cas").exists()
 
 
@@ -519,7 +511,7 @@ def test_bad_input_in_a_real_process_is_one_line(store_dir, tmp_path):
         full = args if args[0] == "--store" else ["--store", store_dir, *args]
         r = run_cas(*full, cwd=tmp_path)
         assert r.returncode == code, (args, r.stderr)
-        assert says in _error_line(r.stderr), args
+        assert says in one_error_line(r.stderr), args
     assert (tmp_path / "exists.bin").read_bytes() == b"precious"
     assert not (tmp_path / "o").exists() and not (tmp_path / ".cas").exists()
     assert leftovers(tmp_path) == []

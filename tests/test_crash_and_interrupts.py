@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from blake3 import blake3
 
-from conftest import cas_command, leftovers, run_cas, write_checkpoint
+from conftest import cas_command, leftovers, one_error_line, run_cas, write_checkpoint
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -60,14 +60,6 @@ def _spools(store: str, pid: int) -> list[str]:
 
 
 
-
-def _error_line(err: str) -> str:
-    """stderr must be exactly one `cas: error: ...` line, and no traceback."""
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("cas: error: "), err
-    return lines[0]
 
 
 def _b3(data: bytes) -> str:
@@ -263,7 +255,7 @@ def test_signal_mid_put_exits_cleanly(store_dir, big_file, sig, code, message, d
     p.send_signal(sig)
     out, err = p.communicate(timeout=120)
     assert p.returncode == code, err
-    assert _error_line(err) == f"cas: error: {message}"
+    assert one_error_line(err) == f"cas: error: {message}"
     assert out == ""
     _verify(store_dir)
     assert _pins(store_dir) == {}  # an interrupted put pins nothing
@@ -286,7 +278,7 @@ def test_signal_mid_get_leaves_nothing_at_dest(store_dir, tmp_path, big_file):
         p.send_signal(sig)
         out, err = p.communicate(timeout=120)
         assert p.returncode == code, err
-        assert _error_line(err) == f"cas: error: {message}"
+        assert one_error_line(err) == f"cas: error: {message}"
         assert not parent.exists(), os.listdir(parent)
         assert leftovers(tmp_path) == []
     g = run_cas("--store", store_dir, "get", digest, "-o", str(tmp_path / "restore" / "big.bin"))
@@ -329,7 +321,7 @@ def test_full_disk_fails_cleanly_and_keeps_earlier_data(small_disk, tmp_path):
     huge.write_bytes(os.urandom(100 * MiB))
     r = run_cas("--store", store, "--json", "put", str(huge))
     assert r.returncode != 0
-    assert "no space left" in _error_line(r.stderr).lower()
+    assert "no space left" in one_error_line(r.stderr).lower()
     assert r.stdout == ""
     assert leftovers(small_disk) == []
     assert _pins(store) == {str(small): small_digest}
@@ -385,7 +377,7 @@ def test_file_changing_during_put_is_refused(store_dir, tmp_path, how):
         writer.join()
     assert during > 3
     assert r.returncode == 8, r.stderr
-    line = _error_line(r.stderr)
+    line = one_error_line(r.stderr)
     assert "changed while reading" in line and str(path) in line
     assert r.stdout == ""
     assert _pins(store_dir) == {}
@@ -441,7 +433,7 @@ def test_get_of_unknown_reference_leaves_nothing(store_dir, tmp_path):
     dest = tmp_path / "new" / "deeper" / "out.bin"
     g = run_cas("--store", store_dir, "get", unknown, "-o", str(dest))
     assert g.returncode == 3
-    line = _error_line(g.stderr)
+    line = one_error_line(g.stderr)
     assert "unknown reference" in line and unknown in line
     assert not (tmp_path / "new").exists()
     assert leftovers(tmp_path) == []
@@ -472,7 +464,7 @@ def damaged(store_dir, tmp_path):
 
 def _assert_integrity_failure(g, pack_id: str) -> None:
     assert g.returncode == 5, g.stderr
-    line = _error_line(g.stderr)
+    line = one_error_line(g.stderr)
     assert pack_id in line, line
 
 
