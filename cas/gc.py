@@ -20,7 +20,7 @@ import msgpack
 from . import layout, pack_index
 from .errors import IntegrityError, InvalidInput, NotFound
 from .index import INLINE, Location
-from .leases import backend_now, lease_seconds, live_sessions
+from .leases import backend_now, expired_sessions, lease_seconds, live_sessions
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
 from .pack_index import PackRecord
 from .restore import verified_blob
@@ -222,7 +222,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     report = {"dry_run": dry_run, "packs": len(packs), "reachable_blobs": len(reachable),
               "repacked_packs": len(plan.repack), "repacked_bytes": sum(packs[p].size for p in plan.repack),
               "condemned_packs": len(plan.condemn), "deleted_packs": 0, "freed_bytes": 0,
-              "waiting_packs": len(plan.waiting), "aborted_uploads": 0}
+              "waiting_packs": len(plan.waiting), "aborted_uploads": 0, "expired_sessions": 0}
     if dry_run:
         would = set(plan.delete)
         if grace == 0:  # a real run would condemn and delete in one go, unless writers are live
@@ -276,6 +276,9 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     backend.delete([k for stamp in plan.finished + plan.void
                     for k in (layout.condemned_key(stamp), layout.gc_sessions_key(stamp))])
     report["aborted_uploads"] = backend.abort_stale_uploads(max(grace, 2 * lease_seconds()))
+    stale = expired_sessions(backend, backend_now(backend))
+    backend.delete(stale)
+    report["expired_sessions"] = len(stale)
     store.sync()
     return report
 

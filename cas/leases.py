@@ -105,6 +105,17 @@ def live_sessions(backend, now: float, duration: float | None = None) -> dict[st
             if now - t <= limit or now - t <= _declared_lease(backend, key)}
 
 
+def expired_sessions(backend, now: float) -> list[str]:
+    """Sessions not renewed for twice their lease (ours or the declared one, the longer) by backend time.
+
+    Their writers can never commit: any renewal after such a gap finds the lease lapsed for good, so
+    gc may remove these objects (which it would otherwise read on every run).
+    """
+    ours = lease_seconds()
+    return [key for key, t in backend.list_times(layout.SESSIONS)
+            if now - t > 2 * ours and now - t > 2 * _declared_lease(backend, key)]
+
+
 def _declared_lease(backend, key: str) -> float:
     """The lease a session's writer runs with; 0 when the session is gone or its object unreadable."""
     try:

@@ -256,7 +256,7 @@ def _gc_beside_writer(store: str, tmp_path, rounds: int) -> None:
         path.write_bytes(common + _floats(2 * MiB, seed=60 + k))
         paths.append(str(path))
     _ok(store, "init")
-    lease = {"CAS_LEASE_SECONDS": "5"}
+    lease = {"CAS_LEASE_SECONDS": "10"}
     writer_log, gc_log, stop = tmp_path / "writer.jsonl", tmp_path / "gc.jsonl", tmp_path / "stop"
     writer = subprocess.Popen([sys.executable, "-c", WRITER, store, str(rounds), str(writer_log), *paths],
                               env=dict(os.environ, **lease, **_machine(tmp_path, "writer")),
@@ -767,3 +767,24 @@ def test_gc_command_exit_codes_grace_parsing_and_json(cli, store_dir, tmp_path):
     assert cli("get", a_digest, "-o", str(tmp_path / "a.out")).code == 0
     assert (tmp_path / "a.out").read_bytes() == (folder / "a.bin").read_bytes()
     assert cli("verify", "--read-data").code == 0
+
+
+def test_gc_removes_sessions_whose_writers_can_never_commit(cli, store_dir, tmp_path, monkeypatch):
+    """A session object not renewed for twice its lease belongs to a writer whose lease lapsed for good."""
+    import msgpack
+    monkeypatch.setenv("CAS_LEASE_SECONDS", "10")
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x" * 1000)
+    assert cli("put", str(src)).code == 0
+    sessions = os.path.join(store_dir, "sessions")
+    os.makedirs(sessions, exist_ok=True)
+    old = time.time() - 3600
+    for name, lease in (("stale", 10.0), ("long-lease", 7200.0), ("fresh", 10.0)):
+        path = os.path.join(sessions, name)
+        with open(path, "wb") as f:
+            f.write(msgpack.packb({"host": "h", "pid": 1, "lease": lease}))
+        if name != "fresh":
+            os.utime(path, (old, old))
+    report = cli("--json", "gc", "--grace", "0").json()
+    assert report["expired_sessions"] == 1 and isinstance(report["expired_sessions"], int)
+    assert sorted(os.listdir(sessions)) == ["fresh", "long-lease"]  # a declared longer lease is honoured
