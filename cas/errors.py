@@ -41,6 +41,10 @@ class IntegrityError(CasError):
     exit_code = 5
 
 
+class PackMissing(IntegrityError):
+    """A pack the local index names is gone from the store (gc deleted it, or it was lost)."""
+
+
 class StorageError(CasError):
     """The backend or local disk failed: I/O error, disk full, permission denied."""
 

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 
 from . import codec, layout
 from .digest import file_hasher, hash_bytes
-from .errors import IntegrityError, NotFound, StorageError
+from .errors import IntegrityError, NotFound, PackMissing, StorageError
 from .index import INLINE, Location
 from .manifest import DIR, FILE, LINK, FileManifest, TreeManifest, check_safe, locate
 from .backends.local import fsync_dir, storage_error
@@ -55,7 +55,7 @@ class ChunkReader:
         try:
             stored = self.backend.get(key, loc.offset, loc.offset + loc.stored_len)
         except NotFound:
-            raise IntegrityError(f"pack {loc.pack_id.hex()} holding {what} is missing", subject=key) from None
+            raise PackMissing(f"pack {loc.pack_id.hex()} holding {what} is missing", subject=key) from None
         return verified_blob(loc, stored, what=what)
 
     def chunk(self, chunk_id: bytes) -> bytes:
@@ -85,7 +85,7 @@ class ChunkReader:
         try:
             data = self.backend.get(key, first.offset, last.offset + last.stored_len)
         except NotFound:
-            raise IntegrityError(f"pack {first.pack_id.hex()} is missing", subject=key) from None
+            raise PackMissing(f"pack {first.pack_id.hex()} is missing", subject=key) from None
         view = memoryview(data)
         return [verified_blob(loc, view[loc.offset - first.offset: loc.offset - first.offset + loc.stored_len],
                                what=f"chunk {loc.check.hex()}") for loc, _ in run]

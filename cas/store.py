@@ -16,7 +16,7 @@ from . import layout, pack_index, refs
 from .backends import Backend, open_backend
 from .config import StoreConfig, create_or_load_config, load_config
 from .digest import parse_ref
-from .errors import AlreadyExists, AmbiguousReference, InvalidInput, NotFound
+from .errors import AlreadyExists, AmbiguousReference, InvalidInput, NotFound, PackMissing
 from .index import INLINE, Index, Location
 from .ingest import PutResult, PutSession
 from .manifest import FileManifest, TreeManifest
@@ -289,13 +289,38 @@ class Store:
             raise InvalidInput(f"{ref} is a folder, not a file", subject=ref)
         return FileReader(self._reader(), self._manifest(digest, loc), digest)
 
+    def _resyncing(self, attempt: Callable[[], object]):
+        """Run attempt(); if a pack the cache names is gone (gc ran elsewhere), sync and try once more."""
+        try:
+            return attempt()
+        except PackMissing:
+            self.sync()  # learns gc's deletions and relearns where every blob lives now
+            return attempt()
+
     def read_bytes(self, ref: str) -> bytes:
-        out = bytearray()
-        self.stream(ref, out.extend)
-        return bytes(out)
+        def attempt() -> bytes:
+            out = bytearray()
+            self._stream(ref, out.extend)
+            return bytes(out)
+        return self._resyncing(attempt)
 
     def stream(self, ref: str, write: Callable[[bytes], None], *, on_progress: Progress | None = None) -> int:
         """Write a stored file's verified bytes to `write`; returns its size."""
+        written = 0
+
+        def counting(data) -> None:
+            nonlocal written
+            written += len(data)
+            write(data)
+        try:
+            return self._stream(ref, counting, on_progress=on_progress)
+        except PackMissing:
+            if written:
+                raise  # bytes already went out: the caller must start over
+            self.sync()
+            return self._stream(ref, write, on_progress=on_progress)
+
+    def _stream(self, ref: str, write: Callable[[bytes], None], *, on_progress: Progress | None = None) -> int:
         digest, loc = self.resolve(ref)
         if loc.kind == TREE_MANIFEST:
             raise InvalidInput(f"{ref} is a folder, not a file", subject=ref)
@@ -306,6 +331,9 @@ class Store:
     def get_file(self, ref: str, dest: str | os.PathLike, *, force: bool = False,
                  on_progress: Progress | None = None) -> str:
         """Restore a file or folder at dest (rules in docs/cli.md); nothing is left at dest on error."""
+        return self._resyncing(lambda: self._get_file(ref, dest, force=force, on_progress=on_progress))
+
+    def _get_file(self, ref: str, dest: str | os.PathLike, *, force: bool, on_progress: Progress | None) -> str:
         dest = os.fspath(dest)
         digest, loc = self.resolve(ref)
         manifest = self._manifest(digest, loc)

@@ -788,3 +788,25 @@ def test_gc_removes_sessions_whose_writers_can_never_commit(cli, store_dir, tmp_
     report = cli("--json", "gc", "--grace", "0").json()
     assert report["expired_sessions"] == 1 and isinstance(report["expired_sessions"], int)
     assert sorted(os.listdir(sessions)) == ["fresh", "long-lease"]  # a declared longer lease is honoured
+
+
+def test_a_cache_that_missed_gc_relearns_and_reads(store_dir, tmp_path):
+    """gc on one machine repacks and deletes a pack another machine's cache still points at: that
+    machine's next read finds the pack gone, syncs, and reads the blob from its new home."""
+    from cas import Store
+    folder = tmp_path / "src"
+    folder.mkdir()
+    keep = _floats(1 * MiB, seed=90)
+    (folder / "keep.bin").write_bytes(keep)
+    (folder / "junk.bin").write_bytes(_floats(3 * MiB, seed=91))
+    reader = Store.open(store_dir, cache_dir=str(tmp_path / "reader-cache"))
+    reader.put_selection([("keep.bin", str(folder / "keep.bin")), ("junk.bin", str(folder / "junk.bin"))])
+    digest = reader.put_bytes(keep, pin="keep").digest  # dedups: every blob is in the tree's pack
+    assert reader.read_bytes(digest) == keep
+    gc = Store.open(store_dir, cache_dir=str(tmp_path / "gc-cache"))
+    report = execute_gc(gc, grace=0)
+    assert report["repacked_packs"] == 1 and report["deleted_packs"] == 1
+    assert reader.read_bytes(digest) == keep  # the stale cache learned the deletion and reread
+    out = tmp_path / "out.bin"
+    Store.open(store_dir, cache_dir=str(tmp_path / "reader-cache")).get_file(digest, out)
+    assert out.read_bytes() == keep
