@@ -23,7 +23,6 @@ from .index import INLINE, Location
 from .leases import backend_now, expired_sessions, lease_seconds, live_sessions
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
 from .pack_index import PackRecord
-from .restore import verified_blob
 
 DEFAULT_GRACE = 24 * 3600.0
 REPACK_THRESHOLD = 0.25  # a needed pack whose dead share reaches this is repacked
@@ -294,7 +293,5 @@ def _repack(store, supplies: dict[bytes, list], victims: list[bytes]) -> None:
         for pid in victims:
             data = memoryview(store.backend.get(layout.pack_key(pid)))
             for e in supplies[pid]:
-                stored = data[e.offset:e.offset + e.stored_len]
-                verified_blob(Location(pid, e.offset, e.stored_len, e.raw_len, e.codec, e.check, e.kind), stored,
-                              what=f"blob {e.key.hex()}")
-                session.copy_blob(e.kind, e.key, bytes(stored), e.raw_len, e.codec, e.check, e.size, force=True)
+                loc = Location(pid, e.offset, e.stored_len, e.raw_len, e.codec, e.check, e.kind, e.size)
+                session.copy_blob(e.key, loc, data[e.offset:e.offset + e.stored_len], force=True)

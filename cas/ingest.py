@@ -17,6 +17,7 @@ from .errors import ChangedWhileReading, InvalidInput, NotFound, StorageError
 from .manifest import DIR, FILE, LINK, FileManifest, TreeEntry, TreeManifest
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, PackWriter
 from .pack_index import PackRecord
+from .restore import verified_blob
 from .backends.local import storage_error
 
 DEPTH = 3  # segments in flight per stage
@@ -169,17 +170,18 @@ class PutSession:
         codec_id, stored = codec.compress(raw, self.config.level)
         self._add(kind, key, stored, len(raw), codec_id, hash_bytes(raw), size)
 
-    def copy_blob(self, kind: int, key: bytes, stored: bytes, raw_len: int, codec_id: int, check: bytes,
-                  size: int = 0, *, force: bool = False) -> None:
-        """Store an already verified, already compressed blob again (gc's repack, reviving condemned data).
+    def copy_blob(self, key: bytes, loc, stored, *, force: bool = False) -> None:
+        """Store a blob again as it was stored at `loc` (gc's repack, reviving condemned data).
 
-        With force, copy it even if the index knows it (repack moves blobs out of packs still indexed).
+        The stored bytes are verified against loc first, so no unchecked blob is ever copied. With
+        force, copy it even if the index knows it (repack moves blobs out of packs still indexed).
         """
-        if (kind, key) in self.pending or (not force and self.index.usable(kind, key)):
+        verified_blob(loc, stored, what=f"blob {key.hex()}")
+        if (loc.kind, key) in self.pending or (not force and self.index.usable(loc.kind, key)):
             return
-        if kind == CHUNK:
-            self.new_bytes += raw_len
-        self._add(kind, key, stored, raw_len, codec_id, check, size)
+        if loc.kind == CHUNK:
+            self.new_bytes += loc.raw_len
+        self._add(loc.kind, key, bytes(stored), loc.raw_len, loc.codec, loc.check, loc.size)
 
     # ---- files ------------------------------------------------------------------------------
     def put_stream(self, stream) -> tuple[bytes, int]:

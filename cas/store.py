@@ -23,8 +23,7 @@ from .manifest import FileManifest, TreeManifest
 from .leases import WriterLease
 from .records import RecordBook
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
-from .restore import (ChunkReader, FileReader, replace_destination, stream_file, verified_blob, write_file,
-                      write_tree)
+from .restore import ChunkReader, FileReader, replace_destination, stream_file, write_file, write_tree
 
 Progress = Callable[[int], None]
 
@@ -408,10 +407,9 @@ class Store:
                 blobs.append((kind, key, loc))
         if blobs:
             with self._session() as session:
-                for kind, key, loc in blobs:
+                for _, key, loc in blobs:
                     stored = self.backend.get(layout.pack_key(loc.pack_id), loc.offset, loc.offset + loc.stored_len)
-                    verified_blob(loc, stored, what=f"blob {key.hex()}")
-                    session.copy_blob(kind, key, stored, loc.raw_len, loc.codec, loc.check, loc.size)
+                    session.copy_blob(key, loc, stored)  # the index location carries the kind
         return len(blobs)
 
     def unpin(self, label: str) -> refs.Pin:
