@@ -14,11 +14,16 @@ SEGMENT = 8 << 20
 
 @dataclass(slots=True)
 class Segment:
-    """A run of the input: `data` holds whole chunks of the given lengths; `fresh` bytes were newly read."""
+    """A run of the input: `data` holds whole chunks of the given lengths; `fresh` bytes were newly read.
+
+    Its memory belongs to the Chunker's buffer pool: hand it back with Chunker.recycle once nothing
+    reads `data` or `fresh` any more (until then no later segment reuses it).
+    """
 
     data: memoryview
     lengths: list[int]
     fresh: memoryview
+    buffer: bytearray
 
 
 class Chunker:
@@ -27,25 +32,40 @@ class Chunker:
         # pyfastcdc's average is avg_size + min_size (cut-point skipping), so subtract the minimum.
         self._cdc = FastCDC(params.avg_size - params.min_size, min_size=params.min_size,
                             max_size=params.max_size, normalized_chunking=1)
+        # segment buffers handed back by recycle(): reusing them spares zeroing and faulting in fresh
+        # pages for every segment, which cost more time than chunking the bytes
+        self._free: list[bytearray] = []
 
     def cut(self, data) -> list[int]:
         """Chunk lengths of a whole buffer."""
         return [c.length for c in self._cdc.cut_buf(data)] if len(data) else []
 
+    def recycle(self, seg: Segment) -> None:
+        """Return a segment's buffer to the pool; `seg` must not be read afterwards."""
+        self._free.append(seg.buffer)
+
+    def _buffer(self, size: int) -> bytearray:
+        while self._free:
+            buf = self._free.pop()
+            if len(buf) >= size:
+                return buf
+        return bytearray(size)
+
     def segments(self, stream: BinaryIO, segment_size: int = SEGMENT) -> Iterator[Segment]:
         """Chunk a stream: each Segment holds whole chunks; the cut points equal those of cut(whole input)."""
         carry = b""
         while True:
-            buf = bytearray(len(carry) + segment_size)
+            buf = self._buffer(self.params.max_size + segment_size)
             buf[: len(carry)] = carry
+            end = len(carry) + segment_size
             view = memoryview(buf)
             filled = len(carry)
-            while filled < len(buf):
-                n = stream.readinto(view[filled:])
+            while filled < end:
+                n = stream.readinto(view[filled:end])
                 if not n:
                     break
                 filled += n
-            eof = filled < len(buf)
+            eof = filled < end
             fresh = view[len(carry):filled]
             lengths = self.cut(view[:filled])
             if not eof and lengths:
@@ -53,6 +73,8 @@ class Chunker:
                 carry = bytes(view[filled - last: filled])
                 filled -= last
             if lengths or len(fresh):
-                yield Segment(view[:filled], lengths, fresh)
+                yield Segment(view[:filled], lengths, fresh, buf)
+            else:
+                self._free.append(buf)
             if eof:
                 return

@@ -54,6 +54,7 @@ class PutSession:
         self.spool_dir = spool_dir
         self.chunker = Chunker(config.chunker)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-put")
+        self.digester = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-digest")  # in order
         self.uploader = ThreadPoolExecutor(max_workers=backend.upload_concurrency, thread_name_prefix="cas-upload")
         self.uploads: deque[tuple[PackWriter, Future]] = deque()  # packs being made durable, oldest first
         self.unconsumed: set[PackWriter] = set()  # finished packs whose upload has not completed
@@ -149,6 +150,7 @@ class PutSession:
     def close(self) -> None:
         """Abandon anything not committed (after an error): stop the threads, remove spool files."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.digester.shutdown(wait=True, cancel_futures=True)
         self.uploader.shutdown(wait=True, cancel_futures=True)
         for pack in self.unconsumed:
             pack.abort()
@@ -185,31 +187,35 @@ class PutSession:
 
     # ---- files ------------------------------------------------------------------------------
     def put_stream(self, stream) -> tuple[bytes, int]:
-        """Chunk, hash, dedup, compress and pack a stream. Returns (file digest, size)."""
+        """Chunk, hash, dedup, compress and pack a stream. Returns (file digest, size).
+
+        A segment flows through: the file digest (one thread, in order) and chunk ids (the pool),
+        then dedup here, compression (the pool), packing here, and back to the chunker's buffer pool.
+        """
         hasher = file_hasher()
         ids_out, sizes_out = bytearray(), array("I")
         hashing: deque = deque()
         packing: deque = deque()
         size = 0
         for seg in self.chunker.segments(stream):
-            hasher.update(seg.fresh)
             size += len(seg.fresh)
-            hashing.append((seg, self.pool.submit(_hash_chunks, seg.data, seg.lengths)))
+            digesting = self.digester.submit(hasher.update, seg.fresh)
+            hashing.append((seg, digesting, self.pool.submit(_hash_chunks, seg.data, seg.lengths)))
             while len(hashing) >= DEPTH:
                 packing.append(self._dedup(*hashing.popleft(), ids_out, sizes_out))
             while len(packing) >= DEPTH:
-                self._write_new(*packing.popleft())
+                self._pack_segment(*packing.popleft())
             self.on_progress(len(seg.fresh))
         while hashing:
             packing.append(self._dedup(*hashing.popleft(), ids_out, sizes_out))
         while packing:
-            self._write_new(*packing.popleft())
+            self._pack_segment(*packing.popleft())
         digest = hasher.digest()
         manifest = FileManifest(size, bytes(ids_out), sizes_out)
         self.add_manifest(FILE_MANIFEST, digest, manifest.to_bytes(), size)
         return digest, size
 
-    def _dedup(self, seg, future, ids_out: bytearray, sizes_out: array):
+    def _dedup(self, seg, digesting, future, ids_out: bytearray, sizes_out: array):
         """Pick the chunks of a segment that the store lacks; start compressing them."""
         ids = future.result()
         known = self.index.chunks_known(ids)
@@ -224,13 +230,15 @@ class PutSession:
         half = (len(new) + 1) // 2
         futures = [self.pool.submit(_compress_all, [v for _, v in part], self.config.level)
                    for part in (new[:half], new[half:]) if part]
-        return new, futures
+        return seg, digesting, new, futures
 
-    def _write_new(self, new, futures) -> None:
+    def _pack_segment(self, seg, digesting, new, futures) -> None:
         compressed = [c for f in futures for c in f.result()]
         for (chunk_id, view), (codec_id, stored) in zip(new, compressed):
             self.new_bytes += len(view)
             self._add(CHUNK, chunk_id, stored, len(view), codec_id, chunk_id)
+        digesting.result()
+        self.chunker.recycle(seg)  # nothing reads its bytes any more: compressed or raw copies are in the pack
 
     def put_file(self, path: str) -> tuple[bytes, int]:
         """Store one regular file; fails with ChangedWhileReading if it changes under us."""

@@ -78,7 +78,10 @@ class PackWriter:
         return entry
 
     def finish(self) -> tuple[bytes, str, int]:
-        """Write footer and trailer, fsync, close. Returns (pack id, spool path, size)."""
+        """Write footer and trailer, close. Returns (pack id, spool path, size).
+
+        Durability is the backend's job in put_file, on the uploading thread, off the write path.
+        """
         # a random nonce makes every pack's bytes, hence its id, unique: a pack gc deleted (or is deleting) can
         # never be "written again" by a later put of the same blobs, whose create-only write would then succeed
         # on the doomed object, and whose id every cache would refuse to learn again
@@ -88,8 +91,6 @@ class PackWriter:
         offset = self.size
         self._write(footer)
         self._write(TRAILER.pack(offset, len(footer), len(raw), hash_bytes(footer), TRAILER_MAGIC))
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
         return self._hasher.digest(), self.path, self.size
 

@@ -6,6 +6,7 @@ import io
 import os
 import secrets
 import shutil
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
@@ -16,7 +17,8 @@ from .index import INLINE, Location
 from .manifest import DIR, FILE, LINK, FileManifest, TreeManifest, check_safe, locate
 from .backends.local import fsync_dir, storage_error
 
-MAX_READ = 16 << 20  # largest coalesced ranged read
+MAX_READ = 8 << 20  # largest coalesced ranged read
+FETCH_AHEAD = 4  # runs being fetched and verified ahead of the writer
 MAX_GAP = 256 << 10  # neighbouring chunks closer than this are read in one request
 
 
@@ -93,31 +95,77 @@ class ChunkReader:
 
 def stream_file(reader: ChunkReader, manifest: FileManifest, write: Callable[[bytes], None], *,
                 digest: bytes, on_progress: Callable[[int], None] | None = None) -> None:
-    """Write a file's verified chunks in order; the whole file is checked against its digest at the end."""
+    """Write a file's verified chunks in order; the whole file is checked against its digest at the end.
+
+    Two threads fetch, decompress and verify runs of chunks; one more feeds the file digest in order,
+    so this thread only writes.
+    """
     hasher = file_hasher()
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-get") as pool:
-        runs = reader.read_runs(manifest)
-        inflight = []
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-get") as pool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-digest") as digester:
+        fetching: deque = deque()
+        digesting: deque = deque()
         try:
-            for run in runs:
-                inflight.append(pool.submit(reader.fetch_run, run))
-                if len(inflight) >= 4:
-                    _drain(inflight.pop(0), hasher, write, on_progress)
-            while inflight:
-                _drain(inflight.pop(0), hasher, write, on_progress)
+            for run in reader.read_runs(manifest):
+                fetching.append(pool.submit(reader.fetch_run, run))
+                if len(fetching) >= FETCH_AHEAD:
+                    _drain(fetching.popleft(), hasher, digester, digesting, write, on_progress)
+            while fetching:
+                _drain(fetching.popleft(), hasher, digester, digesting, write, on_progress)
+            while digesting:
+                digesting.popleft().result()
         finally:
-            for f in inflight:
+            for f in fetching:
                 f.cancel()
     if hasher.digest() != digest:
         raise IntegrityError(f"restored content of {digest.hex()} does not match its digest", subject=digest.hex())
 
 
-def _drain(future, hasher, write, on_progress) -> None:
-    for raw in future.result():
-        hasher.update(raw)
+def _drain(future, hasher, digester, digesting: deque, write, on_progress) -> None:
+    blobs = future.result()
+    digesting.append(digester.submit(_update_all, hasher, blobs))
+    for raw in blobs:
         write(raw)
         if on_progress:
             on_progress(len(raw))
+    while len(digesting) > FETCH_AHEAD:  # bound the verified bytes waiting for the digest
+        digesting.popleft().result()
+
+
+def _update_all(hasher, blobs: list[bytes]) -> None:
+    for raw in blobs:
+        hasher.update(raw)
+
+
+class _WriteBehind:
+    """Starts writing a file's pages to disk in the background every few MiB, so the final fsync is short."""
+
+    EVERY = 32 << 20
+
+    def __init__(self, f):
+        self._f, self._pending, self._sync = f, 0, None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-sync")
+
+    def write(self, data) -> None:
+        self._f.write(data)
+        self._pending += len(data)
+        if self._pending >= self.EVERY and (self._sync is None or self._sync.done()):
+            self._pending = 0
+            self._f.flush()
+            self._sync = self._pool.submit(os.fdatasync, self._f.fileno())
+
+    def finish(self) -> None:
+        """Everything written is durable."""
+        try:
+            if self._sync is not None:
+                self._sync.result()
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def _temp_sibling(dest: str) -> str:
@@ -130,9 +178,13 @@ def write_file(reader, manifest, digest: bytes, target: str, *, executable: bool
     tmp = _temp_sibling(target)
     try:
         with open(tmp, "xb") as f:
-            stream_file(reader, manifest, f.write, digest=digest, on_progress=on_progress)
-            f.flush()
-            os.fsync(f.fileno())
+            out = _WriteBehind(f)
+            try:
+                stream_file(reader, manifest, out.write, digest=digest, on_progress=on_progress)
+            except BaseException:
+                out.abandon()
+                raise
+            out.finish()
         if executable:
             os.chmod(tmp, 0o755)
         os.link(tmp, target)

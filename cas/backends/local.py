@@ -73,9 +73,14 @@ class LocalBackend(Backend):
             _unlink_quietly(tmp)
 
     def put_file(self, key, path, *, create_only=False):
-        """Link an already fsynced spool file into place (the spool must be in spool_dir())."""
+        """Make a spool file durable and link it into place (the spool must be in spool_dir())."""
         final = self._path(key)
         try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.makedirs(os.path.dirname(final), exist_ok=True)
             return self._publish(path, final, create_only=create_only)
         except OSError as exc:
