@@ -65,6 +65,7 @@ class Index:
         self.condemned = self.env.open_db(b"condemned")  # pack id → b"": gc condemned it; never dedup against it
         self.deleted = self.env.open_db(b"deleted")  # pack id → b"": gc deleted it; never learn it again
         self.gc_lists = self.env.open_db(b"gc_lists")  # gc list key → its packs (32-byte ids back to back)
+        self.seen = self.env.open_db(b"seen")  # file identity (path and stat) → digest it last had: a hint only
 
     def _write(self, fn):
         """Run fn(txn) in one write transaction, growing the map when it is full."""
@@ -129,6 +130,15 @@ class Index:
         self._write(fn)
 
     # ---- gc state ---------------------------------------------------------------------
+    def remember_files(self, hints: dict[bytes, bytes]) -> None:
+        """Remember the digest each file (by identity key) had when it was stored."""
+        if hints:
+            self._write(lambda txn: [txn.put(k, v, db=self.seen) for k, v in hints.items()])
+
+    def remembered_digest(self, identity: bytes) -> bytes | None:
+        raw = self._read(lambda txn: txn.get(identity, db=self.seen))
+        return bytes(raw) if raw is not None else None
+
     def gc_list(self, key: str) -> list[bytes] | None:
         raw = self._read(lambda txn: txn.get(key.encode(), db=self.gc_lists))
         return None if raw is None else [bytes(raw[i:i + 32]) for i in range(0, len(raw), 32)]
@@ -169,7 +179,8 @@ class Index:
 
     def clear(self) -> None:
         def fn(txn):
-            for db in (self.chunks, self.manifests, self.packs, self.index_objects, self.records, self.inline):
+            for db in (self.chunks, self.manifests, self.packs, self.index_objects, self.records, self.inline,
+                       self.seen):
                 txn.drop(db, delete=False)
         self._write(fn)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from array import array
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +23,8 @@ from .backends.local import storage_error
 
 DEPTH = 3  # segments in flight per stage
 PACKS_PER_INDEX_OBJECT = 256  # a long put writes one index object per this many packs
+REMEMBER_FROM = 1 << 20  # files this large have their digest remembered, for the re-put fast path
+REHASH_BLOCK = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,7 @@ class PutSession:
         # file's digest equals its chunk's id
         self.pending: set[tuple[int, bytes]] = set()
         self.new_bytes = 0
+        self.seen: dict[bytes, bytes] = {}  # file identity → digest, remembered at commit
         self.on_progress = on_progress or (lambda n: None)
         self.warn = warn or (lambda msg: None)
 
@@ -145,6 +149,7 @@ class PutSession:
         """Make everything durable: the packs, then index objects naming them (step 2). Returns their keys."""
         self.flush(wait=True)
         self._write_index_object()
+        self.index.remember_files(self.seen)
         return list(self.index_keys)
 
     def close(self) -> None:
@@ -252,8 +257,9 @@ class PutSession:
             raise StorageError(f"cannot read {path}: {exc.strerror}", subject=path) from exc
         with f:
             before = os.fstat(f.fileno())
+            identity = _identity(path, before)
             try:
-                digest, size = self.put_stream(f)
+                digest, size = self._put_unchanged(f, identity) or self.put_stream(f)
             except OSError as exc:
                 raise storage_error(exc, f"reading {path}") from exc
             after = os.fstat(f.fileno())
@@ -264,7 +270,32 @@ class PutSession:
         if (size != before.st_size or after.st_size != before.st_size or after.st_mtime_ns != before.st_mtime_ns
                 or now is None or now.st_ino != before.st_ino):
             raise ChangedWhileReading(f"{path} changed while reading; nothing was stored", subject=path)
+        if identity is not None:
+            self.seen[identity] = digest
         return digest, size
+
+    def _put_unchanged(self, f, identity: bytes | None) -> tuple[bytes, int] | None:
+        """The fast path for a file stored before: hash all its bytes (on every core) and, if they still
+        give the digest it had and the store holds that file, store nothing more.
+
+        The hint only picks the path: the digest is always computed from the bytes read now. A miss
+        (new content, or a manifest gc has condemned) rewinds the file for the full put.
+        """
+        hint = self.index.remembered_digest(identity) if identity is not None else None
+        if hint is None or not self._known(hint, FILE_MANIFEST):
+            return None
+        hasher, size = file_hasher(threads=True), 0
+        buf = bytearray(REHASH_BLOCK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            hasher.update(view[:n])
+            size += n
+            self.on_progress(n)
+        if hasher.digest() == hint and self._known(hint, FILE_MANIFEST):
+            return hint, size
+        f.seek(0)
+        self.on_progress(-size)
+        return None
 
     def put_tree(self, root: str) -> tuple[bytes, int]:
         """Store a folder: its files one by one, links as links, then its tree manifest."""
@@ -325,6 +356,14 @@ class PutSession:
             return TreeEntry(rel, FILE, bool(st.st_mode & 0o111), digest, size)
         self.warn(f"skipping {full}: not a regular file, folder or link")
         return None
+
+
+def _identity(path: str, st: os.stat_result) -> bytes | None:
+    """A key naming this file as it is now (path, inode, size, times); None for files too small to matter."""
+    if st.st_size < REMEMBER_FROM:
+        return None
+    return struct.pack("<QQQqq", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) + \
+        os.fsencode(os.path.abspath(path))
 
 
 def _require_utf8(text: str, full: str, what: str) -> None:

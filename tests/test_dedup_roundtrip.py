@@ -117,3 +117,38 @@ def test_many_small_files_use_few_objects(store_dir, tmp_path):
     store.get_file(res.digest, out)
     for i in range(0, 2000, 97):
         assert (out / f"d{i % 20}" / f"f{i}.txt").read_text() == f"file number {i}\n" * (i % 7)
+
+
+# ---- re-putting an unchanged file: hashed on every core, not chunked again -----------------------
+
+def test_unchanged_file_is_rehashed_not_rechunked(store_dir, tmp_path, monkeypatch):
+    from cas.ingest import PutSession
+    path = tmp_path / "ckpt.bin"
+    data = write_checkpoint(path, 3 * MiB, seed=7)
+    store = Store.open(store_dir)
+    first = store.put_file(path)
+
+    def no_chunking(self, stream):
+        raise AssertionError("an unchanged file was chunked again")
+    monkeypatch.setattr(PutSession, "put_stream", no_chunking)
+    again = store.put_file(path)
+    assert (again.digest, again.new_bytes, again.size) == (first.digest, 0, len(data))
+
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # new content: the fast path must not answer
+    with pytest.raises(AssertionError, match="chunked again"):
+        store.put_file(path)
+
+
+def test_a_stale_hint_never_decides_the_digest(store_dir, tmp_path):
+    """Even if the remembered digest for this very file (same path and stat) is wrong, the bytes decide."""
+    from cas.ingest import _identity
+    store = Store.open(store_dir)
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    write_checkpoint(a, 2 * MiB, seed=1)
+    data_b = write_checkpoint(b, 2 * MiB, seed=2)
+    digest_a = store.put_file(a).digest
+    store.put_file(b)
+    store.index.remember_files({_identity(str(b), os.stat(b)): bytes.fromhex(digest_a)})
+    again = store.put_file(b)
+    assert again.digest == blake3(data_b).hexdigest() != digest_a
+    assert store.index.remembered_digest(_identity(str(b), os.stat(b))) == bytes.fromhex(again.digest)
