@@ -1,8 +1,11 @@
-"""Deterministic checkpoint-like file series (bf16 safetensors, growing CSV, append-only JSONL) for benchmarks."""
+"""Deterministic checkpoint-like file series (bf16 safetensors, growing CSV, append-only JSONL, and, with torch,
+training checkpoints from torch_series.py as .pt or fp32 safetensors) for benchmarks."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import math
 import sys
@@ -10,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("bf16", "csv", "jsonl")
+FT_KINDS = ("ft-full-pt", "ft-full-st", "ft-frozen-pt", "ft-frozen-st")  # need torch (torch_series.py)
+KINDS = ("bf16", "csv", "jsonl") + FT_KINDS
 SUFFIX = {"bf16": ".safetensors", "csv": ".csv", "jsonl": ".jsonl"}
+SUFFIX.update({k: ".pt" if k.endswith("-pt") else ".safetensors" for k in FT_KINDS})
 
 # Reference shape (scale 4, ~249 MB): GPT-2 small; 12 layers x 12 tensors + 4 = 148 tensors.
 REF_SCALE = 4.0
@@ -73,13 +78,17 @@ def perturb(rng: np.random.Generator, tensors: dict[str, np.ndarray]) -> None:
         tensors[names[i]] = to_bf16(from_bf16(t) + noise)
 
 
+ST_DTYPES = {np.dtype(np.uint16): "BF16", np.dtype(np.float32): "F32"}  # uint16 arrays hold bf16 bit patterns
+
+
 def safetensors_header(tensors: dict[str, np.ndarray]) -> bytes:
     """The 8-byte length plus the JSON header (space-padded to 8 bytes); tensors laid out in name order."""
     meta: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name in sorted(tensors):
         t = tensors[name]
-        meta[name] = {"dtype": "BF16", "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        meta[name] = {"dtype": ST_DTYPES[t.dtype], "shape": list(t.shape),
+                      "data_offsets": [offset, offset + t.nbytes]}
         offset += t.nbytes
     header = json.dumps(meta, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
@@ -90,7 +99,8 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     with open(path, "wb") as f:
         f.write(safetensors_header(tensors))
         for name in sorted(tensors):
-            f.write(memoryview(np.ascontiguousarray(tensors[name], dtype="<u2")).cast("B"))
+            t = tensors[name]
+            f.write(memoryview(np.ascontiguousarray(t, dtype=t.dtype.newbyteorder("<"))).cast("B"))
 
 
 def read_safetensors_header(path: Path) -> tuple[dict, int]:
@@ -159,7 +169,30 @@ def gen_jsonl(rng: np.random.Generator, outdir: Path, steps: int, scale: float) 
     return paths
 
 
-GENERATORS = {"bf16": gen_bf16, "csv": gen_csv, "jsonl": gen_jsonl}
+# ---- training checkpoints (torch) ------------------------------------------------------------------
+
+def torch_series():
+    """torch_series.py, imported only when a torch kind is asked for."""
+    if importlib.util.find_spec("torch") is None:
+        raise SystemExit("torch is not installed: pip install torch==2.13.0")
+    return importlib.import_module(f"{__package__}.torch_series" if __package__ else "torch_series")
+
+
+def ft_generator(kind: str):
+    """ft-{full,frozen}-{pt,st}: one checkpoint per step, as torch.save output or fp32 safetensors."""
+    def gen(rng: np.random.Generator, outdir: Path, steps: int, scale: float) -> list[Path]:
+        ts, paths = torch_series(), []
+        for step, ckpt in enumerate(ts.checkpoints(rng, steps, scale, frozen=kind.startswith("ft-frozen"))):
+            paths.append(step_path(outdir, kind, step))
+            if kind.endswith("-pt"):
+                ts.save_pt(ckpt, paths[-1])
+            else:
+                write_safetensors(paths[-1], ts.flat_tensors(ckpt))
+        return paths
+    return gen
+
+
+GENERATORS = {"bf16": gen_bf16, "csv": gen_csv, "jsonl": gen_jsonl, **{k: ft_generator(k) for k in FT_KINDS}}
 
 
 def generate(kind: str, outdir, steps: int = 5, scale: float = 1.0, seed: int = 0) -> list[Path]:
@@ -170,7 +203,8 @@ def generate(kind: str, outdir, steps: int = 5, scale: float = 1.0, seed: int = 
         raise ValueError("steps must be >= 1 and scale > 0")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, KINDS.index(kind)])
+    # -st and -pt share a random stream: the same training run in two file formats
+    rng = np.random.default_rng([seed, KINDS.index(kind.replace("-st", "-pt"))])
     return GENERATORS[kind](rng, outdir, steps, scale)
 
 
@@ -179,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind", choices=KINDS)
     p.add_argument("outdir")
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--scale", type=float, default=1.0, help="size multiplier (bf16: 4 = ~249 MB per step)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="size multiplier (4 = ~249 MB per step for bf16, ~268 MB for ft-full-pt)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     for path in generate(args.kind, args.outdir, args.steps, args.scale, args.seed):
