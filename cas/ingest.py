@@ -58,6 +58,7 @@ class PutSession:
         self.chunker = Chunker(config.chunker)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-put")
         self.digester = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-digest")  # in order
+        self.packer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-pack")  # pack writes, in order
         self.uploader = ThreadPoolExecutor(max_workers=backend.upload_concurrency, thread_name_prefix="cas-upload")
         self.uploads: deque[tuple[PackWriter, Future]] = deque()  # packs being made durable, oldest first
         self.unconsumed: set[PackWriter] = set()  # finished packs whose upload has not completed
@@ -75,7 +76,7 @@ class PutSession:
     # ---- packs ------------------------------------------------------------------------------
     def _add(self, kind, key, stored, raw_len, codec_id, check, size=0) -> None:
         if self.pack is None:
-            self.pack = PackWriter(self.spool_dir)
+            self.pack = PackWriter(self.spool_dir, self.packer)
         try:
             self.pack.add(kind, key, stored, raw_len, codec_id, check, size)
         except OSError as exc:
@@ -156,6 +157,7 @@ class PutSession:
         """Abandon anything not committed (after an error): stop the threads, remove spool files."""
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.digester.shutdown(wait=True, cancel_futures=True)
+        self.packer.shutdown(wait=True, cancel_futures=True)
         self.uploader.shutdown(wait=True, cancel_futures=True)
         for pack in self.unconsumed:
             pack.abort()

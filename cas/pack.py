@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import struct
+from collections import deque
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import msgpack
@@ -54,21 +56,56 @@ class PackEntry:
 
 
 class PackWriter:
-    """Spools one pack to a temp file, hashing it as it goes; finish() makes it durable and names it."""
+    """Spools one pack to a temp file, hashing it as it goes; finish() names it.
 
-    def __init__(self, spool_dir: str):
+    Blobs are written and hashed in batches on `writer` (a one-thread executor, so in order) when
+    one is given, keeping the caller's thread free for the rest of the pipeline.
+    """
+
+    BATCH = 4 << 20  # bytes per write on the writer thread
+    IN_FLIGHT = 2  # batches queued before add() waits
+
+    def __init__(self, spool_dir: str, writer: Executor | None = None):
         os.makedirs(spool_dir, exist_ok=True)
         self.path = os.path.join(spool_dir, f".tmp.pack-{os.getpid()}-{secrets.token_hex(6)}")
         self._file = open(self.path, "xb")
         self._hasher = file_hasher()
+        self._writer = writer
+        self._batch: list = []
+        self._batched = 0
+        self._writes: deque[Future] = deque()
         self.entries: list[PackEntry] = []
         self.size = 0
         self._write(HEADER)
 
     def _write(self, data) -> None:
-        self._file.write(data)
-        self._hasher.update(data)
+        self._batch.append(data)
+        self._batched += len(data)
         self.size += len(data)
+        if self._batched >= self.BATCH:
+            self._submit()
+
+    def _submit(self) -> None:
+        batch, self._batch, self._batched = self._batch, [], 0
+        if not batch:
+            return
+        if self._writer is None:
+            self._write_now(batch)
+            return
+        self._writes.append(self._writer.submit(self._write_now, batch))
+        while len(self._writes) > self.IN_FLIGHT:
+            self._writes.popleft().result()
+
+    def _write_now(self, batch: list) -> None:
+        for data in batch:
+            self._file.write(data)
+            self._hasher.update(data)
+
+    def _settle(self) -> None:
+        """Wait for every queued write (raising the first error)."""
+        self._submit()
+        while self._writes:
+            self._writes.popleft().result()
 
     def add(self, kind: int, key: bytes, stored, raw_len: int, codec_id: int, check: bytes,
             size: int = 0) -> PackEntry:
@@ -91,10 +128,20 @@ class PackWriter:
         offset = self.size
         self._write(footer)
         self._write(TRAILER.pack(offset, len(footer), len(raw), hash_bytes(footer), TRAILER_MAGIC))
+        self._settle()
         self._file.close()
         return self._hasher.digest(), self.path, self.size
 
     def abort(self) -> None:
+        for write in self._writes:  # let queued writes end before the file goes
+            write.cancel()
+        for write in self._writes:
+            if not write.cancelled():
+                try:
+                    write.result()
+                except Exception:
+                    pass
+        self._writes.clear()
         try:
             self._file.close()
         finally:

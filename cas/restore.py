@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 from . import codec, layout
 from .digest import file_hasher, hash_bytes
+from .handoff import quick_handoffs
 from .errors import IntegrityError, NotFound, PackMissing, StorageError
 from .index import INLINE, Location
 from .manifest import DIR, FILE, LINK, FileManifest, TreeManifest, check_safe, locate
@@ -101,7 +102,7 @@ def stream_file(reader: ChunkReader, manifest: FileManifest, write: Callable[[by
     so this thread only writes.
     """
     hasher = file_hasher()
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-get") as pool, \
+    with quick_handoffs(), ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-get") as pool, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-digest") as digester:
         fetching: deque = deque()
         digesting: deque = deque()

@@ -17,6 +17,7 @@ from .backends import Backend, open_backend
 from .config import StoreConfig, create_or_load_config, load_config
 from .digest import parse_ref
 from .errors import AlreadyExists, AmbiguousReference, InvalidInput, NotFound, PackMissing
+from .handoff import quick_handoffs
 from .index import INLINE, Index, Location
 from .ingest import PutResult, PutSession
 from .manifest import FileManifest, TreeManifest
@@ -230,8 +231,9 @@ class Store:
         session = PutSession(backend=self.backend, index=self.index, config=self.config, spool_dir=spool,
                              on_progress=on_progress, warn=self.on_warning)
         try:
-            yield session
-            written = session.commit()  # packs durable, then the index object naming them
+            with quick_handoffs():
+                yield session
+                written = session.commit()  # packs durable, then the index object naming them
         finally:
             session.close()
         if written:
