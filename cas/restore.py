@@ -138,37 +138,6 @@ def _update_all(hasher, blobs: list[bytes]) -> None:
         hasher.update(raw)
 
 
-class _WriteBehind:
-    """Starts writing a file's pages to disk in the background every few MiB, so the final fsync is short."""
-
-    EVERY = 32 << 20
-
-    def __init__(self, f):
-        self._f, self._pending, self._sync = f, 0, None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-sync")
-
-    def write(self, data) -> None:
-        self._f.write(data)
-        self._pending += len(data)
-        if self._pending >= self.EVERY and (self._sync is None or self._sync.done()):
-            self._pending = 0
-            self._f.flush()
-            self._sync = self._pool.submit(os.fdatasync, self._f.fileno())
-
-    def finish(self) -> None:
-        """Everything written is durable."""
-        try:
-            if self._sync is not None:
-                self._sync.result()
-            self._f.flush()
-            os.fsync(self._f.fileno())
-        finally:
-            self._pool.shutdown(wait=True)
-
-    def abandon(self) -> None:
-        self._pool.shutdown(wait=True)
-
-
 def _temp_sibling(dest: str) -> str:
     folder, base = os.path.split(os.path.abspath(dest))
     return os.path.join(folder, f".{base}.cas-tmp-{secrets.token_hex(4)}")
@@ -179,13 +148,9 @@ def write_file(reader, manifest, digest: bytes, target: str, *, executable: bool
     tmp = _temp_sibling(target)
     try:
         with open(tmp, "xb") as f:
-            out = _WriteBehind(f)
-            try:
-                stream_file(reader, manifest, out.write, digest=digest, on_progress=on_progress)
-            except BaseException:
-                out.abandon()
-                raise
-            out.finish()
+            stream_file(reader, manifest, f.write, digest=digest, on_progress=on_progress)
+            f.flush()
+            os.fsync(f.fileno())
         if executable:
             os.chmod(tmp, 0o755)
         os.link(tmp, target)
