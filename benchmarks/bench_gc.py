@@ -4,7 +4,7 @@ The store is built through the tracker API (in a child process, so that S3 crede
 children) with a small chunker (1/2/8 KiB), from deterministic data: RUNS runs of STEPS versions of
 one file each, every version a copy of its predecessor with a few small regions rewritten, so most
 chunks are shared. Then each command runs as a `cas` CLI subprocess (wall time and own peak RSS,
-as in bench_core): stats (the metadata-listing baseline), verify, gc --dry-run --grace 0 (warm and
+as in bench_peers): stats (the metadata-listing baseline), verify, gc --dry-run --grace 0 (warm and
 cold cache), forget of the older half of every run, gc --dry-run and gc --grace 0, gc again (nothing
 to free), stats and verify again, and `cas get` of a few kept versions compared byte for byte.
 Local store and S3 (SeaweedFS on 127.0.0.1, started and stopped here).
@@ -29,7 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_core import LAUNCHER, cas_command, tree_bytes  # noqa: E402
+from measure import Proc as Result, cas_command, run, tree_bytes  # noqa: E402
 
 MB = 1e6
 KiB = 1024
@@ -156,37 +156,6 @@ def build(uri: str, spec: Spec, scratch: Path) -> dict:
 
 
 # ---- running children ------------------------------------------------------------------------------
-
-@dataclass
-class Result:
-    seconds: float
-    maxrss_kib: int
-    stdout: str
-    stderr: str
-    code: int
-
-    def json(self):
-        return json.loads(self.stdout)
-
-
-def run(cmd: list, env: dict, *, check: bool = True, show_stderr: bool = False) -> Result:
-    """Run one child via launch.py: wall time and its own peak RSS (os.wait4), as bench_core does."""
-    cmd = [str(c) for c in cmd]
-    read_end, write_end = os.pipe()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(read_end, "rb") as report:
-        try:
-            child = subprocess.run([sys.executable, "-I", "-S", LAUNCHER, str(write_end), *cmd], stdout=out,
-                                   stderr=None if show_stderr else err, env=env, pass_fds=(write_end,))
-        finally:
-            os.close(write_end)
-        out.seek(0)
-        err.seek(0)
-        stderr = err.read().decode(errors="replace")
-        if child.returncode and check:
-            raise RuntimeError(f"{shlex.join(cmd)} exited {child.returncode}: {stderr[-2000:]}")
-        seconds, maxrss = report.read().split()
-        return Result(float(seconds), int(maxrss), out.read().decode(errors="replace"), stderr, child.returncode)
-
 
 def child_env(cache: Path, extra: dict | None = None) -> dict:
     """This process's environment without store or AWS settings, plus a cache dir and the given extras."""

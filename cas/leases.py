@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import sys
 import threading
 import time
@@ -55,7 +54,7 @@ class WriterLease:
 
     def _write(self) -> None:
         began = _clock()
-        body = msgpack.packb({"host": socket.gethostname(), "pid": os.getpid(), "lease": self.duration})
+        body = msgpack.packb({"host": os.uname().nodename, "pid": os.getpid(), "lease": self.duration})
         self.backend.put(self.key, body)
         if self._refreshed_at is not None and began - self._refreshed_at > self.duration - self.margin:
             # stopped (SIGSTOP, a suspended machine) or cut off: gc may have deleted what this session
