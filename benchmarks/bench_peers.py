@@ -39,7 +39,7 @@ from measure import run  # noqa: E402
 CHUNKER = dict(avg_size=48 * 1024, min_size=16 * 1024, max_size=256 * 1024)  # real average: avg + min = 64 KiB
 PRESETS = {  # mode -> defaults of --steps, --scale, --repeat, --once, --big-scale
     "full": dict(steps="10", scale="4", repeat=3, once="", big_scale=16.0),
-    "quick": dict(steps="3", scale="1,bf16=4", repeat=3, once="dvc,mlflow", big_scale=16.0),
+    "quick": dict(steps="3", scale="1,bf16=4", repeat=3, once="cp,zstd -3,DVC,MLflow", big_scale=16.0),
 }
 MB = 1e6
 
@@ -227,8 +227,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", help='checkpoints per series, or per kind: "3,bf16=4" (full 10, quick 3,bf16=4)')
     p.add_argument("--scale", help='size multiplier, or per kind: "1,bf16=4" (full 4: a 249 MB bf16 checkpoint)')
     p.add_argument("--repeat", type=int, help="repetitions, medians reported (full 3, quick 3)")
-    p.add_argument("--once", help="comma-separated tools run in the first repetition only (quick: dvc,mlflow, "
-                                  "which no target is measured against and whose stored bytes are the raw bytes)")
+    p.add_argument("--once", help="comma-separated tools run in the first repetition only (quick: cp, zstd -3, "
+                                  "DVC and MLflow, whose times no target is measured against)")
     p.add_argument("--big-scale", type=float,
                    help="bf16 scale of the one-file memory check, 0 to skip (full 16 = 1 GB)")
     p.add_argument("--seed", type=int, default=0)
@@ -246,7 +246,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.once = {t.strip() for t in args.once.split(",") if t.strip()}
     if unknown := [k for k in args.series if k not in series.KINDS]:
         p.error(f"unknown series {unknown}; choose from {', '.join(series.KINDS)}")
-    if unknown := [t for t in args.tools if t not in peers.TOOLS]:
+    if unknown := [t for t in [*args.tools, *args.once] if t not in peers.TOOLS]:
         p.error(f"unknown tools {unknown}; choose from {', '.join(peers.TOOLS)}")
     try:
         args.steps, args.scale = parse_per_kind(args.steps, 10), parse_per_kind(args.scale, 1.0)

@@ -49,7 +49,7 @@ RESTIC = shutil.which("restic") or "/usr/bin/restic"
 RESTIC_PASSWORD = "cas-bench-s3"
 KIND = "bf16"
 SCALE = 4.0  # ~249 MB per checkpoint
-QUICK_STEPS, FULL_STEPS = 3, 10
+QUICK_STEPS, FULL_STEPS = 2, 10
 QUICK_REPEAT, FULL_REPEAT = 3, 3
 
 # The naive tracker: one short-lived python process per file, boto3's managed transfer of the whole file.

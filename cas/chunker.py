@@ -51,9 +51,15 @@ class Chunker:
                 return buf
         return bytearray(size)
 
-    def segments(self, stream: BinaryIO, segment_size: int = SEGMENT) -> Iterator[Segment]:
-        """Chunk a stream: each Segment holds whole chunks; the cut points equal those of cut(whole input)."""
+    def segments(self, stream: BinaryIO, segment_size: int = SEGMENT, size_hint: int | None = None
+                 ) -> Iterator[Segment]:
+        """Chunk a stream: each Segment holds whole chunks; the cut points equal those of cut(whole input).
+
+        size_hint (the expected length) only sizes the buffers: a small file gets a small one.
+        """
         carry = b""
+        if size_hint is not None:
+            segment_size = max(1, min(segment_size, size_hint + 1))  # +1: its end is seen in one read
         while True:
             buf = self._buffer(self.params.max_size + segment_size)
             buf[: len(carry)] = carry

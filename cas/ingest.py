@@ -193,7 +193,7 @@ class PutSession:
         self._add(loc.kind, key, bytes(stored), loc.raw_len, loc.codec, loc.check, loc.size)
 
     # ---- files ------------------------------------------------------------------------------
-    def put_stream(self, stream) -> tuple[bytes, int]:
+    def put_stream(self, stream, size_hint: int | None = None) -> tuple[bytes, int]:
         """Chunk, hash, dedup, compress and pack a stream. Returns (file digest, size).
 
         A segment flows through: the file digest (one thread, in order) and chunk ids (the pool),
@@ -204,7 +204,7 @@ class PutSession:
         hashing: deque = deque()
         packing: deque = deque()
         size = 0
-        for seg in self.chunker.segments(stream):
+        for seg in self.chunker.segments(stream, size_hint=size_hint):
             size += len(seg.fresh)
             digesting = self.digester.submit(hasher.update, seg.fresh)
             hashing.append((seg, digesting, self.pool.submit(_hash_chunks, seg.data, seg.lengths)))
@@ -261,7 +261,7 @@ class PutSession:
             before = os.fstat(f.fileno())
             identity = _identity(path, before)
             try:
-                digest, size = self._put_unchanged(f, identity) or self.put_stream(f)
+                digest, size = self._put_unchanged(f, identity) or self.put_stream(f, before.st_size)
             except OSError as exc:
                 raise storage_error(exc, f"reading {path}") from exc
             after = os.fstat(f.fileno())
@@ -287,12 +287,17 @@ class PutSession:
         if hint is None or not self._known(hint, FILE_MANIFEST):
             return None
         hasher, size = file_hasher(threads=True), 0
-        buf = bytearray(REHASH_BLOCK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            hasher.update(view[:n])
+        buffers = [bytearray(REHASH_BLOCK), bytearray(REHASH_BLOCK)]  # read one while the other is hashed
+        hashing = None
+        while n := f.readinto(buffers[0]):
+            if hashing is not None:
+                hashing.result()
+            hashing = self.digester.submit(hasher.update, memoryview(buffers[0])[:n])
+            buffers.reverse()
             size += n
             self.on_progress(n)
+        if hashing is not None:
+            hashing.result()
         if hasher.digest() == hint and self._known(hint, FILE_MANIFEST):
             return hint, size
         f.seek(0)

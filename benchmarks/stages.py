@@ -1,0 +1,110 @@
+"""Where a put's and a get's CPU time goes: each stage of the pipeline alone, on one core, on one checkpoint.
+
+Runs every stage of `cas put` single-threaded over the same bytes (read from the page cache, chunk
+with FastCDC, BLAKE3 of each chunk, BLAKE3 of the file, zstd of each chunk at the store's level,
+BLAKE3 of the pack bytes) and of `cas get` (zstd decompression, the two BLAKE3 checks), then times
+whole `cas put` / `cas get` processes of the same file (wall, user and system CPU). The sum of the
+stages over the cores, plus start-up, is the floor for the pipeline on this machine.
+
+    python benchmarks/stages.py                   # a generated 249 MB bf16 checkpoint
+    python benchmarks/stages.py --kind ft-full-pt # any kind of benchmarks/series.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import blake3
+import zstandard
+from pyfastcdc import FastCDC
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import series  # noqa: E402
+from measure import cas_command  # noqa: E402
+
+CHUNKER = dict(avg_size=48 * 1024, min_size=16 * 1024, max_size=256 * 1024)  # real average 64 KiB
+LEVEL = 1  # the store's default chunk level
+
+
+def timed(fn) -> float:
+    start = time.thread_time()
+    fn()
+    return time.thread_time() - start
+
+
+def stage_times(path: Path) -> tuple[int, dict[str, float]]:
+    """Single-threaded CPU seconds of each stage over the file's bytes."""
+    data = path.read_bytes()
+    view = memoryview(data)
+    out: dict[str, float] = {}
+    out["read (page cache)"] = timed(lambda: path.read_bytes())
+    lengths: list[int] = []
+    out["FastCDC"] = timed(lambda: lengths.extend(c.length for c in FastCDC(**CHUNKER).cut_buf(view)))
+    chunks, pos = [], 0
+    for n in lengths:
+        chunks.append(view[pos:pos + n])
+        pos += n
+    out["BLAKE3 chunk ids"] = timed(lambda: [blake3.blake3(c).digest() for c in chunks])
+    out["BLAKE3 file digest"] = timed(lambda: blake3.blake3(view).digest())
+    compressor = zstandard.ZstdCompressor(level=LEVEL, write_content_size=False)
+    stored: list[bytes] = []
+    out[f"zstd {LEVEL} per chunk"] = timed(lambda: stored.extend(compressor.compress(c) for c in chunks))
+    out["BLAKE3 pack bytes"] = timed(lambda: [blake3.blake3(s).digest() for s in stored])
+    decompressor = zstandard.ZstdDecompressor()
+    out["zstd decompress"] = timed(
+        lambda: [decompressor.decompress(s, max_output_size=len(c)) for s, c in zip(stored, chunks)])
+    return len(data), out
+
+
+def cas_process(args: list[str], env: dict) -> dict:
+    """Wall, user and system seconds of one cas process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall": wall, "user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kind", default="bf16", choices=series.KINDS)
+    p.add_argument("--scale", type=float, default=4.0)
+    args = p.parse_args(argv)
+    cas = cas_command(None)
+    with tempfile.TemporaryDirectory(prefix="cas-stages-") as tmp:
+        work = Path(tmp)
+        path = series.generate(args.kind, work / "data", 1, args.scale)[0]
+        size, stages = stage_times(path)
+        env = dict(os.environ, CAS_CACHE_DIR=str(work / "cache"))
+        store = ["--store", str(work / "store")]
+        put = cas_process([*cas, *store, "put", "--no-pin", str(path)], env)
+        digest = blake3.blake3(path.read_bytes()).hexdigest()
+        get = cas_process([*cas, *store, "get", "-o", str(work / "out"), digest], env)
+        again = cas_process([*cas, *store, "put", "--no-pin", str(path)], env)
+        start = cas_process([*cas, "--version"], env)
+    mb = size / 1e6
+    print(f"{args.kind} checkpoint, {mb:.1f} MB; each stage alone on one core:\n")
+    print("| stage | CPU s | MB/s per core |\n|---|---|---|")
+    for name, seconds in stages.items():
+        print(f"| {name} | {seconds:.3f} | {mb / seconds:,.0f} |")
+    put_stages = sum(v for k, v in stages.items() if k not in ("zstd decompress",))
+    get_stages = stages["read (page cache)"] + stages["zstd decompress"] + stages["BLAKE3 chunk ids"] + \
+        stages["BLAKE3 file digest"]
+    print(f"\nput stages {put_stages:.2f} CPU s, get stages {get_stages:.2f} CPU s; "
+          f"`cas --version` {start['wall']:.2f} s\n")
+    print("| process | wall s | user s | sys s |\n|---|---|---|---|")
+    for name, r in (("cas put (new)", put), ("cas put (unchanged)", again), ("cas get", get)):
+        print(f"| {name} | {r['wall']:.2f} | {r['user']:.2f} | {r['sys']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
