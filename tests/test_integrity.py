@@ -112,3 +112,19 @@ def test_index_learns_packs_written_by_another_cache(store_dir, tmp_path, monkey
     b = Store.open(store_dir, cache_dir=str(tmp_path / "cache-b"))
     assert b.read_bytes(digest) == (tmp_path / "f").read_bytes()
     assert b.put_file(tmp_path / "f").new_bytes == 0
+
+
+def test_a_frame_declaring_another_size_is_refused_before_decoding():
+    """A damaged (or hostile) frame header claiming a huge size never makes cas allocate it."""
+    from cas import codec
+    from cas.errors import IntegrityError
+    codec_id, stored = codec.compress(b"weights " * 4096, 1)
+    assert codec_id == codec.ZSTD
+    assert codec.decompress(codec_id, stored, 8 * 4096, name="blob") == b"weights " * 4096
+    with pytest.raises(IntegrityError, match="frame declares 32768 bytes, expected 100"):
+        codec.decompress(codec_id, stored, 100, name="blob")
+    import zstandard  # a frame without the size (as earlier versions wrote) still reads, bounded
+    legacy = zstandard.ZstdCompressor(level=1, write_content_size=False).compress(b"weights " * 4096)
+    assert codec.decompress(codec.ZSTD, legacy, 8 * 4096, name="blob") == b"weights " * 4096
+    with pytest.raises(IntegrityError):
+        codec.decompress(codec.ZSTD, legacy, 100, name="blob")
