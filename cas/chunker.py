@@ -9,7 +9,7 @@ from pyfastcdc import FastCDC
 
 from .config import ChunkerParams
 
-SEGMENT = 8 << 20
+SEGMENT = 2 << 20  # small enough that a 40 MB file fills the pipeline, large enough to amortize its hand-offs
 
 
 @dataclass(slots=True)

@@ -181,7 +181,7 @@ def test_segments_cut_like_the_whole_buffer(data, segment_size, step):
 
 @pytest.mark.parametrize("size", [2 * SEGMENT + 12345, SEGMENT])
 def test_segments_at_real_size_cut_like_the_whole_buffer(size):
-    """The real 8 MiB segments with the default parameters: chunks carried over a segment's end."""
+    """The real segments (SEGMENT) with the default parameters: chunks carried over a segment's end."""
     data = _random(size, size)
     chunker = Chunker(ChunkerParams())
     segments = list(chunker.segments(io.BytesIO(data)))
