@@ -186,11 +186,17 @@ class Index:
 
     # ---- reads --------------------------------------------------------------------------
     def chunk(self, chunk_id: bytes) -> Location | None:
-        raw = self._read(lambda txn: txn.get(chunk_id, db=self.chunks))
-        if raw is None:
-            return None
-        pack_id, off, slen, rlen, cod = _LOC.unpack(raw)
-        return Location(pack_id, off, slen, rlen, cod, chunk_id)
+        return self.chunks_at([chunk_id])[0]
+
+    def chunks_at(self, ids: list[bytes]) -> list[Location | None]:
+        """Where each chunk is (None: unknown), in one transaction."""
+        def fn(txn):
+            out = []
+            for chunk_id in ids:
+                raw = txn.get(chunk_id, db=self.chunks)
+                out.append(None if raw is None else Location(*_LOC.unpack(raw), chunk_id))
+            return out
+        return self._read(fn)
 
     def chunks_known(self, ids: list[bytes]) -> list[bool]:
         """Which of the ids a writer may deduplicate against (known, not condemned), in one transaction."""

@@ -20,6 +20,7 @@ from .backends.local import fsync_dir, storage_error
 
 MAX_READ = 8 << 20  # largest coalesced ranged read
 FETCH_AHEAD = 4  # runs being fetched and verified ahead of the writer
+LOOKUP_BATCH = 512  # chunk locations read from the index in one transaction
 MAX_GAP = 256 << 10  # neighbouring chunks closer than this are read in one request
 
 
@@ -41,8 +42,9 @@ class ChunkReader:
     def __init__(self, backend, index):
         self.backend, self.index = backend, index
 
-    def location(self, chunk_id: bytes) -> Location:
-        loc = self.index.chunk(chunk_id)
+    def location(self, chunk_id: bytes, loc: Location | None = None) -> Location:
+        """Where a chunk is; `loc` is what the index said if the caller asked it already."""
+        loc = loc or self.index.chunk(chunk_id)
         if loc is None:
             loc = self.index.object_location(chunk_id)  # small content kept inline in a run record
             if loc is not None and loc.kind != INLINE:
@@ -67,16 +69,19 @@ class ChunkReader:
     def read_runs(self, manifest: FileManifest) -> Iterator[list[tuple[Location, int]]]:
         """Group a file's chunks into runs that one ranged read of one pack serves."""
         run: list[tuple[Location, int]] = []
-        for i in range(len(manifest)):
-            loc = self.location(manifest.chunk_id(i))
-            if run:
-                first, last = run[0][0], run[-1][0]
-                near = (loc.pack_id == first.pack_id and 0 <= loc.offset - (last.offset + last.stored_len) <= MAX_GAP
-                        and loc.offset + loc.stored_len - first.offset <= MAX_READ)
-                if not near:
-                    yield run
-                    run = []
-            run.append((loc, i))
+        for start in range(0, len(manifest), LOOKUP_BATCH):
+            ids = [manifest.chunk_id(i) for i in range(start, min(start + LOOKUP_BATCH, len(manifest)))]
+            for i, (chunk_id, known) in enumerate(zip(ids, self.index.chunks_at(ids)), start):
+                loc = self.location(chunk_id, known)
+                if run:
+                    first, last = run[0][0], run[-1][0]
+                    gap = loc.offset - (last.offset + last.stored_len)
+                    near = (loc.pack_id == first.pack_id and 0 <= gap <= MAX_GAP
+                            and loc.offset + loc.stored_len - first.offset <= MAX_READ)
+                    if not near:
+                        yield run
+                        run = []
+                run.append((loc, i))
         if run:
             yield run
 
@@ -108,7 +113,7 @@ def stream_file(reader: ChunkReader, manifest: FileManifest, write: Callable[[by
         digesting: deque = deque()
         try:
             for run in reader.read_runs(manifest):
-                fetching.append(pool.submit(reader.fetch_run, run))
+                fetching.append(pool.submit(_fetch_joined, reader, run))
                 if len(fetching) >= FETCH_AHEAD:
                     _drain(fetching.popleft(), hasher, digester, digesting, write, on_progress)
             while fetching:
@@ -122,20 +127,19 @@ def stream_file(reader: ChunkReader, manifest: FileManifest, write: Callable[[by
         raise IntegrityError(f"restored content of {digest.hex()} does not match its digest", subject=digest.hex())
 
 
+def _fetch_joined(reader: ChunkReader, run) -> bytes:
+    """A run's verified chunks as one buffer: one write and one digest update per run, not per chunk."""
+    return b"".join(reader.fetch_run(run))
+
+
 def _drain(future, hasher, digester, digesting: deque, write, on_progress) -> None:
-    blobs = future.result()
-    digesting.append(digester.submit(_update_all, hasher, blobs))
-    for raw in blobs:
-        write(raw)
-        if on_progress:
-            on_progress(len(raw))
+    data = future.result()
+    digesting.append(digester.submit(hasher.update, data))
+    write(data)
+    if on_progress:
+        on_progress(len(data))
     while len(digesting) > FETCH_AHEAD:  # bound the verified bytes waiting for the digest
         digesting.popleft().result()
-
-
-def _update_all(hasher, blobs: list[bytes]) -> None:
-    for raw in blobs:
-        hasher.update(raw)
 
 
 def _temp_sibling(dest: str) -> str:
