@@ -35,8 +35,12 @@ class Proc:
 
 def run(cmd: list, env: dict | None = None, *, cwd: Path | None = None, check: bool = True,
         show_stderr: bool = False) -> Proc:
-    """Run one child via launch.py (a small forker, so the child's ru_maxrss is its own); raise on failure."""
+    """Run one child via launch.py (a small forker, so the child's ru_maxrss is its own); raise on failure.
+
+    Dirty pages are flushed first (untimed), so no tool pays for the write-back of the one before it.
+    """
     cmd = [str(c) for c in cmd]
+    os.sync()
     read_end, write_end = os.pipe()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(read_end, "rb") as report:
         try:
