@@ -113,7 +113,7 @@ def stream_file(reader: ChunkReader, manifest: FileManifest, write: Callable[[by
         digesting: deque = deque()
         try:
             for run in reader.read_runs(manifest):
-                fetching.append(pool.submit(_fetch_joined, reader, run))
+                fetching.append(pool.submit(reader.fetch_run, run))
                 if len(fetching) >= FETCH_AHEAD:
                     _drain(fetching.popleft(), hasher, digester, digesting, write, on_progress)
             while fetching:
@@ -127,19 +127,20 @@ def stream_file(reader: ChunkReader, manifest: FileManifest, write: Callable[[by
         raise IntegrityError(f"restored content of {digest.hex()} does not match its digest", subject=digest.hex())
 
 
-def _fetch_joined(reader: ChunkReader, run) -> bytes:
-    """A run's verified chunks as one buffer: one write and one digest update per run, not per chunk."""
-    return b"".join(reader.fetch_run(run))
-
-
 def _drain(future, hasher, digester, digesting: deque, write, on_progress) -> None:
-    data = future.result()
-    digesting.append(digester.submit(hasher.update, data))
-    write(data)
-    if on_progress:
-        on_progress(len(data))
+    blobs = future.result()
+    digesting.append(digester.submit(_update_all, hasher, blobs))
+    for raw in blobs:  # one write per chunk: joining them first costs fresh pages for every run
+        write(raw)
+        if on_progress:
+            on_progress(len(raw))
     while len(digesting) > FETCH_AHEAD:  # bound the verified bytes waiting for the digest
         digesting.popleft().result()
+
+
+def _update_all(hasher, blobs: list[bytes]) -> None:
+    for raw in blobs:
+        hasher.update(raw)
 
 
 def _temp_sibling(dest: str) -> str:
