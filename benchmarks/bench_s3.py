@@ -48,7 +48,7 @@ BUCKET = "cas-bench-s3"
 RESTIC = shutil.which("restic") or "/usr/bin/restic"
 RESTIC_PASSWORD = "cas-bench-s3"
 KIND = "bf16"
-SCALE = 4.0  # ~249 MB per checkpoint
+QUICK_SCALE, FULL_SCALE = 2.0, 4.0  # ~124 MB, ~249 MB per checkpoint
 QUICK_STEPS, FULL_STEPS = 2, 10
 QUICK_REPEAT, FULL_REPEAT = 3, 3
 
@@ -256,13 +256,14 @@ def run_s3(quick: bool, work: Path, repeat: int | None = None, cas: list[str] | 
     """The whole S3 benchmark in work (which it leaves empty of its own files); returns the raw figures."""
     started = time.perf_counter()
     steps = QUICK_STEPS if quick else FULL_STEPS
+    scale = QUICK_SCALE if quick else FULL_SCALE
     repeat = repeat or (QUICK_REPEAT if quick else FULL_REPEAT)
     cas = cas or cas_command(None)
     Path(work).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="s3-", dir=work))
     try:
-        print(f"[s3] generating {steps} {KIND} checkpoints at scale {SCALE}", file=sys.stderr, flush=True)
-        files = series.generate(KIND, work / "series", steps, SCALE)
+        print(f"[s3] generating {steps} {KIND} checkpoints at scale {scale}", file=sys.stderr, flush=True)
+        files = series.generate(KIND, work / "series", steps, scale)
         runs: dict[str, list[dict]] = {}
         with local_s3(work) as server:
             print(f"[s3] SeaweedFS at {server.endpoint}", file=sys.stderr, flush=True)
@@ -274,7 +275,7 @@ def run_s3(quick: bool, work: Path, repeat: int | None = None, cas: list[str] | 
                     runs.setdefault(tool.name, []).append(bench_tool(tool, files, client))
                 shutil.rmtree(work / f"rep{rep}")
         med = {name: median_of(r) for name, r in runs.items()}
-        return {"kind": KIND, "scale": SCALE, "steps": steps, "repeat": repeat,
+        return {"kind": KIND, "scale": scale, "steps": steps, "repeat": repeat,
                 "file_bytes": [f.stat().st_size for f in files], "runs": runs, "median": med,
                 "ratios": ratios(med), "env": environment(cas), "wall_s": time.perf_counter() - started}
     finally:
