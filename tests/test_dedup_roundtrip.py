@@ -152,3 +152,17 @@ def test_a_stale_hint_never_decides_the_digest(store_dir, tmp_path):
     again = store.put_file(b)
     assert again.digest == blake3(data_b).hexdigest() != digest_a
     assert store.index.remembered_digest(_identity(str(b), os.stat(b))) == bytes.fromhex(again.digest)
+
+
+def test_a_put_leaves_the_switch_interval_as_it_found_it(store_dir, tmp_path):
+    """The pipeline shortens the GIL switch interval only while it runs (cas/handoff.py)."""
+    import sys
+    before = sys.getswitchinterval()
+    path = tmp_path / "ckpt.bin"
+    write_checkpoint(path, 3 * MiB, seed=3)
+    store = Store.open(store_dir)
+    digest = store.put_file(path).digest
+    assert sys.getswitchinterval() == before
+    store.get_file(digest, tmp_path / "out.bin")
+    assert sys.getswitchinterval() == before
+    assert (tmp_path / "out.bin").read_bytes() == path.read_bytes()

@@ -165,18 +165,25 @@ def test_chunk_sizes_and_concatenation(case):
 
 @PROPS
 @given(data=payloads(48 * KiB), segment_size=st.one_of(st.integers(1, 9000), st.sampled_from([4096, 4097, 65536])),
-       step=st.sampled_from([None, 7, 1000, 4096]))
-def test_segments_cut_like_the_whole_buffer(data, segment_size, step):
-    """Segments of any size (even below the chunk sizes), from streams with short reads."""
+       step=st.sampled_from([None, 7, 1000, 4096]), size_hint=st.one_of(st.none(), st.integers(0, 60 * KiB)),
+       recycle=st.booleans())
+def test_segments_cut_like_the_whole_buffer(data, segment_size, step, size_hint, recycle):
+    """Segments of any size (even below the chunk sizes), from streams with short reads, with a right or
+    wrong size hint, and with each segment's buffer handed back for reuse as soon as it has been read."""
     chunker = Chunker(SMALL)
     stream = io.BytesIO(data) if step is None else Trickle(data, step)
-    segments = list(chunker.segments(stream, segment_size=segment_size))
-    note_chunks(sum(len(seg.lengths) for seg in segments))
-    for seg in segments:
+    lengths, seen, fresh = [], [], []
+    for seg in chunker.segments(stream, segment_size=segment_size, size_hint=size_hint):
         assert sum(seg.lengths) == len(seg.data)
-    assert [n for seg in segments for n in seg.lengths] == chunker.cut(data)
-    assert b"".join(bytes(seg.data) for seg in segments) == data
-    assert b"".join(bytes(seg.fresh) for seg in segments) == data  # each input byte is fresh once
+        lengths += seg.lengths
+        seen.append(bytes(seg.data))
+        fresh.append(bytes(seg.fresh))
+        if recycle:
+            chunker.recycle(seg)
+    note_chunks(len(lengths))
+    assert lengths == chunker.cut(data)
+    assert b"".join(seen) == data
+    assert b"".join(fresh) == data  # each input byte is fresh once
 
 
 @pytest.mark.parametrize("size", [2 * SEGMENT + 12345, SEGMENT])
