@@ -89,8 +89,11 @@ def start_seaweedfs(workdir: str) -> S3Server:
     ports = dict(zip(_WEED_PORTS, _free_ports(len(_WEED_PORTS))))
     data = os.path.join(workdir, "seaweedfs")
     os.makedirs(data, exist_ok=True)
+    # every bucket is a collection that grows several volumes at once; left at 0, the volume limit is free
+    # disk / 128 MB, which a suite of ~80 buckets exhausts on a fuller disk ("No writable volumes and no
+    # free volumes left", a 500 to the client). Volumes take disk only as they fill, so allow plenty.
     args = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
-            *(f"-{name}={port}" for name, port in ports.items())]
+            "-volume.max=4000", *(f"-{name}={port}" for name, port in ports.items())]
     env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
     log_path = os.path.join(workdir, "seaweedfs.log")
     proc = subprocess.Popen(args, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=workdir)
