@@ -58,14 +58,14 @@ class PackEntry:
 class PackWriter:
     """Spools one pack to a temp file, hashing it as it goes; finish() names it.
 
-    Blobs are written and hashed in batches on `writer` (a one-thread executor, so in order) when
-    one is given, keeping the caller's thread free for the rest of the pipeline.
+    Blobs are written and hashed in batches on `writer` (a one-thread executor, so in order),
+    keeping the caller's thread free for the rest of the pipeline.
     """
 
     BATCH = 4 << 20  # bytes per write on the writer thread
     IN_FLIGHT = 2  # batches queued before add() waits
 
-    def __init__(self, spool_dir: str, writer: Executor | None = None):
+    def __init__(self, spool_dir: str, writer: Executor):
         os.makedirs(spool_dir, exist_ok=True)
         self.path = os.path.join(spool_dir, f".tmp.pack-{os.getpid()}-{secrets.token_hex(6)}")
         self._file = open(self.path, "xb")
@@ -88,9 +88,6 @@ class PackWriter:
     def _submit(self) -> None:
         batch, self._batch, self._batched = self._batch, [], 0
         if not batch:
-            return
-        if self._writer is None:
-            self._write_now(batch)
             return
         self._writes.append(self._writer.submit(self._write_now, batch))
         while len(self._writes) > self.IN_FLIGHT:

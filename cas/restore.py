@@ -42,9 +42,11 @@ class ChunkReader:
     def __init__(self, backend, index):
         self.backend, self.index = backend, index
 
-    def location(self, chunk_id: bytes, loc: Location | None = None) -> Location:
-        """Where a chunk is; `loc` is what the index said if the caller asked it already."""
-        loc = loc or self.index.chunk(chunk_id)
+    def location(self, chunk_id: bytes) -> Location:
+        return self._placed(chunk_id, self.index.chunk(chunk_id))
+
+    def _placed(self, chunk_id: bytes, loc: Location | None) -> Location:
+        """The chunk's location given what the `chunks` table said (None: look for inline content)."""
         if loc is None:
             loc = self.index.object_location(chunk_id)  # small content kept inline in a run record
             if loc is not None and loc.kind != INLINE:
@@ -72,7 +74,7 @@ class ChunkReader:
         for start in range(0, len(manifest), LOOKUP_BATCH):
             ids = [manifest.chunk_id(i) for i in range(start, min(start + LOOKUP_BATCH, len(manifest)))]
             for i, (chunk_id, known) in enumerate(zip(ids, self.index.chunks_at(ids)), start):
-                loc = self.location(chunk_id, known)
+                loc = self._placed(chunk_id, known)
                 if run:
                     first, last = run[0][0], run[-1][0]
                     gap = loc.offset - (last.offset + last.stored_len)

@@ -166,3 +166,19 @@ def test_a_put_leaves_the_switch_interval_as_it_found_it(store_dir, tmp_path):
     store.get_file(digest, tmp_path / "out.bin")
     assert sys.getswitchinterval() == before
     assert (tmp_path / "out.bin").read_bytes() == path.read_bytes()
+
+
+def test_only_large_files_are_remembered_and_reindex_forgets_them(store_dir, tmp_path):
+    """Files under 1 MiB are not remembered (chunking them is as cheap as hashing); `cas reindex` empties
+    the hints along with the rest of the cache (docs/format.md, Local index)."""
+    from cas.ingest import REMEMBER_FROM, _identity
+    small, large = tmp_path / "small.bin", tmp_path / "large.bin"
+    small.write_bytes(os.urandom(REMEMBER_FROM - 1))
+    write_checkpoint(large, REMEMBER_FROM, seed=5)
+    store = Store.open(store_dir)
+    store.put_file(small)
+    digest = store.put_file(large).digest
+    assert _identity(str(small), os.stat(small)) is None
+    assert store.index.remembered_digest(_identity(str(large), os.stat(large))) == bytes.fromhex(digest)
+    store.reindex()
+    assert store.index.remembered_digest(_identity(str(large), os.stat(large))) is None
