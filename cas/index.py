@@ -66,6 +66,8 @@ class Index:
         self.deleted = self.env.open_db(b"deleted")  # pack id → b"": gc deleted it; never learn it again
         self.gc_lists = self.env.open_db(b"gc_lists")  # gc list key → its packs (32-byte ids back to back)
         self.seen = self.env.open_db(b"seen")  # file identity (path and stat) → digest it last had: a hint only
+        self.missing = self.env.open_db(b"missing")  # pack id → b"": found absent from the store; never trust it
+        self.meta = self.env.open_db(b"meta")  # b"format" → the cache's own format (an older one is emptied)
 
     def _write(self, fn):
         """Run fn(txn) in one write transaction, growing the map when it is full."""
@@ -100,22 +102,82 @@ class Index:
         self._write(lambda txn: self._put_pack(txn, pack_id, size, entries))
 
     def add_index_object(self, key: str, records) -> int:
-        """Learn the packs of one index object (those not yet known nor deleted) and remember it was read."""
+        """Learn the packs of one index object (those not yet known, deleted or missing) and remember
+        it was read, with the packs it names."""
         def fn(txn):
             added = 0
             for rec in records:
-                if txn.get(rec.pack_id, db=self.packs) is None and txn.get(rec.pack_id, db=self.deleted) is None:
+                if (txn.get(rec.pack_id, db=self.packs) is None and txn.get(rec.pack_id, db=self.deleted) is None
+                        and txn.get(rec.pack_id, db=self.missing) is None):
                     self._put_pack(txn, rec.pack_id, rec.size, rec.entries)
                     added += 1
-            txn.put(key.encode(), b"", db=self.index_objects)
+            txn.put(key.encode(), b"".join(rec.pack_id for rec in records), db=self.index_objects)
             return added
         return self._write(fn)
 
-    def mark_index_objects(self, keys) -> None:
+    def mark_index_objects(self, named: dict[str, list[bytes]]) -> None:
+        """Remember index objects as read, each with the ids of the packs it names."""
+        def fn(txn):
+            for key, pack_ids in named.items():
+                txn.put(key.encode(), b"".join(pack_ids), db=self.index_objects)
+        self._write(fn)
+
+    def forget_index_objects(self, keys) -> None:
         def fn(txn):
             for key in keys:
-                txn.put(key.encode(), b"", db=self.index_objects)
+                txn.delete(key.encode(), db=self.index_objects)
         self._write(fn)
+
+    def packs_named_by(self, keys) -> set[bytes]:
+        """The pack ids that the given index objects (read by this cache) name."""
+        def fn(txn):
+            out = set()
+            for key in keys:
+                raw = txn.get(key.encode(), db=self.index_objects) or b""
+                out.update(bytes(raw[i:i + 32]) for i in range(0, len(raw), 32))
+            return out
+        return self._read(fn)
+
+    def mark_missing(self, pack_ids) -> None:
+        """Packs found absent from the store: never deduplicate against them nor learn them again."""
+        self._write(lambda txn: [txn.put(pid, b"", db=self.missing) for pid in pack_ids])
+
+    def ensure_format(self, version: int) -> bool:
+        """Empty a cache written in another format (everything in it can be relearned); True if emptied."""
+        def fn(txn):
+            raw = txn.get(b"format", db=self.meta)
+            if raw is not None and int(raw) == version:
+                return False
+            for db in self._all_dbs():
+                if db is not self.meta:
+                    txn.drop(db, delete=False)
+            txn.put(b"format", str(version).encode(), db=self.meta)
+            return True
+        return self._write(fn)
+
+    def _all_dbs(self):
+        return (self.chunks, self.manifests, self.packs, self.index_objects, self.records, self.inline,
+                self.condemned, self.deleted, self.gc_lists, self.seen, self.missing, self.meta)
+
+    def forget_records(self, keys) -> None:
+        """Drop cached records the store no longer holds (it was restored from a copy or replaced)."""
+        def fn(txn):
+            for key in keys:
+                txn.delete(key.encode(), db=self.records)
+        self._write(fn)
+
+    def record_keys(self, prefix: str) -> set[str]:
+        start = prefix.encode()
+
+        def fn(txn):
+            out, cur = set(), txn.cursor(db=self.records)
+            if cur.set_range(start):
+                for key in cur.iternext(values=False):
+                    if not key.startswith(start):
+                        break
+                    out.add(bytes(key).decode())
+            return out
+        return self._read(fn)
 
     def add_records(self, items) -> None:
         """Cache records: (key, raw bytes, (digest, inline content) or None), in one transaction."""
@@ -144,17 +206,21 @@ class Index:
         return None if raw is None else [bytes(raw[i:i + 32]) for i in range(0, len(raw), 32)]
 
     def set_gc_state(self, lists: dict[str, list[bytes]], condemned: set[bytes], deleted: set[bytes]) -> bool:
-        """Record the gc lists read and the condemned packs; returns True if packs were newly deleted."""
+        """Take the store's gc state as it is now: the condemned and the deleted packs (both replaced, so
+        a store restored from a copy is seen as it is). Returns True if the deleted set changed."""
         def fn(txn):
             for key, packs in lists.items():
                 txn.put(key.encode(), b"".join(packs), db=self.gc_lists)
             txn.drop(self.condemned, delete=False)
             for pid in condemned:
                 txn.put(pid, b"", db=self.condemned)
-            fresh = [pid for pid in deleted if txn.get(pid, db=self.deleted) is None]
-            for pid in fresh:
+            before = {bytes(k) for k in txn.cursor(db=self.deleted).iternext(values=False)}
+            if before == deleted:
+                return False
+            txn.drop(self.deleted, delete=False)
+            for pid in deleted:
                 txn.put(pid, b"", db=self.deleted)
-            return bool(fresh)
+            return True
         return self._write(fn)
 
     def forget_packs(self) -> None:
@@ -170,17 +236,23 @@ class Index:
     def deleted_packs(self) -> set[bytes]:
         return self._read(lambda txn: {bytes(k) for k in txn.cursor(db=self.deleted).iternext(values=False)})
 
-    def usable(self, kind: int, key: bytes) -> bool:
-        """Whether a writer may deduplicate against this blob: known, in a pack gc has not condemned."""
-        def fn(txn):
-            raw = txn.get(key, db=self.chunks if kind == CHUNK else self.manifests)
-            return raw is not None and txn.get(bytes(raw[:32]), db=self.condemned) is None
-        return self._read(fn)
+    def _home(self, txn, raw) -> bytes | None:
+        """The pack of an index entry if a writer may rely on it (not condemned, not found missing)."""
+        if raw is None:
+            return None
+        pid = bytes(raw[:32])
+        if txn.get(pid, db=self.condemned) is not None or txn.get(pid, db=self.missing) is not None:
+            return None
+        return pid
+
+    def usable(self, kind: int, key: bytes) -> bytes | None:
+        """The pack a writer may deduplicate this blob against (known, in a pack gc has not condemned), or None."""
+        return self._read(lambda txn: self._home(txn, txn.get(key, db=self.chunks if kind == CHUNK else self.manifests)))
 
     def clear(self) -> None:
         def fn(txn):
             for db in (self.chunks, self.manifests, self.packs, self.index_objects, self.records, self.inline,
-                       self.seen):
+                       self.seen, self.missing):
                 txn.drop(db, delete=False)
         self._write(fn)
 
@@ -198,15 +270,9 @@ class Index:
             return out
         return self._read(fn)
 
-    def chunks_known(self, ids: list[bytes]) -> list[bool]:
-        """Which of the ids a writer may deduplicate against (known, not condemned), in one transaction."""
-        def fn(txn):
-            out = []
-            for i in ids:
-                raw = txn.get(i, db=self.chunks)
-                out.append(raw is not None and txn.get(bytes(raw[:32]), db=self.condemned) is None)
-            return out
-        return self._read(fn)
+    def chunk_homes(self, ids: list[bytes]) -> list[bytes | None]:
+        """For each id, the pack a writer may deduplicate it against (None: store it), in one transaction."""
+        return self._read(lambda txn: [self._home(txn, txn.get(i, db=self.chunks)) for i in ids])
 
     def chunks_present(self, ids: list[bytes]) -> list[bool]:
         """Which of the ids the index has a location for, condemned or not."""

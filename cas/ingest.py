@@ -14,7 +14,7 @@ from typing import Callable
 from . import codec, layout, pack_index
 from .chunker import Chunker
 from .digest import file_hasher, hash_bytes
-from .errors import ChangedWhileReading, InvalidInput, NotFound, StorageError
+from .errors import CasError, ChangedWhileReading, InvalidInput, NotFound, PackMissing, StorageError
 from .manifest import DIR, FILE, LINK, FileManifest, TreeEntry, TreeManifest
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, PackWriter
 from .pack_index import PackRecord
@@ -44,6 +44,17 @@ def _hash_chunks(view: memoryview, lengths: list[int]) -> list[bytes]:
     return ids
 
 
+def missing_packs(backend, pack_ids: set[bytes]) -> set[bytes]:
+    """Which of the packs are absent from the store: one stat each, several at a time."""
+    if not pack_ids:
+        return set()
+    ids = sorted(pack_ids)
+    workers = max(1, min(len(ids), backend.read_concurrency))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cas-check") as pool:
+        sizes = list(pool.map(lambda pid: backend.stat(layout.pack_key(pid)), ids))
+    return {pid for pid, size in zip(ids, sizes) if size is None}
+
+
 def _compress_all(parts: list[memoryview], level: int) -> list[tuple[int, bytes]]:
     return [codec.compress(p, level) for p in parts]
 
@@ -52,7 +63,8 @@ class PutSession:
     """One put: owns the open pack, the chunks it added, and the order pack → index → manifest → ref."""
 
     def __init__(self, *, backend, index, config, spool_dir: str, on_progress: Callable[[int], None] | None = None,
-                 warn: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None,
+                 read_manifest: Callable[[bytes], FileManifest] | None = None):
         self.backend, self.index, self.config = backend, index, config
         self.spool_dir = spool_dir
         self.chunker = Chunker(config.chunker)
@@ -63,13 +75,18 @@ class PutSession:
         self.uploads: deque[tuple[PackWriter, Future]] = deque()  # packs being made durable, oldest first
         self.unconsumed: set[PackWriter] = set()  # finished packs whose upload has not completed
         self.written: list[PackRecord] = []  # durable packs no index object names yet
-        self.index_keys: list[str] = []  # index objects this session wrote
+        self.index_keys: list[tuple[str, list[bytes]]] = []  # index objects this session wrote, with their packs
         self.pack: PackWriter | None = None
         # what this session will store but the index does not know yet: (kind, key), since a one-chunk
         # file's digest equals its chunk's id
         self.pending: set[tuple[int, bytes]] = set()
         self.new_bytes = 0
-        self.seen: dict[bytes, bytes] = {}  # file identity → digest, remembered at commit
+        self.seen: dict[bytes, bytes] = {}  # file identity → digest, remembered once the put is acknowledged
+        # packs of the store this session deduplicated against: each must still exist when it commits
+        self.relied: set[bytes] = set()
+        self.own_packs: set[bytes] = set()
+        self.read_manifest = read_manifest
+        self.distrusted: set[bytes] = set()  # manifests found unreadable: stored again, never deduplicated
         self.on_progress = on_progress or (lambda n: None)
         self.warn = warn or (lambda msg: None)
 
@@ -125,6 +142,7 @@ class PutSession:
         pack, future = self.uploads.popleft()
         record = future.result()
         self.unconsumed.discard(pack)
+        self.own_packs.add(record.pack_id)
         self.written.append(record)
         if len(self.written) >= PACKS_PER_INDEX_OBJECT:  # a long put: let other machines see progress
             self._write_index_object()
@@ -137,7 +155,7 @@ class PutSession:
         """
         records, self.written = self.written, []
         if records:
-            self.index_keys.append(pack_index.write(self.backend, records))
+            self.index_keys.append((pack_index.write(self.backend, records), [r.pack_id for r in records]))
         for record in records:
             self.index.add_pack(record.pack_id, record.size, record.entries)
             self.pending.difference_update((e.kind, e.key) for e in record.entries)  # the index answers now
@@ -146,12 +164,21 @@ class PutSession:
         while self.uploads:
             self._complete_oldest()
 
-    def commit(self) -> list[str]:
-        """Make everything durable: the packs, then index objects naming them (step 2). Returns their keys."""
+    def commit(self) -> dict[str, list[bytes]]:
+        """Make everything durable: the packs, then index objects naming them (step 2).
+
+        Refuses with PackMissing if a pack this session deduplicated against is gone from the store: the
+        local index is a hint, so the packs it named are checked before anything can refer to them.
+        Returns the keys of the index objects written, each with the packs it names.
+        """
         self.flush(wait=True)
+        missing = missing_packs(self.backend, self.relied - self.own_packs)
+        if missing:
+            self.index.mark_missing(missing)
+            raise PackMissing(f"pack {min(missing).hex()} named by the local cache is missing from the store "
+                              f"({len(missing)} missing)", subject=min(missing).hex())
         self._write_index_object()
-        self.index.remember_files(self.seen)
-        return list(self.index_keys)
+        return dict(self.index_keys)
 
     def close(self) -> None:
         """Abandon anything not committed (after an error): stop the threads, remove spool files."""
@@ -169,12 +196,16 @@ class PutSession:
 
     # ---- manifests --------------------------------------------------------------------------
     def _known(self, key: bytes, kind: int) -> bool:
+        """Whether this session may rely on the blob being stored (by itself, or in a live pack)."""
         if (kind, key) in self.pending:
             return True
-        return self.index.usable(kind, key)
+        home = self.index.usable(kind, key)
+        if home is not None:
+            self.relied.add(home)
+        return home is not None
 
     def add_manifest(self, kind: int, key: bytes, raw: bytes, size: int) -> None:
-        if self._known(key, kind):
+        if (kind, key) in self.pending or (key not in self.distrusted and self._known(key, kind)):
             return
         codec_id, stored = codec.compress(raw, self.config.level)
         self._add(kind, key, stored, len(raw), codec_id, hash_bytes(raw), size)
@@ -225,12 +256,13 @@ class PutSession:
     def _dedup(self, seg, digesting, future, ids_out: bytearray, sizes_out: array):
         """Pick the chunks of a segment that the store lacks; start compressing them."""
         ids = future.result()
-        known = self.index.chunks_known(ids)
+        homes = self.index.chunk_homes(ids)
+        self.relied.update(h for h in homes if h is not None)
         new, pos = [], 0
-        for chunk_id, n, have in zip(ids, seg.lengths, known):
+        for chunk_id, n, home in zip(ids, seg.lengths, homes):
             ids_out += chunk_id
             sizes_out.append(n)
-            if not have and (CHUNK, chunk_id) not in self.pending:
+            if home is None and (CHUNK, chunk_id) not in self.pending:
                 self.pending.add((CHUNK, chunk_id))
                 new.append((chunk_id, seg.data[pos:pos + n]))
             pos += n
@@ -280,11 +312,14 @@ class PutSession:
         """The fast path for a file stored before: hash all its bytes (on every core) and, if they still
         give the digest it had and the store holds that file, store nothing more.
 
-        The hint only picks the path: the digest is always computed from the bytes read now. A miss
-        (new content, or a manifest gc has condemned) rewinds the file for the full put.
+        The hint only picks the path: the digest is always computed from the bytes read now, and the
+        stored file counts only if its manifest and every chunk it lists are in live packs (gc may keep
+        a manifest in a pack it keeps while it deletes the chunks the manifest lists). A miss rewinds
+        the file for the full put.
         """
         hint = self.index.remembered_digest(identity) if identity is not None else None
-        if hint is None or not self._known(hint, FILE_MANIFEST):
+        homes = self._homes_of(hint) if hint is not None and self.read_manifest is not None else None
+        if homes is None:
             return None
         hasher, size = file_hasher(threads=True), 0
         buffers = [bytearray(REHASH_BLOCK), bytearray(REHASH_BLOCK)]  # read one while the other is hashed
@@ -299,10 +334,31 @@ class PutSession:
         if hashing is not None:
             hashing.result()
         if hasher.digest() == hint:  # the index does not change during a put: the check above still holds
+            self.relied |= homes
             return hint, size
         f.seek(0)
         self.on_progress(-size)
         return None
+
+    def _homes_of(self, digest: bytes) -> set[bytes] | None:
+        """The packs holding a stored file's manifest and every chunk it lists, if a writer may rely on
+        all of them; None if any is unknown, condemned or found missing."""
+        home = self.index.usable(FILE_MANIFEST, digest)
+        if home is None:
+            return None
+        homes = {home}
+        try:
+            manifest = self.read_manifest(digest)
+        except CasError:  # gone or damaged: the full put stores the file, and its manifest, again
+            self.distrusted.add(digest)
+            return None
+        ids = [manifest.chunk_id(i) for i in range(len(manifest))]
+        for start in range(0, len(ids), 4096):
+            found = self.index.chunk_homes(ids[start:start + 4096])
+            if None in found:
+                return None
+            homes.update(found)
+        return homes
 
     def put_tree(self, root: str) -> tuple[bytes, int]:
         """Store a folder: its files one by one, links as links, then its tree manifest."""

@@ -92,8 +92,9 @@ def read_many(backend, keys: list[str]) -> list[tuple[str, list[PackRecord]]]:
         return list(zip(keys, pool.map(lambda k: read(backend, k), keys)))
 
 
-def merge(backend, keys: list[str]) -> str | None:
+def merge(backend, keys: list[str]) -> tuple[str, list[bytes]] | None:
     """Combine the index objects `keys` into one; the parts are deleted only after the whole is durable.
+    Returns the merged object's key and the packs it names.
 
     A concurrent reader that listed a part we delete gets NotFound and lists again (Store.sync).
     """
@@ -107,4 +108,4 @@ def merge(backend, keys: list[str]) -> str | None:
             packs.setdefault(rec.pack_id, rec)
     combined = write(backend, sorted(packs.values(), key=lambda r: r.pack_id))
     backend.delete([k for k in keys if k != combined])
-    return combined
+    return combined, sorted(packs)

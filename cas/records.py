@@ -152,7 +152,11 @@ class RecordBook:
 
         A damaged record raises IntegrityError, or goes to on_damaged(error) and is skipped if given.
         """
+        cached = self.index.record_keys(prefix)  # before listing: a record cached by now is durable, so listed
         keys = [k for k, _ in self.backend.list(prefix) if layout.is_record_key(k)]
+        gone = cached - set(keys)
+        if gone:  # records are never deleted: the store was restored from a copy or replaced
+            self.index.forget_records(gone)
         fresh = self.index.unknown_records(keys)
 
         def fetch(key):

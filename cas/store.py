@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -14,8 +15,9 @@ from typing import Callable
 
 from . import layout, pack_index, refs
 from .backends import Backend, open_backend
+from .backends.local import storage_error
 from .config import StoreConfig, create_or_load_config, load_config
-from .digest import parse_ref
+from .digest import hash_bytes, parse_ref
 from .errors import AlreadyExists, AmbiguousReference, InvalidInput, NotFound, PackMissing
 from .handoff import quick_handoffs
 from .index import INLINE, Index, Location
@@ -27,6 +29,7 @@ from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
 from .restore import ChunkReader, FileReader, replace_destination, stream_file, write_file, write_tree
 
 Progress = Callable[[int], None]
+CACHE_FORMAT = 2  # 2: index objects remembered with the packs they name; missing packs
 
 
 def default_cache_dir() -> str:
@@ -41,6 +44,7 @@ class Store:
         self._index: Index | None = None
         self._records: RecordBook | None = None
         self._lease: WriterLease | None = None
+        self._hints: dict[bytes, bytes] = {}  # re-put hints of this lease's puts, remembered once acknowledged
         self.warnings: list[str] = []
         self.on_warning: Callable[[str], None] = self.warnings.append
 
@@ -83,8 +87,22 @@ class Store:
     def _open_index(self) -> Index:
         if self._index is None:
             config = self._require()
-            self._index = Index(os.path.join(self.cache_dir, config.store_id, "index"))
+            self._index = Index(os.path.join(self.cache_dir, config.store_id, self._location_id(), "index"))
+            self._index.ensure_format(CACHE_FORMAT)
         return self._index
+
+    def _location_id(self) -> str:
+        """Which copy of the store this is: two copies of one store (same id) never share a cache."""
+        return hash_bytes(self.backend.identity().encode("utf-8", "surrogateescape")).hex()[:16]
+
+    def relearn(self) -> None:
+        """The cache named a pack the store does not have: find every such pack, never trust them again,
+        and relearn where each blob lives from the index objects (another pack may hold a copy)."""
+        index = self._open_index()
+        listed = {pid for key, _ in self.backend.list(layout.PACKS) if (pid := layout.pack_id_from_key(key))}
+        index.mark_missing(set(index.pack_ids()) - listed)
+        index.forget_packs()
+        self.sync()
 
     def sync(self) -> int:
         """Learn packs written elsewhere from the store's index objects; returns how many packs were added.
@@ -96,15 +114,33 @@ class Store:
         if self._sync_gc_state(index):
             index.forget_packs()  # gc deleted packs: relearn every location from the index objects
         for attempt in range(3):
-            seen = index.index_objects_read()
-            fresh = [k for k in pack_index.list_keys(self.backend) if k not in seen]
+            seen = index.index_objects_read()  # before listing: an object read by now is durable, so listed
+            listed = pack_index.list_keys(self.backend)
+            fresh = [k for k in listed if k not in seen]
             try:
-                return sum(index.add_index_object(key, records)
-                           for key, records in pack_index.read_many(self.backend, fresh))
+                added = sum(index.add_index_object(key, records)
+                            for key, records in pack_index.read_many(self.backend, fresh))
             except NotFound:
                 if attempt == 2:
                     raise
+                continue
+            if self._drop_vanished(index, seen - set(listed), listed):
+                continue  # the cache was emptied of packs: read every index object again
+            return added
         return 0
+
+    def _drop_vanished(self, index: Index, vanished: set[str], listed: list[str]) -> bool:
+        """Index objects this cache read that the store no longer lists were merged (their packs are named
+        again elsewhere), or the store was restored from a copy or replaced. In that case the cache knows
+        packs the store may lack: forget every pack and relearn. Returns True if it did."""
+        if not vanished:
+            return False
+        lost = index.packs_named_by(vanished) - index.packs_named_by(listed)
+        index.forget_index_objects(vanished)
+        if not lost:
+            return False
+        index.forget_packs()
+        return True
 
     def _sync_gc_state(self, index: Index) -> bool:
         """Learn gc's condemned and deleted packs; True if packs were deleted since the last look."""
@@ -137,7 +173,10 @@ class Store:
             self._open_index()
             self.sync()  # after the lease is durable: every condemnation made before it is seen now
             yield lease
+            # the refs are written: only now may the next put trust what these puts remembered (as a hint)
+            self._index.remember_files(self._hints)
         finally:
+            self._hints = {}
             self._lease = None
             lease.release()
 
@@ -161,7 +200,15 @@ class Store:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cas-reindex") as pool:
             for pid, size, entries in pool.map(footer, listed):
                 index.add_pack(pid, size, entries)
-        index.mark_index_objects(index_keys)
+        # what each index object names (packs are learned above, from the footers): so that later syncs
+        # read only new ones and can tell when packs this cache knows stop being named
+        for attempt in range(3):
+            try:
+                index.mark_index_objects({key: [r.pack_id for r in records]
+                                          for key, records in pack_index.read_many(self.backend, index_keys)})
+                break
+            except NotFound:  # merged by a writer while we read: the merged object is read by the next sync
+                index_keys = pack_index.list_keys(self.backend)
         return index.counts()
 
     # ---- references -------------------------------------------------------------------------
@@ -229,16 +276,30 @@ class Store:
         self.init()
         spool = self.backend.spool_dir() or os.path.join(self.cache_dir, self.config.store_id, "spool")
         session = PutSession(backend=self.backend, index=self.index, config=self.config, spool_dir=spool,
-                             on_progress=on_progress, warn=self.on_warning)
+                             on_progress=on_progress, warn=self.on_warning, read_manifest=self._file_manifest)
         try:
             with quick_handoffs():
                 yield session
                 written = session.commit()  # packs durable, then the index object naming them
         finally:
             session.close()
+        self._hints.update(session.seen)
         if written:
             self._index.mark_index_objects(written)
             self._merge_index_objects()
+
+    def _put(self, store: Callable[[PutSession], tuple[bytes, int]], on_progress: Progress | None):
+        """Run one put in a session; if a pack it relied on turns out missing (the cache was stale: the
+        store was restored, copied or changed behind it), run it once more without those packs."""
+        for attempt in (1, 2):
+            try:
+                with self._session(on_progress) as session:
+                    digest, size = store(session)
+                return session, digest, size
+            except PackMissing:
+                if attempt == 2:
+                    raise
+                self.relearn()
 
     def _merge_index_objects(self) -> None:
         """Keep a new machine's sync to a few reads: fold many small index objects into one."""
@@ -246,7 +307,7 @@ class Store:
         if len(keys) > pack_index.MERGE_AT:
             merged = pack_index.merge(self.backend, keys)
             if merged is not None:
-                self._index.mark_index_objects([merged])
+                self._index.mark_index_objects({merged[0]: merged[1]})
 
     def put_file(self, path: str | os.PathLike, *, pin: str | None = None,
                  on_progress: Progress | None = None) -> PutResult:
@@ -256,8 +317,8 @@ class Store:
         if pin is not None:
             refs.check_label(pin)
         with self.writing():
-            with self._session(on_progress) as session:
-                digest, size = session.put_tree(path) if kind == "tree" else session.put_file(path)
+            session, digest, size = self._put(
+                lambda s: s.put_tree(path) if kind == "tree" else s.put_file(path), on_progress)
             result = PutResult(path, digest.hex(), size, session.new_bytes, kind)
             if pin is not None:
                 self.pin(result.digest, pin)
@@ -269,14 +330,13 @@ class Store:
             raise InvalidInput("nothing to store: no paths given", subject="")
         for _, full in items:
             source_kind(full)
-        with self.writing(), self._session(on_progress) as session:
-            digest, size = session.put_selection(items)
+        with self.writing():
+            session, digest, size = self._put(lambda s: s.put_selection(items), on_progress)
         return PutResult("", digest.hex(), size, session.new_bytes, "tree")
 
     def put_bytes(self, data: bytes, *, pin: str | None = None) -> PutResult:
         with self.writing():
-            with self._session() as session:
-                digest, size = session.put_stream(io.BytesIO(data))
+            session, digest, size = self._put(lambda s: s.put_stream(io.BytesIO(data)), None)
             result = PutResult("", digest.hex(), size, session.new_bytes)
             if pin is not None:
                 self.pin(result.digest, pin)
@@ -295,7 +355,7 @@ class Store:
         try:
             return attempt()
         except PackMissing:
-            self.sync()  # learns gc's deletions and relearns where every blob lives now
+            self.relearn()  # learns gc's deletions and where every blob lives now
             return attempt()
 
     def read_bytes(self, ref: str) -> bytes:
@@ -318,7 +378,7 @@ class Store:
         except PackMissing:
             if written:
                 raise  # bytes already went out: the caller must start over
-            self.sync()
+            self.relearn()
             return self._stream(ref, write, on_progress=on_progress)
 
     def _stream(self, ref: str, write: Callable[[bytes], None], *, on_progress: Progress | None = None) -> int:

@@ -258,9 +258,8 @@ def test_unknown_reference(cli, store_dir, tmp_path, stored, command, form):
 
 
 def _index_of(store_dir) -> Index:
-    with open(os.path.join(store_dir, "config")) as f:
-        store_id = json.load(f)["store_id"]
-    return Index(os.path.join(os.environ["CAS_CACHE_DIR"], store_id, "index"))
+    from cas import Store
+    return Store.open(str(store_dir))._open_index()
 
 
 def _inject_twins(index: Index, digest: str) -> list[bytes]:

@@ -59,6 +59,10 @@ class Backend(abc.ABC):
         """Abort unfinished multipart uploads started more than older_than seconds ago; how many."""
         return 0
 
+    def identity(self) -> str:
+        """What tells this location apart from a copy of the same store elsewhere (never a secret)."""
+        return self.uri
+
     def spool_dir(self) -> str | None:
         """A folder on the same filesystem for temp files that put_file can move in cheaply."""
         return None

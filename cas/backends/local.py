@@ -39,9 +39,15 @@ class LocalBackend(Backend):
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
 
+    def identity(self) -> str:
+        return "file://" + os.path.realpath(self.root)
+
     def spool_dir(self) -> str:
         path = self._path("tmp")
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(exc, "writing a pack") from exc
         return path
 
     def get(self, key, start=0, end=None):
@@ -145,14 +151,16 @@ class LocalBackend(Backend):
                 if os.path.isdir(path):  # a folder is not an object (unlink says EISDIR or EPERM)
                     continue
                 raise storage_error(exc, f"deleting {key}") from exc
-        for folder in folders:
-            fsync_dir(folder)
+        try:
+            for folder in folders:
+                fsync_dir(folder)
+        except OSError as exc:
+            raise storage_error(exc, "deleting objects") from exc
 
 
 def _unlink_quietly(path: str) -> None:
+    """Remove a temp file; never raises (it runs in cleanup, while the real error is on its way out)."""
     try:
         os.unlink(path)
-    except FileNotFoundError:
-        pass
     except OSError:
         pass

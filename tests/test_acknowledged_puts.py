@@ -1,0 +1,161 @@
+"""An acknowledged put is restorable: hints (remembered digests, the local index) never stand in for data.
+
+Each test replays a way a put was once acknowledged while its chunks were gone, and checks that the
+put now either fails with one line or restores byte for byte from a fresh cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+
+from cas import Store
+
+MiB = 1 << 20
+
+
+def _floats(n: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).standard_normal(n // 4, dtype=np.float32).tobytes()
+
+
+def _restores_from_a_fresh_cache(store_dir, ref: str, expected: bytes, tmp_path, monkeypatch, *,
+                                 packs_removed: bool = False) -> None:
+    fresh = tmp_path / f"fresh-cache-{len(os.listdir(tmp_path))}"
+    monkeypatch.setenv("CAS_CACHE_DIR", str(fresh))
+    store = Store.open(store_dir)
+    assert store.read_bytes(ref) == expected
+    report = store.verify(read_data=True)
+    if packs_removed:  # verify names the packs removed behind cas's back, and nothing else
+        assert report.problems and all("which is missing" in p for p in report.problems), report.problems
+    else:
+        assert report.ok, report.problems
+
+
+def test_reput_fast_path_after_gc_took_the_chunks_its_manifest_lists(cli, store_dir, tmp_path, monkeypatch):
+    """The manifest of v2 stays in a partly dead pack gc keeps, while the chunks it lists go with v1's pack."""
+    v1 = _floats(8 * MiB, seed=1)
+    (tmp_path / "v1.bin").write_bytes(v1)
+    folder = tmp_path / "D"
+    folder.mkdir()
+    keep = _floats(40 * MiB, seed=2)
+    (folder / "keep.bin").write_bytes(keep)
+    v2 = v1 + _floats(MiB, seed=3)
+    (folder / "v2.bin").write_bytes(v2)
+    assert cli("put", str(tmp_path / "v1.bin"), "--label", "v1").code == 0
+    assert cli("put", str(folder), "--label", "D").code == 0
+    keep_digest = cli("put", str(folder / "keep.bin"), "--json").json()["digest"]
+    assert cli("pin", keep_digest, "--label", "keep").code == 0
+    assert cli("unpin", "D").code == 0
+    assert cli("unpin", "v1").code == 0
+    assert cli("unpin", str(folder / "keep.bin")).code == 0
+    gc = cli("gc", "--grace", "0", "--json").json()
+    assert gc["deleted_packs"] >= 1, gc
+    res = cli("put", str(folder / "v2.bin"), "--label", "v2", "--json")
+    assert res.code == 0, res.err
+    put = res.json()
+    assert put["new_bytes"] >= len(v1) - (256 << 10), put  # v1's chunks were deleted: stored again
+    _restores_from_a_fresh_cache(store_dir, put["digest"], v2, tmp_path, monkeypatch)
+
+
+def test_a_put_that_failed_after_writing_its_manifest_is_not_trusted_by_the_next(cli, store_dir, tmp_path,
+                                                                                  monkeypatch):
+    """A put that wrote its packs, index object and manifest but never its ref: gc takes its data, and
+    running the same put again stores it again rather than trusting what the failed one left."""
+    data = _floats(6 * MiB, seed=4)
+    path = tmp_path / "ckpt.bin"
+    path.write_bytes(data)
+    store = Store.open(store_dir)
+    failing = RuntimeError("the pin write failed")
+
+    def refuse(*args, **kwargs):
+        raise failing
+    monkeypatch.setattr("cas.refs.write_pin", refuse)
+    try:
+        store.put_file(str(path), pin="ckpt")
+    except RuntimeError as exc:
+        assert exc is failing
+    else:
+        raise AssertionError("the pin write should have failed")
+    monkeypatch.undo()
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))  # undo() also reset the fixture's env
+    assert cli("gc", "--grace", "0").code == 0  # the failed put's packs are garbage: deleted
+    res = cli("put", str(path), "--label", "ckpt", "--json")
+    assert res.code == 0, res.err
+    assert res.json()["new_bytes"] == len(data)
+    _restores_from_a_fresh_cache(store_dir, res.json()["digest"], data, tmp_path, monkeypatch)
+
+
+def test_a_copied_store_used_from_the_same_machine(cli, store_dir, tmp_path, monkeypatch):
+    """`cp -a store storeB`: both share a store id, so one cache; a put into one must not dedup against
+    packs only the other holds."""
+    base = _floats(4 * MiB, seed=5)
+    (tmp_path / "base.bin").write_bytes(base)
+    assert cli("put", str(tmp_path / "base.bin")).code == 0
+    copy = str(tmp_path / "storeB")
+    shutil.copytree(store_dir, copy, symlinks=True)
+    grown = base + _floats(4 * MiB, seed=6)
+    (tmp_path / "grown.bin").write_bytes(grown)
+    assert cli("put", str(tmp_path / "grown.bin")).code == 0  # the new half's packs are in store A only
+    grown2 = grown + _floats(MiB, seed=7)
+    (tmp_path / "grown2.bin").write_bytes(grown2)
+    res = cli("put", str(tmp_path / "grown2.bin"), "--json", store=copy)
+    assert res.code == 0, res.err
+    assert res.json()["new_bytes"] >= 5 * MiB  # the grown half is not in B: stored there
+    _restores_from_a_fresh_cache(copy, res.json()["digest"], grown2, tmp_path, monkeypatch)
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))
+    back = cli("get", res.json()["digest"], "-o", str(tmp_path / "out.bin"), store=copy)  # the shared cache too
+    assert back.code == 0, back.err
+    assert (tmp_path / "out.bin").read_bytes() == grown2
+    assert cli("get", res.json()["digest"], "-o", str(tmp_path / "nothere.bin")).code == 3  # not in A
+
+
+def test_a_store_restored_from_a_backup(cli, store_dir, tmp_path, monkeypatch):
+    """The store folder goes back to an older copy; the cache knew packs the backup lacks."""
+    base = _floats(4 * MiB, seed=8)
+    (tmp_path / "base.bin").write_bytes(base)
+    assert cli("put", str(tmp_path / "base.bin")).code == 0
+    backup = str(tmp_path / "backup")
+    shutil.copytree(store_dir, backup, symlinks=True)
+    new = _floats(4 * MiB, seed=9)
+    (tmp_path / "new.bin").write_bytes(new)
+    assert cli("put", str(tmp_path / "new.bin")).code == 0
+    shutil.rmtree(store_dir)
+    shutil.copytree(backup, store_dir, symlinks=True)
+    res = cli("put", str(tmp_path / "new.bin"), "--json")  # same path and stat: the re-put hint is stale
+    assert res.code == 0, res.err
+    assert res.json()["new_bytes"] == len(new)
+    _restores_from_a_fresh_cache(store_dir, res.json()["digest"], new, tmp_path, monkeypatch)
+
+
+def test_a_pack_removed_behind_the_caches_back_is_never_deduplicated_against(cli, store_dir, tmp_path,
+                                                                            monkeypatch):
+    """Someone with write access deletes a pack (index objects untouched): the next put that would dedup
+    against it checks that the packs it relies on exist, and stores the chunks again."""
+    data = _floats(4 * MiB, seed=10)
+    (tmp_path / "a.bin").write_bytes(data)
+    assert cli("put", str(tmp_path / "a.bin"), "--no-pin").code == 0
+    packs = [os.path.join(d, n) for d, _, names in os.walk(os.path.join(store_dir, "packs")) for n in names]
+    for p in packs:
+        os.remove(p)
+    (tmp_path / "b.bin").write_bytes(data + b"tail")
+    res = cli("put", str(tmp_path / "b.bin"), "--json")
+    assert res.code == 0, res.err
+    assert res.json()["new_bytes"] >= len(data) - (256 << 10)
+    _restores_from_a_fresh_cache(store_dir, res.json()["digest"], data + b"tail", tmp_path, monkeypatch,
+                                 packs_removed=True)
+
+
+def test_the_fast_path_refuses_a_manifest_whose_chunks_are_gone(cli, store_dir, tmp_path, monkeypatch):
+    data = _floats(4 * MiB, seed=11)
+    path = tmp_path / "x.bin"
+    path.write_bytes(data)
+    assert cli("put", str(path), "--no-pin").code == 0
+    packs = [os.path.join(d, n) for d, _, names in os.walk(os.path.join(store_dir, "packs")) for n in names]
+    for p in packs:
+        os.remove(p)
+    res = cli("put", str(path), "--json")
+    assert res.code == 0, res.err
+    assert res.json()["new_bytes"] == len(data)
+    _restores_from_a_fresh_cache(store_dir, res.json()["digest"], data, tmp_path, monkeypatch, packs_removed=True)
