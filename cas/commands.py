@@ -218,5 +218,7 @@ def cmd_gc(args, uri, as_json) -> int:
     verb = "would delete" if args.dry_run else "deleted"
     emit(report, as_json, f"{verb} {report['deleted_packs']} packs ({human(report['freed_bytes'])}); "
                           f"repacked {report['repacked_packs']}, condemned {report['condemned_packs']}, "
-                          f"{report['waiting_packs']} waiting for their grace period or live writers")
+                          f"{report['waiting_packs']} waiting for their grace period or live writers"
+                          + (f"; removed {report['removed_temp_files']} temp files left by killed writers "
+                             f"({human(report['removed_temp_bytes'])})" if report["removed_temp_files"] else ""))
     return 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from . import layout, pack_index
+from . import layout, pack_index, temps
 from .errors import IntegrityError, InvalidInput, NotFound
 from .index import INLINE, Location
 from .leases import backend_now, expired_sessions, lease_seconds, live_sessions
@@ -182,11 +182,18 @@ def _catalog(store, read: dict[str, list[PackRecord]] | None = None) -> tuple[di
     """Every pack of the store with its entries: from index objects, plus footers of packs none names.
 
     `read` keeps the index objects read so far (immutable and named by their content), so a second
-    catalog in the same gc run reads only the new ones.
+    catalog in the same gc run reads only the new ones. An index object a writer merged away while
+    we read sends us back to list again (the merged object names its packs).
     """
-    keys = pack_index.list_keys(store.backend)
     read = {} if read is None else read
-    read.update(pack_index.read_many(store.backend, [k for k in keys if k not in read]))
+    for attempt in range(5):
+        keys = pack_index.list_keys(store.backend)
+        try:
+            read.update(pack_index.read_many(store.backend, [k for k in keys if k not in read]))
+            break
+        except NotFound:
+            if attempt == 4:
+                raise
     packs: dict[bytes, PackRecord] = {}
     for key in keys:
         for rec in read[key]:
@@ -203,13 +210,20 @@ def _stamp(now: float) -> str:
     return f"{int(now * 1e3):015d}-{secrets.token_hex(4)}"
 
 
+def _current_roots(store) -> dict[str, bytes]:
+    """The roots as they are now, and only then the index: a root's data was indexed before the root was
+    written, so every digest these roots name is known once the sync below has run."""
+    store.records.sync()
+    roots = store.roots()
+    store.sync()
+    return roots
+
+
 def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
                repack_threshold: float = REPACK_THRESHOLD) -> dict:
     backend = store.backend
     store._require()
-    store.records.sync()  # roots first: a record seen here had its packs indexed before it was written
-    roots = store.roots()
-    store.sync()
+    roots = _current_roots(store)
     expanded: set[bytes] = set()  # objects whose blobs are in `reachable`: later passes read only new roots
     index_objects: dict[str, list[PackRecord]] = {}
     reachable = _reachable(store, roots, expanded)
@@ -232,6 +246,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
         report["deleted_packs"] = len(would)
         report["freed_bytes"] = sum(packs[p].size for p in would)
         report["aborted_uploads"] = backend.abort_stale_uploads(max(grace, 2 * lease_seconds()), dry_run=True)
+        _clean_temps(store, grace, report, dry_run=True)
         return report
     with store.writing():
         if plan.repack:
@@ -249,17 +264,15 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
                 now = backend_now(backend)
                 packs, index_keys = _catalog(store, index_objects)
                 live = set(live_sessions(backend, now)) - {own}
-                reachable |= _reachable(store, store.roots(), expanded)
+                reachable |= _reachable(store, _current_roots(store), expanded)
                 plan2 = plan_gc(packs, reachable, condemnations, live, now, 0.0, repack_threshold=2.0)
                 plan.delete, plan.finished, plan.void = plan2.delete, plan2.finished, plan2.void
                 report["waiting_packs"] = len(plan2.waiting)
     if plan.delete:
-        store.records.sync()
-        store.sync()
         # a writer may have committed a ref to a condemned pack before it learned of the condemnation;
         # blobs of packs written since we read the catalog are not our concern (we delete none of those)
         # (the blobs of roots seen earlier in this run count too: a superset only spares more packs)
-        still = reachable | _reachable(store, store.roots(), expanded)
+        still = reachable | _reachable(store, _current_roots(store), expanded)
         still &= {(e.kind, e.key) for rec in packs.values() for e in rec.entries}
         keep, _ = _needed(packs, still, {p for c in _condemnations(backend) for p in c.packs})
         plan.delete -= keep
@@ -278,8 +291,18 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     stale = expired_sessions(backend, backend_now(backend))
     backend.delete(stale)
     report["expired_sessions"] = len(stale)
+    _clean_temps(store, grace, report, dry_run=False)
     store.sync()
     return report
+
+
+def _clean_temps(store, grace: float, report: dict, *, dry_run: bool) -> None:
+    """Remove the temp files killed writers left on this machine (see cas/temps.py for when one is stale)."""
+    now = time.time()  # temp files carry this machine's times
+    stale = [t for t in temps.find(store.temp_folders())
+             if temps.is_stale(t, now=now, grace=grace, lease=lease_seconds())]
+    report["removed_temp_files"] = len(stale)
+    report["removed_temp_bytes"] = sum(t.size for t in stale) if dry_run else temps.remove(stale)
 
 
 def _repack(store, supplies: dict[bytes, list], victims: list[bytes]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import shutil
@@ -13,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable
 
-from . import layout, pack_index, refs
+from . import layout, pack_index, refs, temps
 from .backends import Backend, open_backend
 from .backends.local import storage_error
 from .config import StoreConfig, create_or_load_config, load_config
@@ -427,7 +426,10 @@ class Store:
             if made:
                 shutil.rmtree(made, ignore_errors=True)
             if emptied is not None and not os.path.lexists(target):
-                os.mkdir(target, emptied)
+                try:
+                    os.mkdir(target, emptied)
+                except OSError:
+                    pass  # cleanup must not hide the error on its way out
             raise
         return target
 
@@ -505,9 +507,18 @@ class Store:
             unique += loc.raw_len
             chunks += 1
         stored = sum(size for _, size in self.backend.list(""))
+        leftovers = temps.find(self.temp_folders())
         return {"logical_bytes": logical, "unique_bytes": unique, "stored_bytes": stored, "files": files,
                 "chunks": chunks, "packs": len(index.pack_ids()),
-                "conditional_writes": bool(self.backend.conditional_writes)}
+                "conditional_writes": bool(self.backend.conditional_writes),
+                "temp_files": len(leftovers), "temp_bytes": sum(t.size for t in leftovers)}
+
+    def temp_folders(self) -> list[str]:
+        """Where this machine's writers keep temp files for this store: its folder if local, and the spool."""
+        folders = [os.path.join(self.cache_dir, self._require().store_id, "spool")]
+        if self.backend.local_root() is not None:
+            folders.append(self.backend.local_root())
+        return folders
 
     def verify(self, *, read_data: bool = False, on_progress: Progress | None = None):
         from .verify import verify_store
@@ -539,8 +550,14 @@ def source_kind(path: str) -> str:
 def _make_parents(folder: str) -> str | None:
     """Create a missing destination folder; return the topmost one made (to remove again on error)."""
     top, probe = None, folder
-    while not os.path.exists(probe):
+    while not os.path.lexists(probe):
         top, probe = probe, os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise InvalidInput(f"cannot restore into {folder}: {probe} is not a folder", subject=folder)
     if top is not None:
-        os.makedirs(folder)
+        try:
+            os.makedirs(folder)
+        except OSError as exc:  # no permission, a full disk, or a racing writer
+            shutil.rmtree(top, ignore_errors=True)
+            raise storage_error(exc, f"creating folder {folder}") from None
     return top

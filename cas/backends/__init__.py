@@ -59,6 +59,10 @@ class Backend(abc.ABC):
         """Abort unfinished multipart uploads started more than older_than seconds ago; how many."""
         return 0
 
+    def local_root(self) -> str | None:
+        """The folder holding the store, if it is on local disk (where killed writers leave temp files)."""
+        return None
+
     def identity(self) -> str:
         """What tells this location apart from a copy of the same store elsewhere (never a secret)."""
         return self.uri

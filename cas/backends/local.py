@@ -39,6 +39,9 @@ class LocalBackend(Backend):
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
 
+    def local_root(self) -> str:
+        return self.root
+
     def identity(self) -> str:
         return "file://" + os.path.realpath(self.root)
 
