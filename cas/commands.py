@@ -69,10 +69,19 @@ def cmd_get(args, uri, as_json) -> int:
 
 
 def cmd_cat(args, uri, as_json) -> int:
+    """The whole file is read and checked against its digest before its first byte goes out: a spool
+    (in memory up to 64 MiB, then a temp file in the cache folder) holds it meanwhile."""
+    import shutil
+    import tempfile
     store = _open(uri)
-    out = sys.stdout.buffer
-    store.stream(args.ref, out.write)
-    out.flush()
+    store._require()
+    os.makedirs(store.cache_dir, exist_ok=True)
+    with tempfile.SpooledTemporaryFile(max_size=64 << 20, dir=store.cache_dir) as spool:
+        store.stream(args.ref, spool.write)
+        spool.seek(0)
+        out = sys.stdout.buffer
+        shutil.copyfileobj(spool, out, 1 << 20)
+        out.flush()
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 from . import codec, layout
 from .digest import file_hasher, hash_bytes
 from .handoff import quick_handoffs
-from .errors import IntegrityError, NotFound, PackMissing, StorageError
+from .errors import IntegrityError, InvalidInput, NotFound, PackMissing, StorageError
 from .index import INLINE, Location
 from .manifest import DIR, FILE, LINK, FileManifest, TreeManifest, check_safe, locate
 from .backends.local import fsync_dir, storage_error
@@ -218,8 +218,23 @@ def replace_destination(dest: str, restore: Callable[[str], None]) -> None:
     _remove(aside)
 
 
+def _refuse_special(dest: str) -> None:
+    try:
+        mode = os.lstat(dest).st_mode
+    except OSError:
+        return  # gone or unreadable: the rename reports it
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+        raise InvalidInput(f"{dest} is not a regular file, folder or link; refusing to replace it", subject=dest)
+
+
 class FileReader(io.RawIOBase):
-    """A readable, seekable view of a stored file; reads fetch (and verify) only the chunks they touch."""
+    """A readable, seekable view of a stored file; reads fetch (and verify) only the chunks they touch.
+
+    Each chunk is checked against its id. The manifest listing the chunks can only be checked against
+    the file's digest by reading every byte: bytes read in order from the start feed a running hash,
+    and the read that reaches the end raises IntegrityError instead of returning if the whole does not
+    hash to the digest (so `read()` of the whole file never returns bytes of a forged manifest).
+    """
 
     def __init__(self, reader: ChunkReader, manifest: FileManifest, digest: bytes):
         self._reader, self._manifest, self.digest = reader, manifest, digest
@@ -227,6 +242,7 @@ class FileReader(io.RawIOBase):
         self._pos = 0
         self._cached: tuple[int, bytes] | None = None
         self.size = manifest.size
+        self._hasher, self._hashed = file_hasher(), 0  # bytes [0, _hashed) went into the running hash
 
     def readable(self) -> bool:
         return True
@@ -260,6 +276,12 @@ class FileReader(io.RawIOBase):
             start = self._pos - self._offsets[i]
             n = min(len(out) - done, len(data) - start)
             out[done:done + n] = data[start:start + n]
+            if self._pos <= self._hashed < self._pos + n:  # extends the part read in order from the start
+                self._hasher.update(data[start + self._hashed - self._pos:start + n])
+                self._hashed = self._pos + n
             done += n
             self._pos += n
+        if done and self._hashed == self.size and self._pos == self.size and self._hasher.digest() != self.digest:
+            raise IntegrityError(f"file {self.digest.hex()} is damaged: its chunks do not hash to its digest "
+                                 f"(its manifest was altered)", subject=self.digest.hex())
         return done

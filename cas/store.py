@@ -17,7 +17,7 @@ from .backends import Backend, open_backend
 from .backends.local import storage_error
 from .config import StoreConfig, create_or_load_config, load_config
 from .digest import hash_bytes, parse_ref
-from .errors import AlreadyExists, AmbiguousReference, InvalidInput, NotFound, PackMissing
+from .errors import AlreadyExists, AmbiguousReference, IntegrityError, InvalidInput, NotFound, PackMissing
 from .handoff import quick_handoffs
 from .index import INLINE, Index, Location
 from .ingest import PutResult, PutSession
@@ -260,7 +260,11 @@ class Store:
             return FileManifest(loc.size, digest if loc.size else b"", array("I", [loc.size] if loc.size else []))
         raw = self._reader().blob(loc, what=f"manifest {digest.hex()}")
         if loc.kind == TREE_MANIFEST:
-            return TreeManifest.from_bytes(raw, name=digest.hex())
+            tree = TreeManifest.from_bytes(raw, name=digest.hex())
+            if tree.digest() != digest:  # a tree is named by its entries: anyone can check it
+                raise IntegrityError(f"tree {digest.hex()} is damaged: its manifest does not hash to its name",
+                                     subject=digest.hex())
+            return tree
         return FileManifest.from_bytes(raw, name=digest.hex())
 
     def _file_manifest(self, digest: bytes) -> FileManifest:

@@ -53,8 +53,11 @@ def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyR
             report.problems.append(f"chunk {chunk_id.hex()}: its pack {loc.pack_id.hex()} is missing")
     _check_records(store, report)
     _check_manifests(store, listed, report)
+    if read_data:
+        _check_file_digests(store, report, on_progress)
     _check_index_objects(store, listed, report)
     _check_pins(store, report)
+    _check_gc_lists(store.backend, report)
     report.conditional_writes = bool(store.backend.conditional_writes)
     return report
 
@@ -112,6 +115,25 @@ def _referenced(store) -> set[bytes]:
             except CasError:
                 pass  # reported by the manifest check below
     return seen
+
+
+def _check_file_digests(store, report: VerifyReport, on_progress=None) -> None:
+    """Every file manifest whose chunks are all stored rebuilds the file's digest (a manifest can be
+    checked against its name only by reading the file it lists)."""
+    from .restore import stream_file
+    index = store.index
+    for digest, loc in index.iter_manifests():
+        if loc.kind != FILE_MANIFEST:
+            continue
+        try:
+            manifest = store._manifest(digest, loc)
+            if not all(index.chunks_present([manifest.chunk_id(i) for i in range(len(manifest))])):
+                continue  # reported above when a ref reaches it; else gc took its chunks
+            stream_file(store._reader(), manifest, lambda data: None, digest=digest)
+        except CasError as exc:
+            problem = f"file {digest.hex()}: {exc}"
+            if problem not in report.problems:
+                report.problems.append(problem)
 
 
 def _check_manifests(store, listed: dict, report: VerifyReport) -> None:

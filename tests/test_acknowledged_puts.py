@@ -28,7 +28,7 @@ def _restores_from_a_fresh_cache(store_dir, ref: str, expected: bytes, tmp_path,
     assert store.read_bytes(ref) == expected
     report = store.verify(read_data=True)
     if packs_removed:  # verify names the packs removed behind cas's back, and nothing else
-        assert report.problems and all("which is missing" in p for p in report.problems), report.problems
+        assert report.problems and all("missing" in p for p in report.problems), report.problems
     else:
         assert report.ok, report.problems
 
@@ -159,3 +159,69 @@ def test_the_fast_path_refuses_a_manifest_whose_chunks_are_gone(cli, store_dir, 
     assert res.code == 0, res.err
     assert res.json()["new_bytes"] == len(data)
     _restores_from_a_fresh_cache(store_dir, res.json()["digest"], data, tmp_path, monkeypatch, packs_removed=True)
+
+
+# ---- forged manifests: named by a genuine digest, listing other content ------------------------------------
+def _forge(store_dir, kind: int, genuine: bytes, raw: bytes, size: int) -> None:
+    """Store a manifest blob under a digest it does not hash to, as someone with write access could."""
+    store = Store.open(store_dir)
+    with store.writing(), store._session() as session:
+        session.add_manifest(kind, genuine, raw, size)
+
+
+def _genuine_digest(tmp_path, path) -> bytes:
+    other = Store.open(str(tmp_path / "elsewhere"))
+    return bytes.fromhex(other.put_file(str(path)).digest)
+
+
+def test_a_forged_tree_manifest_is_refused_with_warm_and_fresh_caches(cli, store_dir, tmp_path, monkeypatch):
+    from cas.pack import TREE_MANIFEST
+    from cas.manifest import TreeManifest
+    wanted = tmp_path / "wanted"
+    wanted.mkdir()
+    (wanted / "model.bin").write_bytes(b"the real weights" * 1000)
+    genuine = _genuine_digest(tmp_path, wanted)
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "model.bin").write_bytes(b"something else" * 1000)
+    store = Store.open(store_dir)
+    fake = bytes.fromhex(store.put_file(str(planted), pin="planted").digest)
+    tree = store._manifest(fake, store.index.manifest(fake))
+    assert isinstance(tree, TreeManifest)
+    _forge(store_dir, TREE_MANIFEST, genuine, tree.to_bytes(), tree.size)
+    for cache in ("warm", "fresh"):
+        if cache == "fresh":
+            monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "fresh-cache"))
+        res = cli("get", genuine.hex(), "-o", str(tmp_path / f"out-{cache}"))
+        assert res.code == 5, (cache, res.err)
+        assert "does not hash to its name" in res.err
+        assert not os.path.exists(tmp_path / f"out-{cache}")
+    report = Store.open(store_dir).verify(read_data=True)
+    assert any(genuine.hex() in p for p in report.problems), report.problems
+
+
+def test_a_forged_file_manifest_hands_out_no_byte(cli, store_dir, tmp_path, capsysbinary):
+    from cas.pack import FILE_MANIFEST
+    (tmp_path / "wanted.bin").write_bytes(_floats(MiB, seed=20))
+    genuine = _genuine_digest(tmp_path, tmp_path / "wanted.bin")
+    (tmp_path / "planted.bin").write_bytes(_floats(MiB, seed=21))
+    store = Store.open(store_dir)
+    fake = bytes.fromhex(store.put_file(str(tmp_path / "planted.bin"), pin="planted").digest)
+    manifest = store._file_manifest(fake)
+    _forge(store_dir, FILE_MANIFEST, genuine, manifest.to_bytes(), manifest.size)
+    res = cli("cat", genuine.hex())
+    assert res.code == 5 and res.out == "", res.err
+    store = Store.open(store_dir)
+    with store.open_file(genuine.hex()) as f:
+        assert f.read(10) == (tmp_path / "planted.bin").read_bytes()[:10]  # a ranged read checks chunks only
+        f.seek(0)
+        try:
+            f.read()
+        except Exception as exc:  # the whole read reaches the end and finds the digest wrong
+            assert type(exc).__name__ == "IntegrityError", exc
+        else:
+            raise AssertionError("reading the whole forged file should fail")
+    assert cli("get", genuine.hex(), "-o", str(tmp_path / "out.bin")).code == 5
+    assert not os.path.exists(tmp_path / "out.bin")
+    report = store.verify(read_data=True)
+    assert any(genuine.hex() in p for p in report.problems), report.problems
