@@ -41,20 +41,27 @@ def compress(data, level: int) -> tuple[int, bytes]:
 
 
 def decompress(codec: int, stored, raw_len: int, *, name: str) -> bytes:
-    """The raw bytes, never more than raw_len of output; IntegrityError if the shape is wrong."""
+    """The raw bytes, never more than raw_len of output; IntegrityError if the shape is wrong.
+
+    The caller bounds raw_len (a chunk by the largest chunk size, a manifest, footer or index object
+    by its own maximum): nothing here allocates more than raw_len, or copies a raw blob of another size.
+    """
+    if type(raw_len) is not int or raw_len < 0:
+        raise IntegrityError(f"bad raw length {raw_len!r} of {name}", subject=name)
     if codec == RAW:
-        out = bytes(stored)
-    elif codec == ZSTD:
-        try:
-            declared = zstandard.frame_content_size(stored)  # -1: not recorded (blobs of earlier versions)
-            if declared not in (-1, raw_len):  # refuse before allocating what a damaged header claims
-                raise IntegrityError(f"size mismatch in {name}: frame declares {declared} bytes, expected {raw_len}",
-                                     subject=name)
-            out = _decompressor().decompress(stored, max_output_size=raw_len)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"corrupt compressed data in {name}: {exc}", subject=name) from None
-    else:
-        raise IntegrityError(f"unknown codec {codec} in {name}", subject=name)
+        if len(stored) != raw_len:
+            raise IntegrityError(f"size mismatch in {name}: {len(stored)} bytes, expected {raw_len}", subject=name)
+        return bytes(stored)
+    if codec != ZSTD:
+        raise IntegrityError(f"unknown codec {codec!r} in {name}", subject=name)
+    try:
+        declared = zstandard.frame_content_size(stored)  # -1: not recorded (blobs of earlier versions)
+        if declared not in (-1, raw_len):  # refuse before allocating what a damaged header claims
+            raise IntegrityError(f"size mismatch in {name}: frame declares {declared} bytes, expected {raw_len}",
+                                 subject=name)
+        out = _decompressor().decompress(stored, max_output_size=raw_len, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"corrupt compressed data in {name}: {exc}", subject=name) from None
     if len(out) != raw_len:
         raise IntegrityError(f"size mismatch in {name}: {len(out)} bytes, expected {raw_len}", subject=name)
     return out

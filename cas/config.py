@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass, field
 
@@ -12,6 +13,11 @@ from .errors import FormatError, NotFound
 FORMAT_VERSION = 1
 KiB = 1024
 MiB = 1024 * KiB
+GiB = 1024 * MiB
+MAX_CHUNK_SIZE = 16 * MiB  # the largest max_size a config may declare (FastCDC's own bound): readers refuse
+# any chunk declaring more, whatever the config says, so a reader needs no config to bound a chunk
+MAX_CONFIG = 64 * KiB
+_STORE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +25,16 @@ class ChunkerParams:
     min_size: int = 16 * KiB
     avg_size: int = 64 * KiB
     max_size: int = 256 * KiB
+
+    def check(self) -> "ChunkerParams":
+        """The bounds FastCDC accepts (it is given avg_size - min_size as its average); ValueError otherwise."""
+        if not all(type(v) is int for v in (self.min_size, self.avg_size, self.max_size)):
+            raise ValueError("chunker sizes must be ints")
+        avg = self.avg_size - self.min_size
+        if not (64 <= self.min_size <= MiB and 1024 <= self.max_size <= MAX_CHUNK_SIZE
+                and 256 <= avg <= 4 * MiB and self.min_size <= avg <= self.max_size):
+            raise ValueError(f"chunker sizes {self.min_size}/{self.avg_size}/{self.max_size} out of bounds")
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,28 +59,52 @@ class StoreConfig:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "StoreConfig":
+        """The config read from storage; FormatError with one line if it is newer, unknown or damaged."""
         try:
+            if len(data) > MAX_CONFIG:
+                raise ValueError(f"{len(data)} bytes")
             raw = json.loads(data)
-            version = int(raw["format_version"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise FormatError(f"store config is unreadable: {exc}") from None
+            version = _field(raw, "format_version")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise _damaged(exc) from None
         if version > FORMAT_VERSION:
             raise FormatError(
                 f"store uses format version {version}; this cas reads up to {FORMAT_VERSION}: upgrade cas"
             )
         if raw.get("hash") != "blake3" or raw.get("codec") != "zstd":
-            raise FormatError(f"store uses an unknown hash or codec: {raw.get('hash')}/{raw.get('codec')}")
+            raise FormatError(f"store uses an unknown hash or codec: {str(raw.get('hash'))[:40]!r}/"
+                              f"{str(raw.get('codec'))[:40]!r}")
         try:
-            return cls(
-                store_id=str(raw["store_id"]),
-                format_version=version,
-                chunker=ChunkerParams(**raw["chunker"]),
-                level=int(raw["level"]),
-                pack_target=int(raw["pack_target"]),
-                conditional_writes=bool(raw.get("conditional_writes", True)),
-            )
-        except (KeyError, TypeError) as exc:
-            raise FormatError(f"store config is missing a field: {exc}") from None
+            return cls(store_id=_field(raw, "store_id"), format_version=version,
+                       chunker=ChunkerParams(**_field(raw, "chunker")).check(), level=_field(raw, "level"),
+                       pack_target=_field(raw, "pack_target"),
+                       conditional_writes=_field({"conditional_writes": True, **raw}, "conditional_writes"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _damaged(exc) from None
+
+
+_FIELDS = {  # field → (test, what it must be); a store written by any cas passes them
+    "format_version": (lambda v: type(v) is int and v >= 1, "a positive int"),
+    "store_id": (lambda v: type(v) is str and _STORE_ID.fullmatch(v) is not None, "32 lowercase hex characters"),
+    "chunker": (lambda v: type(v) is dict, "a map"),
+    "level": (lambda v: type(v) is int and -(1 << 17) <= v <= 22, "a zstd level"),
+    "pack_target": (lambda v: type(v) is int and KiB <= v <= 4 * GiB, "an int from 1 KiB to 4 GiB"),
+    "conditional_writes": (lambda v: type(v) is bool, "true or false"),
+}
+
+
+def _field(raw: dict, name: str):
+    """raw[name], checked; KeyError if missing, ValueError if it is not what cas writes."""
+    value = raw[name]
+    test, what = _FIELDS[name]
+    if not test(value):
+        raise ValueError(f"{name} must be {what}")
+    return value
+
+
+def _damaged(exc: Exception) -> FormatError:
+    reason = f"missing field {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:120]
+    return FormatError(f"store config is damaged: {reason or type(exc).__name__}")
 
 
 def load_config(backend) -> StoreConfig:
