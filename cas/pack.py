@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import msgpack
 import zstandard
 
-from . import codec
+from . import codec, framing
+from .config import MAX_CHUNK_SIZE
 from .digest import file_hasher, hash_bytes
 from .errors import IntegrityError
 
@@ -21,10 +22,15 @@ TRAILER_MAGIC = b"CASPEND1"
 TRAILER = struct.Struct("<QII32s8s")  # footer offset, stored len, raw len, BLAKE3 of stored footer, magic
 PACK_FORMAT = 1
 MAX_FOOTER = 256 * 1024 * 1024
+# raw/stored of a footer or index object: lists of random hashes, so honest ones stay near 2 (docs/format.md)
+MAX_INDEX_RATIO = 64
+MAX_MANIFEST = 256 * 1024 * 1024  # the largest manifest blob (a file of ~7 million chunks)
+MAX_STORED = (1 << 32) - 1  # a blob's stored length (u32 in the local index)
 
 CHUNK = 0
 FILE_MANIFEST = 1
 TREE_MANIFEST = 2
+MAX_RAW = {CHUNK: MAX_CHUNK_SIZE, FILE_MANIFEST: MAX_MANIFEST, TREE_MANIFEST: MAX_MANIFEST}  # by blob kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +51,26 @@ class PackEntry:
         return [self.kind, self.key, self.offset, self.stored_len, self.raw_len, self.codec, check, self.size]
 
     @classmethod
-    def from_list(cls, row: list) -> "PackEntry":
+    def from_list(cls, row) -> "PackEntry":
+        """An entry as a footer or index object holds it; ValueError unless every field is in bounds."""
+        if type(row) is not list or len(row) != 8:
+            raise ValueError("a pack entry is not an array of 8")
         kind, key, offset, slen, rlen, cod, check, size = row
-        if not (isinstance(key, bytes) and len(key) == 32 and kind in (CHUNK, FILE_MANIFEST, TREE_MANIFEST)):
-            raise ValueError("bad pack entry")
-        if kind != CHUNK and not (isinstance(check, bytes) and len(check) == 32):
+        if type(kind) is not int or kind not in MAX_RAW:
+            raise ValueError(f"unknown blob kind {kind!r:.40}")
+        if type(key) is not bytes or len(key) != 32 or type(check) is not bytes:
+            raise ValueError("bad blob key")
+        if kind != CHUNK and len(check) != 32:
             raise ValueError("bad manifest checksum")
-        return cls(kind, key, int(offset), int(slen), int(rlen), int(cod), key if kind == CHUNK else check,
-                   int(size))
+        if type(cod) is not int or cod not in (codec.RAW, codec.ZSTD):
+            raise ValueError(f"unknown codec {cod!r:.40}")
+        entry = cls(kind, key, framing.integer(offset, "offset", len(HEADER)),
+                    framing.integer(slen, "stored length", 0, MAX_STORED),
+                    framing.integer(rlen, "raw length", 0, MAX_RAW[kind]), cod, key if kind == CHUNK else check,
+                    framing.integer(size, "size"))
+        if cod == codec.RAW and slen != rlen:
+            raise ValueError(f"raw blob of {slen} bytes declares {rlen}")
+        return entry
 
 
 class PackWriter:
@@ -153,7 +171,8 @@ def parse_trailer(tail: bytes, pack_size: int, *, name: str) -> tuple[int, int, 
     if len(tail) < TRAILER.size:
         raise IntegrityError(f"pack {name} is truncated", subject=name)
     offset, slen, rlen, check, magic = TRAILER.unpack(tail[-TRAILER.size:])
-    if magic != TRAILER_MAGIC or offset + slen + TRAILER.size != pack_size or rlen > MAX_FOOTER:
+    if (magic != TRAILER_MAGIC or offset < len(HEADER) or offset + slen + TRAILER.size != pack_size
+            or not 0 < rlen <= MAX_FOOTER or slen > rlen + (rlen >> 8) + 64 or rlen > MAX_INDEX_RATIO * slen):
         raise IntegrityError(f"pack {name} has a damaged trailer", subject=name)
     return offset, slen, rlen, check
 
@@ -163,14 +182,26 @@ def parse_footer(footer: bytes, rlen: int, check: bytes, *, name: str) -> list[P
     if hash_bytes(footer) != check:
         raise IntegrityError(f"pack {name} has a damaged index footer (checksum mismatch)", subject=name)
     raw = codec.decompress(codec.ZSTD, footer, rlen, name=f"pack {name} footer")
+    what = f"the index footer of pack {name}"
+    doc = framing.unpack(raw, entry_limits(rlen), what=what, subject=name)
     try:
-        doc = msgpack.unpackb(raw, raw=False, max_bin_len=64, max_str_len=64, max_array_len=rlen,
-                              max_map_len=8)
-        if doc["v"] != PACK_FORMAT:
-            raise ValueError(f"unknown pack format {doc['v']}")
-        return [PackEntry.from_list(row) for row in doc["entries"]]
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-        raise IntegrityError(f"pack {name} has an unreadable index footer: {exc}", subject=name) from None
+        if type(doc) is not dict or doc.get("v") != PACK_FORMAT or type(doc["v"]) is not int:
+            raise ValueError("unknown footer format")
+        return entries_of(doc["entries"])
+    except (ValueError, KeyError) as exc:
+        raise framing.damaged(what, name, exc) from None
+
+
+def entry_limits(raw_len: int) -> framing.Limits:
+    """msgpack limits of a footer or index object of raw_len bytes: ids and checks, no long strings."""
+    return framing.Limits(bin=64, str=64, array=raw_len, map=8)
+
+
+def entries_of(rows) -> list[PackEntry]:
+    """The entries of a footer or index object; ValueError if any is malformed."""
+    if type(rows) is not list:
+        raise ValueError("entries are not an array")
+    return [PackEntry.from_list(row) for row in rows]
 
 
 def read_pack_entries(backend, key: str, size: int, *, name: str) -> list[PackEntry]:
