@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from . import layout, pack_index, temps
+from . import framing, layout, pack_index, temps
 from .errors import IntegrityError, InvalidInput, NotFound
 from .index import INLINE, Location
 from .leases import backend_now, expired_sessions, lease_seconds, live_sessions
@@ -26,7 +26,7 @@ from .pack_index import PackRecord
 
 DEFAULT_GRACE = 24 * 3600.0
 REPACK_THRESHOLD = 0.25  # a needed pack whose dead share reaches this is repacked
-GC_LIST_FORMAT = 1
+GC_LIST_FORMAT = 2  # 1: bare msgpack; 2: sealed with its BLAKE3 (cas/framing.py)
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 
 
@@ -40,19 +40,40 @@ def parse_duration(text: str) -> float:
 
 # ---- gc lists in the store ------------------------------------------------------------------------
 def encode_list(packs, now: float) -> bytes:
-    return msgpack.packb({"v": GC_LIST_FORMAT, "time": now, "packs": sorted(packs)}, use_bin_type=True)
+    return framing.seal({"v": GC_LIST_FORMAT, "time": now, "packs": sorted(packs)})
 
 
 def decode_list(raw: bytes, *, key: str) -> tuple[float, list[bytes]]:
+    """(backend time, pack ids) of a gc/condemned/ or gc/deleted/ list; IntegrityError naming the key."""
+    doc = framing.unseal(raw, _limits(raw), what=f"gc list {key}", subject=key, version=GC_LIST_FORMAT)
     try:
-        doc = msgpack.unpackb(raw, raw=False, max_bin_len=64, max_str_len=256, max_array_len=len(raw) + 1,
-                              max_map_len=8)
-        packs = [bytes(p) for p in doc["packs"]]
-        if doc["v"] != GC_LIST_FORMAT or any(len(p) != 32 for p in packs):
-            raise ValueError
-        return float(doc["time"]), packs
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException):
-        raise IntegrityError(f"gc list {key} is damaged", subject=key) from None
+        packs = doc["packs"]
+        if type(packs) is not list or any(type(p) is not bytes or len(p) != 32 for p in packs):
+            raise ValueError("malformed pack ids")
+        return framing.when(doc["time"]), packs
+    except (ValueError, KeyError) as exc:
+        raise framing.damaged(f"gc list {key}", key, exc) from None
+
+
+def encode_sessions(sessions) -> bytes:
+    """A gc/sessions/ list: the keys of the writer sessions live once its condemnation was durable."""
+    return framing.seal({"v": GC_LIST_FORMAT, "sessions": sorted(sessions)})
+
+
+def decode_sessions(raw: bytes, *, key: str) -> list[str]:
+    """The session keys of a gc/sessions/ list (format 1: a bare msgpack array of str)."""
+    what = f"gc list {key}"
+    if framing.is_sealed(raw):
+        sessions = framing.unseal(raw, _limits(raw), what=what, subject=key, version=GC_LIST_FORMAT).get("sessions")
+    else:
+        sessions = framing.unpack(raw, _limits(raw), what=what, subject=key)
+    if type(sessions) is not list or any(type(s) is not str for s in sessions):
+        raise framing.damaged(what, key, "malformed session keys")
+    return sessions
+
+
+def _limits(raw: bytes) -> framing.Limits:
+    return framing.Limits(bin=64, str=256, array=len(raw), map=8)
 
 
 @dataclass(frozen=True)
@@ -173,7 +194,7 @@ def _condemnations(backend) -> list[Condemnation]:
             continue
         sessions = None
         if layout.gc_sessions_key(stamp) in listed:
-            sessions = frozenset(msgpack.unpackb(backend.get(layout.gc_sessions_key(stamp)), raw=False))
+            sessions = frozenset(decode_sessions(backend.get(skey := layout.gc_sessions_key(stamp)), key=skey))
         out.append(Condemnation(stamp, when, frozenset(packs), sessions))
     return out
 

@@ -11,11 +11,15 @@ from itertools import accumulate
 
 import msgpack
 
+from . import framing
+from .config import MAX_CHUNK_SIZE
 from .digest import DIGEST_SIZE, tree_digest
 from .errors import IntegrityError
 
 MANIFEST_FORMAT = 1
 FILE, LINK, DIR = "file", "link", "dir"
+MAX_PATH = 4096  # bytes of a path or link target in a tree (PATH_MAX)
+MAX_DEPTH = 1024  # parts of a path in a tree
 
 
 def _u32(values) -> array:
@@ -51,20 +55,27 @@ class FileManifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, name: str) -> "FileManifest":
+        """A file manifest read from storage: ids and u32 sizes of 1..MAX_CHUNK_SIZE that add up to its size."""
+        what = f"file manifest {name}"
+        doc = framing.unpack(data, framing.Limits(bin=len(data), str=16, array=0, map=8), what=what, subject=name)
         try:
-            doc = msgpack.unpackb(data, raw=False, max_map_len=8, max_str_len=16, max_bin_len=len(data))
-            if doc["v"] != MANIFEST_FORMAT:
-                raise ValueError(f"unknown manifest format {doc['v']}")
+            if type(doc) is not dict or doc.get("v") != MANIFEST_FORMAT or type(doc["v"]) is not int:
+                raise ValueError("unknown manifest format")
+            ids, packed = doc["ids"], doc["sizes"]
+            if type(ids) is not bytes or type(packed) is not bytes or len(packed) % 4:
+                raise ValueError("ids and sizes must be bin, sizes a multiple of 4 bytes")
             sizes = array("I")
-            sizes.frombytes(doc["sizes"])
+            sizes.frombytes(packed)
             if sys.byteorder == "big":
                 sizes.byteswap()
-            manifest = cls(int(doc["size"]), doc["ids"], sizes)
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-            raise IntegrityError(f"unreadable file manifest {name}: {exc}", subject=name) from None
-        if len(manifest.ids) != DIGEST_SIZE * len(sizes) or sum(sizes) != manifest.size:
-            raise IntegrityError(f"inconsistent file manifest {name}", subject=name)
-        return manifest
+            size = framing.integer(doc["size"], "size")
+            if len(ids) != DIGEST_SIZE * len(sizes) or sum(sizes) != size:
+                raise ValueError("its ids, sizes and size disagree")
+            if sizes and not (min(sizes) >= 1 and max(sizes) <= MAX_CHUNK_SIZE):
+                raise ValueError("a chunk size is out of bounds")
+        except (ValueError, KeyError) as exc:
+            raise framing.damaged(what, name, exc) from None
+        return cls(size, ids, sizes)
 
 
 def locate(offsets: array, pos: int) -> int:
@@ -103,34 +114,47 @@ class TreeManifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, name: str) -> "TreeManifest":
+        """A tree manifest read from storage: entries of the right types, paths of at most MAX_DEPTH parts."""
+        what = f"tree manifest {name}"
+        limits = framing.Limits(bin=64, str=MAX_PATH, array=len(data), map=8)
+        doc = framing.unpack(data, limits, what=what, subject=name)
         try:
-            doc = msgpack.unpackb(data, raw=False, max_map_len=8, max_str_len=65536, max_bin_len=64,
-                                  max_array_len=len(data))
-            if doc["v"] != MANIFEST_FORMAT:
-                raise ValueError(f"unknown manifest format {doc['v']}")
-            entries = tuple(TreeEntry(str(p), str(k), bool(x), bytes(d), int(s), str(t))
-                            for p, k, x, d, s, t in doc["entries"])
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-            raise IntegrityError(f"unreadable tree manifest {name}: {exc}", subject=name) from None
-        return cls(entries)
+            if type(doc) is not dict or doc.get("v") != MANIFEST_FORMAT or type(doc["v"]) is not int:
+                raise ValueError("unknown manifest format")
+            if type(doc["entries"]) is not list:
+                raise ValueError("entries are not an array")
+            return cls(tuple(_tree_entry(row) for row in doc["entries"]))
+        except (ValueError, KeyError) as exc:
+            raise framing.damaged(what, name, exc) from None
+
+
+_ENTRY_TYPES = (str, str, bool, bytes, int, str)
+
+
+def _tree_entry(row) -> TreeEntry:
+    if type(row) is not list or len(row) != 6 or any(type(v) is not t for v, t in zip(row, _ENTRY_TYPES)):
+        raise ValueError("an entry is not [str, str, bool, bin, int, str]")
+    entry = TreeEntry(*row)
+    if entry.kind not in (FILE, LINK, DIR) or entry.path.count("/") >= MAX_DEPTH:
+        raise ValueError(f"entry {entry.path[:80]!r}: unknown kind or deeper than {MAX_DEPTH} levels")
+    framing.integer(entry.size, "size")
+    return entry
 
 
 def check_safe(tree: TreeManifest, *, name: str) -> None:
-    """Refuse a tree that would write outside its destination (the rules of tarfile's data filter)."""
-    seen: set[str] = set()
-    links = {e.path for e in tree.entries if e.kind == LINK}
+    """Refuse a tree that would write outside its destination (the rules of tarfile's data filter).
+
+    Every entry's parent folder must have a "dir" entry (cas writes one for each), so nothing lies
+    under a link and a restore creates each folder right after its parent, never a chain of them.
+    """
+    kinds: dict[str, str] = {}
     for e in tree.entries:
         p = e.path
         bad = (not p or p.startswith("/") or "\x00" in p or e.kind not in (FILE, LINK, DIR)
-               or any(part in ("", ".", "..") for part in p.split("/")) or p in seen)
+               or any(part in ("", ".", "..") for part in p.split("/")) or p in kinds)
         if bad:
             raise IntegrityError(f"refusing to restore tree {name}: unsafe path {p!r}", subject=name)
-        seen.add(p)
-        parent = posixpath.dirname(p)
-        while parent:
-            if parent in links:
-                raise IntegrityError(f"refusing to restore tree {name}: {p!r} lies under a link", subject=name)
-            parent = posixpath.dirname(parent)
+        kinds[p] = e.kind
         if e.kind == LINK:
             t = e.target
             inside = posixpath.normpath(posixpath.join(posixpath.dirname(p), t))
@@ -139,3 +163,10 @@ def check_safe(tree: TreeManifest, *, name: str) -> None:
                                      subject=name)
         if e.kind == FILE and len(e.digest) != DIGEST_SIZE:
             raise IntegrityError(f"tree {name}: file {p!r} has no digest", subject=name)
+    for e in tree.entries:
+        parent = posixpath.dirname(e.path)
+        if parent and kinds.get(parent) == LINK:
+            raise IntegrityError(f"refusing to restore tree {name}: {e.path!r} lies under a link", subject=name)
+        if parent and kinds.get(parent) != DIR:
+            raise IntegrityError(f"refusing to restore tree {name}: {e.path!r} has no entry for its folder",
+                                 subject=name)

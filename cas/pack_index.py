@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import msgpack
 
-from . import codec, layout
+from . import codec, framing, layout
 from .digest import hash_bytes
 from .errors import IntegrityError, NotFound
-from .pack import PackEntry
+from .pack import HEADER as PACK_HEADER, MAX_INDEX_RATIO, TRAILER, PackEntry, entries_of, entry_limits
 
 MAGIC = b"CASIDX01"
 HEADER = struct.Struct("<8sQB")  # magic, raw (uncompressed msgpack) length, codec
@@ -42,27 +42,44 @@ def encode(packs: list[PackRecord]) -> bytes:
 
 
 def decode(data: bytes, *, name: str) -> list[PackRecord]:
-    """The packs of an index object whose key is `name` (its BLAKE3 hex), verified against it."""
+    """The packs of an index object whose key is `name` (its BLAKE3 hex), verified against it.
+
+    Its raw length is checked before anything is decompressed: at most MAX_RAW, and at most
+    MAX_INDEX_RATIO times its stored body (exactly its body when stored raw).
+    """
+    what = f"index object {name}"
     if hash_bytes(data).hex() != name:
-        raise IntegrityError(f"index object {name} is damaged (checksum mismatch)", subject=name)
+        raise IntegrityError(f"{what} is damaged (checksum mismatch)", subject=name)
     if len(data) < HEADER.size:
-        raise IntegrityError(f"index object {name} is truncated", subject=name)
+        raise IntegrityError(f"{what} is truncated", subject=name)
     magic, raw_len, codec_id = HEADER.unpack_from(data)
-    if magic != MAGIC or raw_len > MAX_RAW:
-        raise IntegrityError(f"index object {name} has a bad header", subject=name)
-    raw = codec.decompress(codec_id, data[HEADER.size:], raw_len, name=f"index object {name}")
+    stored = memoryview(data)[HEADER.size:]
+    if magic != MAGIC or raw_len > min(MAX_RAW, MAX_INDEX_RATIO * len(stored)):
+        raise IntegrityError(f"{what} has a bad header", subject=name)
+    raw = codec.decompress(codec_id, stored, raw_len, name=what)
+    doc = framing.unpack(raw, entry_limits(raw_len), what=what, subject=name)
     try:
-        doc = msgpack.unpackb(raw, raw=False, max_bin_len=64, max_str_len=64, max_array_len=raw_len, max_map_len=8)
-        if doc["v"] != INDEX_FORMAT:
-            raise ValueError(f"unknown index format {doc['v']}")
-        out = []
-        for pack_id, size, rows in doc["packs"]:
-            if not (isinstance(pack_id, bytes) and len(pack_id) == 32):
-                raise ValueError("bad pack id")
-            out.append(PackRecord(pack_id, int(size), tuple(PackEntry.from_list(r) for r in rows)))
-        return out
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-        raise IntegrityError(f"index object {name} is unreadable: {exc}", subject=name) from None
+        if type(doc) is not dict or doc.get("v") != INDEX_FORMAT or type(doc["v"]) is not int:
+            raise ValueError("unknown index format")
+        if type(doc["packs"]) is not list:
+            raise ValueError("packs are not an array")
+        return [_pack_record(row) for row in doc["packs"]]
+    except (ValueError, KeyError) as exc:
+        raise framing.damaged(what, name, exc) from None
+
+
+def _pack_record(row) -> PackRecord:
+    """One pack of an index object: [id, size, entries], each entry inside the pack's blob area."""
+    if type(row) is not list or len(row) != 3:
+        raise ValueError("a pack is not an array of 3")
+    pack_id, size, rows = row
+    if type(pack_id) is not bytes or len(pack_id) != 32:
+        raise ValueError("bad pack id")
+    framing.integer(size, "pack size", len(PACK_HEADER) + TRAILER.size)
+    entries = tuple(entries_of(rows))
+    if any(e.offset + e.stored_len > size - TRAILER.size for e in entries):
+        raise ValueError(f"pack {pack_id.hex()} has an entry outside it")
+    return PackRecord(pack_id, size, entries)
 
 
 def write(backend, packs: list[PackRecord]) -> str:

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from . import layout
-from .digest import hash_bytes, parse_ref
+from . import framing, layout
+from .digest import hash_bytes
 from .errors import AlreadyExists, IntegrityError, InvalidInput, NotFound
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 1: the bare msgpack map; 2: sealed with its BLAKE3 (cas/framing.py)
 INLINE_MAX = 4096  # content up to this size is kept in its record, not in a pack
 MAX_NAME = 512
 STEP_CLAIM_ATTEMPTS = 10_000
@@ -30,6 +30,9 @@ STEP_CLAIM_ATTEMPTS = 10_000
 # claims the step; it sorts before every real stamp, so logging that step again explicitly supersedes it
 AUTO_STAMP = "0" * 20 + "-" + "0" * 12
 _LIMITS = dict(max_bin_len=INLINE_MAX, max_str_len=1 << 20, max_array_len=1 << 16, max_map_len=1 << 16)
+_READ_LIMITS = framing.Limits(bin=_LIMITS["max_bin_len"], str=_LIMITS["max_str_len"], array=_LIMITS["max_array_len"],
+                              map=_LIMITS["max_map_len"])
+MAX_RECORD = 16 << 20  # bytes of one record: a writer refuses a larger one, a reader calls it damaged
 
 
 def check_name(name, what: str = "artifact name") -> str:
@@ -111,31 +114,52 @@ class RunEvent:
 
 
 def _encode(doc: dict) -> bytes:
-    return msgpack.packb({"v": RECORD_FORMAT, **doc}, use_bin_type=True)
+    return framing.seal({"v": RECORD_FORMAT, **doc})
 
 
 def decode(raw: bytes, *, key: str) -> Version | RunEvent:
-    """A record read from storage or the cache, checked for shape; inline content checked against its digest."""
+    """A record read from storage or the cache, checked for shape and against its key; inline content
+    checked against its digest. IntegrityError naming the key otherwise."""
+    what = f"record {key}"
+    if len(raw) > MAX_RECORD:
+        raise IntegrityError(f"{what} is damaged: {len(raw)} bytes", subject=key)
+    doc = framing.unseal(raw, _READ_LIMITS, what=what, subject=key, version=RECORD_FORMAT)
     try:
-        doc = msgpack.unpackb(raw, raw=False, **_LIMITS)
-        if doc.pop("v") != RECORD_FORMAT:
-            raise ValueError("unknown record format")
-        if doc["t"] == "version":
-            v = Version(doc["run"], doc["name"], int(doc["step"]), str(doc["kind"]), doc["digest"], int(doc["size"]),
-                        int(doc["new_bytes"]), float(doc["time"]), dict(doc.get("metadata") or {}),
-                        doc.get("ref_uri"), doc.get("inline"), doc.get("type", "file"), key,
-                        bool(doc.get("forgotten", False)))
-            if v.digest is not None:
-                parse_ref(v.digest)
-            if v.inline is not None and hash_bytes(v.inline).hex() != v.digest:
-                raise IntegrityError(f"record {key} is damaged: its inline content does not match its digest",
-                                     subject=key)
-            return v
-        return RunEvent(doc["run"], doc["t"], float(doc["time"]), dict(doc.get("data") or {}))
-    except IntegrityError:
-        raise
-    except (ValueError, KeyError, TypeError, InvalidInput, msgpack.UnpackException):
-        raise IntegrityError(f"record {key} is damaged", subject=key) from None
+        rec = _version(doc, key) if doc.get("t") == "version" else _event(doc)
+        if layout.is_record_key(key) and not key.startswith(_folder(rec)):
+            raise ValueError("its run, name or step does not match its key")
+    except (ValueError, KeyError, InvalidInput) as exc:
+        raise framing.damaged(what, key, exc) from None
+    return rec
+
+
+def _version(doc: dict, key: str) -> Version:
+    inline, ref_uri = doc.get("inline"), doc.get("ref_uri")
+    if not (inline is None or type(inline) is bytes) or not (ref_uri is None or type(ref_uri) is str):
+        raise ValueError("bad inline or ref_uri")
+    if doc.get("type", "file") not in ("file", "tree") or type(doc.get("forgotten", False)) is not bool:
+        raise ValueError("bad type or forgotten")
+    v = Version(check_name(doc["run"], "run name"), check_name(doc["name"]),
+                framing.integer(doc["step"], "step", 0, 10 ** 19 - 1), framing.text(doc["kind"], "kind"),
+                framing.hex_digest(doc["digest"]), framing.integer(doc["size"], "size"),
+                framing.integer(doc["new_bytes"], "new_bytes"), framing.when(doc["time"]),
+                framing.mapping(doc.get("metadata", {}), "metadata"), ref_uri, inline, doc.get("type", "file"), key,
+                doc.get("forgotten", False))
+    if v.inline is not None and hash_bytes(v.inline).hex() != v.digest:
+        raise ValueError("its inline content does not match its digest")
+    return v
+
+
+def _event(doc: dict) -> RunEvent:
+    return RunEvent(check_name(doc["run"], "run name"), framing.text(doc["t"], "type"), framing.when(doc["time"]),
+                    framing.mapping(doc.get("data", {}), "data"))
+
+
+def _folder(rec: Version | RunEvent) -> str:
+    """The key prefix a record must lie under: its run's events, or its (run, name, step)."""
+    if isinstance(rec, RunEvent):
+        return layout.run_events_prefix(rec.run)
+    return f"{layout.version_prefix(rec.run, rec.name)}{rec.step:020d}/"
 
 
 class RecordBook:

@@ -6,13 +6,12 @@ import secrets
 import time
 from dataclasses import dataclass
 
-import msgpack
-
-from . import layout
-from .digest import parse_ref
+from . import framing, layout
 from .errors import IntegrityError, InvalidInput, NotFound
 
-PIN_FORMAT = 1
+PIN_FORMAT = 2  # 1: the bare msgpack map; 2: sealed with its BLAKE3 (cas/framing.py)
+MAX_PIN = 16 * 1024  # bytes of a pin object: a label of at most 1024 characters and a few fields
+_LIMITS = framing.Limits(bin=0, str=4096, array=0, map=16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,21 +23,29 @@ class Pin:
     size: int = 0
 
     def to_bytes(self) -> bytes:
-        return msgpack.packb({"v": PIN_FORMAT, "label": self.label, "digest": self.digest, "time": self.time,
-                              "kind": self.kind, "size": self.size}, use_bin_type=True)
+        return framing.seal({"v": PIN_FORMAT, "label": self.label, "digest": self.digest, "time": self.time,
+                             "kind": self.kind, "size": self.size})
 
     @classmethod
     def from_bytes(cls, data: bytes, *, key: str) -> "Pin":
-        """A pin event read from storage, checked for shape (IntegrityError names the key otherwise)."""
+        """A pin event read from storage, checked for shape (IntegrityError names the key otherwise).
+
+        Its label must be the one its key's folder is named after.
+        """
+        what = f"pin object {key}"
+        if len(data) > MAX_PIN:
+            raise IntegrityError(f"{what} is damaged: {len(data)} bytes", subject=key)
+        doc = framing.unseal(data, _LIMITS, what=what, subject=key, version=PIN_FORMAT)
         try:
-            doc = msgpack.unpackb(data, raw=False, max_str_len=4096, max_map_len=16, max_bin_len=0,
-                                  max_array_len=0)
-            pin = cls(check_label(doc["label"]), doc["digest"], float(doc["time"]), str(doc.get("kind", "")),
-                      int(doc.get("size", 0)))
-            if pin.digest is not None:
-                parse_ref(pin.digest)
-        except (ValueError, KeyError, TypeError, InvalidInput, msgpack.UnpackException):
-            raise IntegrityError(f"pin object {key} is damaged", subject=key) from None
+            pin = cls(check_label(doc["label"]), framing.hex_digest(doc["digest"]), framing.when(doc["time"]),
+                      framing.text(doc.get("kind", ""), "kind"), framing.integer(doc.get("size", 0), "size"))
+            if pin.kind not in (("", "file", "tree") if pin.digest else ("",)):  # "": early pins had no kind
+                raise ValueError(f"kind {pin.kind!r:.40}")
+            parsed = layout.pin_from_key(key)
+            if parsed is not None and layout.pin_prefix(pin.label) != f"{layout.PINS}{parsed[0]}/":
+                raise ValueError("its label does not match its key")
+        except (ValueError, KeyError, InvalidInput) as exc:
+            raise framing.damaged(what, key, exc) from None
         return pin
 
 
@@ -62,25 +69,34 @@ def write_pin(backend, pin: Pin) -> None:
     backend.put(layout.pin_key(check_label(pin.label), _stamp(pin.time)), pin.to_bytes(), create_only=True)
 
 
-def _latest_keys(backend, prefix: str) -> list[str]:
-    """The newest event key of each label under prefix."""
-    latest: dict[str, str] = {}
-    for key, _ in backend.list(prefix):
-        parsed = layout.pin_from_key(key)
-        if parsed is None:
-            continue
-        label_id, stamp = parsed
-        if label_id not in latest or stamp > latest[label_id].rsplit("/", 1)[1]:
-            latest[label_id] = key
+def events(backend, prefix: str = layout.PINS) -> list[tuple[str, int]]:
+    """(key, size) of every pin event under prefix, superseded ones too."""
+    return [(key, size) for key, size in backend.list(prefix) if layout.pin_from_key(key) is not None]
+
+
+def _latest(found: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The newest event of each label (its key ends in the greatest stamp of its folder)."""
+    latest: dict[str, tuple[str, int]] = {}
+    for key, size in found:
+        label_id, stamp = layout.pin_from_key(key)
+        if label_id not in latest or stamp > latest[label_id][0].rsplit("/", 1)[1]:
+            latest[label_id] = (key, size)
     return list(latest.values())
+
+
+def load(backend, key: str, size: int | None = None) -> Pin:
+    """One pin event; an object larger than MAX_PIN (as listed) is damaged and never fetched."""
+    if size is not None and size > MAX_PIN:
+        raise IntegrityError(f"pin object {key} is damaged: {size} bytes", subject=key)
+    return Pin.from_bytes(backend.get(key), key=key)
 
 
 def list_pins(backend, *, on_damaged=None) -> list[Pin]:
     """Every live pin, sorted by label. A damaged pin object raises, or goes to on_damaged(error) if given."""
     pins = []
-    for key in _latest_keys(backend, layout.PINS):
+    for key, size in _latest(events(backend)):
         try:
-            pins.append(Pin.from_bytes(backend.get(key), key=key))
+            pins.append(load(backend, key, size))
         except IntegrityError as exc:
             if on_damaged is None:
                 raise
@@ -89,8 +105,8 @@ def list_pins(backend, *, on_damaged=None) -> list[Pin]:
 
 
 def get_pin(backend, label: str) -> Pin:
-    for key in _latest_keys(backend, layout.pin_prefix(check_label(label))):
-        pin = Pin.from_bytes(backend.get(key), key=key)
+    for key, size in _latest(events(backend, layout.pin_prefix(check_label(label)))):
+        pin = load(backend, key, size)
         if pin.digest and pin.label == label:
             return pin
     raise NotFound(f"no pin labelled {label!r}", subject=label)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from . import layout, pack_index, refs
 from .digest import hash_bytes
 from .errors import CasError, IntegrityError, NotFound
+from .gc import decode_list, decode_sessions
 from .pack import CHUNK, FILE_MANIFEST, HEADER, TRAILER, PackEntry, parse_footer, parse_trailer, read_pack_entries
 from .index import Location
 from .restore import verified_blob
@@ -20,6 +21,7 @@ class VerifyReport:
     pins: int = 0
     versions: int = 0
     index_objects: int = 0
+    gc_lists: int = 0
     bytes_read: int = 0
     conditional_writes: bool = True
     problems: list[str] = field(default_factory=list)
@@ -30,7 +32,7 @@ class VerifyReport:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "packs": self.packs, "chunks": self.chunks, "manifests": self.manifests,
-                "pins": self.pins, "versions": self.versions, "index_objects": self.index_objects, "bytes_read": self.bytes_read,
+                "pins": self.pins, "versions": self.versions, "index_objects": self.index_objects, "gc_lists": self.gc_lists, "bytes_read": self.bytes_read,
                 "conditional_writes": self.conditional_writes, "problems": list(self.problems)}
 
 
@@ -87,9 +89,8 @@ def _what(e: PackEntry) -> str:
 
 def _check_records(store, report: VerifyReport) -> None:
     """Every run record reads back; every live version's content is in the store."""
-    def damaged(exc):
-        if str(exc) not in report.problems:  # the first open and the sync may both meet it
-            report.problems.append(str(exc))
+    def damaged(exc):  # the first open and the sync may both meet it
+        _problem(report, exc)
     store.open_records(on_damaged=damaged).sync(on_damaged=damaged)
     for v in store.records.all_versions():
         report.versions += 1
@@ -188,7 +189,36 @@ def _check_index_objects(store, listed: dict, report: VerifyReport) -> None:
 
 
 def _check_pins(store, report: VerifyReport) -> None:
-    for pin in refs.list_pins(store.backend, on_damaged=lambda exc: report.problems.append(str(exc))):
+    """Every pin event reads back (superseded ones too); every live pin's content is in the store."""
+    for pin in refs.list_pins(store.backend, on_damaged=lambda exc: _problem(report, exc)):
         report.pins += 1
         if store.index.object_location(bytes.fromhex(pin.digest)) is None:
             report.problems.append(f"pin {pin.label!r}: {pin.digest} is missing from the store")
+    for key, size in refs.events(store.backend):
+        try:
+            refs.load(store.backend, key, size)
+        except NotFound:
+            continue
+        except IntegrityError as exc:
+            _problem(report, exc)
+
+
+def _check_gc_lists(backend, report: VerifyReport) -> None:
+    """Every gc list (condemned, sessions, deleted) reads back against its checksum."""
+    decoders = {layout.GC_CONDEMNED: decode_list, layout.GC_DELETED: decode_list, layout.GC_SESSIONS: decode_sessions}
+    for key, _ in backend.list(layout.GC):
+        decode = next((d for prefix, d in decoders.items() if key.startswith(prefix)), None)
+        if decode is None:
+            continue
+        report.gc_lists += 1
+        try:
+            decode(backend.get(key), key=key)
+        except NotFound:
+            continue  # gc finished with it since we listed
+        except IntegrityError as exc:
+            _problem(report, exc)
+
+
+def _problem(report: VerifyReport, exc: Exception) -> None:
+    if str(exc) not in report.problems:  # the same object may be met twice (a live pin is also an event)
+        report.problems.append(str(exc))

@@ -382,6 +382,12 @@ def test_writer_paused_past_its_lease_commits_intact_data_or_nothing(store_dir, 
             assert _ok(store, "pins", env=reader) == []
         else:
             assert _ok(store, "log", "paused", env=reader) == []
+        # as the message says, run it again: it must not trust what the failed run wrote (gc took it)
+        _ok(store, "gc", "--grace", "0", env=gc_env)
+        again = subprocess.run(cmd, env=dict(os.environ, **writer_env), capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr
+        ref = "runs:/paused/ckpt" if how == "tracker" else _ok(store, "pins", env=reader)[0]["digest"]
+        assert _restored(store, ref, tmp_path / "again.bin", env=_machine(tmp_path, "reader-2")) == big
     assert _cas(store, "verify", "--read-data", env=reader).returncode == 0
     print(f"paused {how} ({when}): exit {proc.returncode}")
 
