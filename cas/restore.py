@@ -22,6 +22,7 @@ MAX_READ = 8 << 20  # largest coalesced ranged read
 FETCH_AHEAD = 4  # runs being fetched and verified ahead of the writer
 LOOKUP_BATCH = 512  # chunk locations read from the index in one transaction
 MAX_GAP = 256 << 10  # neighbouring chunks closer than this are read in one request
+MAX_LINK_HOPS = 64  # more links than the kernel follows in one lookup (40): a longer chain leads nowhere
 
 
 def verified_blob(loc: Location, stored, *, what: str) -> bytes:
@@ -171,6 +172,7 @@ def write_tree(load_file: Callable[[bytes], FileManifest], reader, tree: TreeMan
                name: str, on_progress=None) -> None:
     """Restore a folder into `target` (which must not exist): built beside it, then renamed into place."""
     check_safe(tree, name=name)
+    check_links(tree, name=name)
     tmp = _temp_sibling(target)
     try:
         os.mkdir(tmp)
@@ -190,6 +192,48 @@ def write_tree(load_file: Callable[[bytes], FileManifest], reader, tree: TreeMan
         raise storage_error(exc, f"writing {target}") from exc
     finally:
         _remove(tmp)
+
+
+def check_links(tree: TreeManifest, *, name: str) -> None:
+    """Refuse a tree holding a link that resolves outside it once the tree's other links are in place.
+
+    Each target is resolved as the kernel will resolve it in the restored tree: from the link's
+    folder, component by component, following the tree's links, with `..` going to the parent of
+    wherever a link led (so `l1 -> sub`, `sub/l2 -> ..` and `x -> l1/l2/../../etc` is refused
+    although each target looks inside). Checking the whole tree covers every order of restoring it.
+    """
+    links = {e.path: e.target for e in tree.entries if e.kind == LINK}
+    for path, target in links.items():
+        if not _resolves_inside(links, path, target):
+            raise IntegrityError(f"refusing to restore tree {name}: link {path!r} resolves outside ({target!r})",
+                                 subject=name)
+
+
+def _resolves_inside(links: dict[str, str], path: str, target: str) -> bool:
+    where = path.split("/")[:-1]
+    todo = deque(target.split("/"))
+    hops = 0
+    while todo:
+        part = todo.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not where:
+                return False
+            where.pop()
+            continue
+        where.append(part)
+        followed = links.get("/".join(where))
+        if followed is None:
+            continue
+        hops += 1
+        if hops > MAX_LINK_HOPS:
+            return True  # a loop, or a chain longer than the kernel follows: it leads nowhere
+        if followed.startswith("/"):
+            return False
+        where.pop()
+        todo.extendleft(reversed(followed.split("/")))
+    return True
 
 
 def _remove(path: str) -> None:

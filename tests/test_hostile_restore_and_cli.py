@@ -1,0 +1,161 @@
+"""Hostile input to restores and the CLI: each test tries to break one promise.
+
+Link chains whose every target looks inside but resolves outside; --force onto a FIFO, socket or device; a get
+killed with SIGKILL (its temp is removed by the next get, a live get's never); destinations under a file or in a
+folder no one may write; absurd gc durations; malformed S3 endpoints and credentials pasted into a store URI; and
+a disk that fills up exactly while a put finishes or cleans up.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import os
+import posixpath
+import random
+import signal
+import socket
+import stat
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import cas.pack
+from cas.errors import IntegrityError
+from cas.manifest import DIR, FILE, LINK, TreeEntry, TreeManifest, check_safe
+from cas.restore import _temp_sibling, check_links
+from conftest import cas_command, files_under, leftovers, one_error_line, run_cas
+from test_bad_input import unprivileged  # noqa: F401 (a fixture: cas as a user that file modes apply to)
+from test_crash_and_interrupts import small_disk  # noqa: F401 (a fixture: a 50 MiB tmpfs)
+from test_trees import _store_tree
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+def _put(cli, path, *extra) -> str:
+    r = cli("--json", "put", str(path), *extra)
+    assert r.code == 0, r.err
+    return r.json()["digest"]
+
+
+# ---- 1. link chains: each target looks inside, the chain leads outside ---------------------------------
+
+def _link(path, target):
+    return TreeEntry(path, LINK, target=target)
+
+
+CHAINS = {
+    "up-through-a-parent-link": [TreeEntry("sub", DIR), _link("l1", "sub"), _link("sub/l2", ".."),
+                                 _link("x", "l1/l2/../../etc")],
+    "up-from-a-dot-link": [_link("a", "."), _link("b", "a/../etc")],
+    "dot-links-stacked": [_link("a", "."), _link("x", "a/a/a/a/..")],
+    "link-to-a-link": [_link("g", "h"), _link("h", "i/.."), _link("i", ".")],
+    "deep-link-to-the-top": [TreeEntry("a", DIR), TreeEntry("a/b", DIR), _link("a/b/up", "../.."),
+                             _link("esc", "a/b/up/../etc/passwd")],
+    "restored-before-the-link-it-uses": [_link("a-esc", "z/../etc"), _link("z", ".")],
+}
+
+
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+@pytest.mark.parametrize("dest_kind", ["new", "force-over-folder"])
+def test_link_chain_leading_outside_is_refused(cli, store_dir, tmp_path, chain, dest_kind):
+    from cas import Store
+    tree = TreeManifest(tuple(CHAINS[chain]))
+    check_safe(tree, name="t")  # every target passes the lexical check on its own
+    with Store.open(store_dir) as store:
+        digest = _store_tree(store, CHAINS[chain])
+    dest = tmp_path / "out" / "tree"
+    if dest_kind == "force-over-folder":
+        dest.mkdir(parents=True)
+        (dest / "keep.txt").write_bytes(b"precious")
+    r = cli("get", digest, "-o", str(dest), "--force")
+    assert r.code == 5, r.err
+    assert "refusing" in one_error_line(r.err) and "resolves outside" in r.err
+    if dest_kind == "new":
+        assert not (tmp_path / "out").exists()
+    else:
+        assert os.listdir(dest) == ["keep.txt"] and (dest / "keep.txt").read_bytes() == b"precious"
+    assert leftovers(tmp_path) == []
+
+
+def test_links_that_stay_inside_are_restored_as_written(cli, store_dir, tmp_path):
+    from cas import Store
+    with Store.open(store_dir) as store:
+        content = bytes.fromhex(store.put_bytes(b"payload").digest)
+        entries = [TreeEntry("sub", DIR), TreeEntry("sub/f", FILE, False, content, 7), _link("l1", "sub"),
+                   _link("sub/l2", ".."), _link("x", "l1/l2/sub/f"), _link("top", "."), _link("loop1", "loop2"),
+                   _link("loop2", "loop1"), _link("self", "self"), _link("dangling", "nowhere/../sub")]
+        digest = _store_tree(store, entries)
+    dest = tmp_path / "out"
+    r = cli("get", digest, "-o", str(dest))
+    assert r.code == 0, r.err
+    assert (dest / "x").read_bytes() == b"payload"
+    assert {e.path: os.readlink(dest / e.path) for e in entries if e.kind == LINK} == \
+        {e.path: e.target for e in entries if e.kind == LINK}
+
+
+def _random_tree(rng: random.Random) -> list[TreeEntry]:
+    """Links named a, b, c one or two deep (their folders with entries), each target lexically inside."""
+    links = {}
+    for _ in range(rng.randint(2, 6)):
+        path = "/".join(rng.choices("abc", k=rng.randint(1, 2)))
+        while True:
+            target = "/".join(rng.choices(["a", "b", "c", ".", "..", ".."], k=rng.randint(1, 5)))
+            lexical = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+            if lexical != ".." and not lexical.startswith("../"):
+                break
+        links[path] = target
+    dirs = {p.split("/")[0] for p in links if "/" in p}
+    return [TreeEntry(d, DIR) for d in sorted(dirs)] + [_link(p, t) for p, t in links.items() if p not in dirs]
+
+
+def _kernel_reach(link: str) -> str | None:
+    """Where the kernel lands through `link`, for an open or for a create through a dangling link; None: nowhere."""
+    path = link
+    for _ in range(40):
+        try:
+            return os.path.realpath(path, strict=True)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                return None  # a loop, or a file used as a folder
+        target = os.path.join(os.path.dirname(path), os.readlink(path))
+        try:
+            folder = os.path.realpath(os.path.dirname(target), strict=True)
+        except OSError:
+            return None  # a create needs every folder on the way
+        path = os.path.join(folder, os.path.basename(target))
+        if not os.path.islink(path):
+            return path
+    return None
+
+
+def test_link_check_agrees_with_the_kernel(tmp_path):
+    """Random trees of links, built for real: whatever check_links accepts, the kernel resolves inside the tree."""
+    rng = random.Random(5)
+    refused = accepted = 0
+    for n in range(1500):
+        entries = _random_tree(rng)
+        tree = TreeManifest(tuple(entries))
+        check_safe(tree, name="t")
+        root = tmp_path / f"t{n}" / "dest"
+        root.mkdir(parents=True)
+        for e in sorted(entries, key=lambda e: e.path):
+            if e.kind == DIR:
+                (root / e.path).mkdir()
+            else:
+                os.symlink(e.target, root / e.path)
+        try:
+            check_links(tree, name="t")
+        except IntegrityError:
+            refused += 1
+            continue
+        accepted += 1
+        real_root = os.path.realpath(root)
+        for e in entries:
+            reach = _kernel_reach(str(root / e.path)) if e.kind == LINK else None
+            assert reach is None or os.path.commonpath([reach, real_root]) == real_root, (e, reach, entries)
+    assert refused > 10 and accepted > 1000, (refused, accepted)  # both sides were exercised
