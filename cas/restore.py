@@ -6,6 +6,7 @@ import io
 import os
 import secrets
 import shutil
+import stat
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
@@ -242,23 +243,37 @@ def _remove(path: str) -> None:
             shutil.rmtree(path)
         else:
             os.unlink(path)
-    except FileNotFoundError:
-        pass
     except OSError:
         pass
 
 
 def replace_destination(dest: str, restore: Callable[[str], None]) -> None:
-    """Restore into a fresh sibling and swap it with an existing `dest` only once it is complete."""
-    aside = _temp_sibling(dest)
+    """Restore into a fresh sibling and swap it with an existing `dest` only once it is complete.
+
+    Only a regular file, a folder or a link is ever replaced: a FIFO, socket or device is refused
+    before anything is written, and again just before the swap.
+    """
+    _refuse_special(dest)
     new = _temp_sibling(dest)
     restore(new)
     try:
-        os.rename(dest, aside)
-        os.rename(new, dest)
+        _swap_in(new, dest)
     except OSError as exc:
-        _remove(new)
         raise StorageError(f"cannot replace {dest}: {exc.strerror}", subject=dest) from exc
+    finally:
+        _remove(new)
+
+
+def _swap_in(new: str, dest: str) -> None:
+    """Move dest aside and new into its place, then drop the old copy (put back if the second rename fails)."""
+    _refuse_special(dest)
+    aside = _temp_sibling(dest)
+    os.rename(dest, aside)
+    try:
+        os.rename(new, dest)
+    except BaseException:
+        os.rename(aside, dest)
+        raise
     _remove(aside)
 
 

@@ -159,3 +159,48 @@ def test_link_check_agrees_with_the_kernel(tmp_path):
             reach = _kernel_reach(str(root / e.path)) if e.kind == LINK else None
             assert reach is None or os.path.commonpath([reach, real_root]) == real_root, (e, reach, entries)
     assert refused > 10 and accepted > 1000, (refused, accepted)  # both sides were exercised
+
+
+# ---- 2. --force never replaces a FIFO, socket or device ------------------------------------------------
+
+@pytest.fixture
+def stored(cli, tmp_path):
+    src = tmp_path / "src"
+    (src / "inner").mkdir(parents=True)
+    (src / "inner" / "a.txt").write_bytes(b"tree content")
+    (tmp_path / "weights.bin").write_bytes(os.urandom(100 * KiB))
+    return {"file": _put(cli, tmp_path / "weights.bin", "--label", "models/weights.bin"), "tree": _put(cli, src)}
+
+
+def _special(kind: str, folder) -> str:
+    """A FIFO, socket or device node (a private copy of /dev/null's) named as a restored file would be."""
+    path = os.path.join(folder, "weights.bin")
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(path)
+    else:
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o666, os.stat(os.devnull).st_rdev)
+        except OSError as exc:
+            pytest.skip(f"cannot make a device node here: {exc.strerror}")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device"])
+@pytest.mark.parametrize("what", ["file", "tree", "file-into-folder"])
+def test_force_never_replaces_a_special_file(cli, tmp_path, stored, kind, what):
+    work = tmp_path / "work"
+    work.mkdir()
+    node = _special(kind, work)
+    dest = str(work) + "/" if what == "file-into-folder" else node
+    before = os.lstat(node)
+    r = cli("get", stored["tree" if what == "tree" else "file"], "-o", dest, "--force")
+    assert r.code == 2, r.err
+    assert "not a regular file, folder or link" in one_error_line(r.err)
+    after = os.lstat(node)
+    assert (after.st_ino, after.st_mode, after.st_rdev) == (before.st_ino, before.st_mode, before.st_rdev)
+    assert os.listdir(work) == ["weights.bin"]  # no temp sibling left
+    r = cli("get", stored["file"], "-o", dest)  # and without --force it exists, as any destination
+    assert r.code == 4 and "exists" in one_error_line(r.err)
