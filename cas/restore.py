@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -24,6 +26,8 @@ FETCH_AHEAD = 4  # runs being fetched and verified ahead of the writer
 LOOKUP_BATCH = 512  # chunk locations read from the index in one transaction
 MAX_GAP = 256 << 10  # neighbouring chunks closer than this are read in one request
 MAX_LINK_HOPS = 64  # more links than the kernel follows in one lookup (40): a longer chain leads nowhere
+TEMP_BASE = 96  # bytes of the destination's name kept in a temp name, so the temp name stays legal
+_TEMP = re.compile(r"\..*\.cas-tmp-(\d+)-(\d+)-[0-9a-f]{8}", re.S)  # .<name>.cas-tmp-<pid>-<start>-<token>
 
 
 def verified_blob(loc: Location, stored, *, what: str) -> bytes:
@@ -147,11 +151,56 @@ def _update_all(hasher, blobs: list[bytes]) -> None:
         hasher.update(raw)
 
 
+# ---- temp siblings: named after their writer, so a later get can tell a dead writer's from a live one's ----
 def _temp_sibling(dest: str) -> str:
     folder, base = os.path.split(os.path.abspath(dest))
-    return os.path.join(folder, f".{base}.cas-tmp-{secrets.token_hex(4)}")
+    base = os.fsdecode(os.fsencode(base)[:TEMP_BASE])
+    return os.path.join(folder, f".{base}.cas-tmp-{_owner(os.getpid())}-{secrets.token_hex(4)}")
 
 
+@functools.lru_cache(maxsize=4)
+def _owner(pid: int) -> str:
+    """<pid>-<start time>: the start time tells this process from a later one given the same pid."""
+    return f"{pid}-{_process_start(pid) or 0}"
+
+
+def _process_start(pid: int) -> int | None:
+    """When process pid started (clock ticks since boot; 0 where unknown), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        return None if fields[0] in (b"Z", b"X") else int(fields[19])  # a zombie writes nothing more
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError, ValueError):  # no /proc: ask the kernel whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except OSError:
+            pass
+        return 0
+
+
+def remove_stale_temps(folder: str) -> None:
+    """Remove restore temps in folder whose writer is gone (a get killed by SIGKILL, a crash, a reboot).
+
+    A temp whose pid is alive with the start time in its name belongs to a running get and is kept;
+    names without a pid (older versions) are kept too.
+    """
+    try:
+        names = [n for n in os.listdir(folder) if ".cas-tmp-" in n]
+    except OSError:
+        return
+    for name in names:
+        m = _TEMP.fullmatch(name)
+        if m:
+            now = _process_start(int(m[1]))
+            if now is None or (now and int(m[2]) and now != int(m[2])):
+                _remove(os.path.join(folder, name))
+
+
+# ---- restoring ---------------------------------------------------------------------------------
 def write_file(reader, manifest, digest: bytes, target: str, *, executable: bool = False, on_progress=None) -> None:
     """Restore one file at `target` (which must not exist), verified before it appears there."""
     tmp = _temp_sibling(target)

@@ -25,7 +25,8 @@ from .manifest import FileManifest, TreeManifest
 from .leases import WriterLease
 from .records import RecordBook
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
-from .restore import ChunkReader, FileReader, replace_destination, stream_file, write_file, write_tree
+from .restore import (ChunkReader, FileReader, remove_stale_temps, replace_destination, stream_file, write_file,
+                      write_tree)
 
 Progress = Callable[[int], None]
 CACHE_FORMAT = 2  # 2: index objects remembered with the packs they name; missing packs
@@ -418,7 +419,10 @@ class Store:
 
             def restore(to: str) -> None:
                 write_file(reader, manifest, digest, to, on_progress=on_progress)
-        made = _make_parents(os.path.dirname(os.path.abspath(target)))
+        folder = os.path.dirname(os.path.abspath(target))
+        made = _make_parents(folder)
+        if made is None:
+            remove_stale_temps(folder)  # left by a get that was killed (SIGKILL, power loss)
         try:
             if os.path.lexists(target):
                 if not force:

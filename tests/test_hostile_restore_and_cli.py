@@ -204,3 +204,59 @@ def test_force_never_replaces_a_special_file(cli, tmp_path, stored, kind, what):
     assert os.listdir(work) == ["weights.bin"]  # no temp sibling left
     r = cli("get", stored["file"], "-o", dest)  # and without --force it exists, as any destination
     assert r.code == 4 and "exists" in one_error_line(r.err)
+
+
+# ---- 3. a get killed with SIGKILL: the next get removes its temp, never a live get's -----------------------
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_a_killed_get_leaves_a_temp_the_next_get_removes(cli, store_dir, tmp_path):
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(200):
+            f.write(os.urandom(MiB))
+    r = run_cas("--store", store_dir, "--json", "put", str(big), "--no-pin")
+    assert r.returncode == 0, r.stderr
+    digest = json.loads(r.stdout)["digest"]
+    small = _put(cli, _small_file(tmp_path), "--no-pin")
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.Popen(cas_command() + ["--store", store_dir, "get", digest, "-o", str(out / "big.bin")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(os.path.getsize(t) > 0 for t in glob.glob(str(out / ".big.bin.cas-tmp-*"))):
+        assert p.poll() is None and time.monotonic() < deadline, "the get ended before it was killed"
+        time.sleep(0.002)
+    p.send_signal(signal.SIGKILL)
+    assert p.wait() == -signal.SIGKILL
+    [killed] = glob.glob(str(out / ".big.bin.cas-tmp-*"))
+    assert f".cas-tmp-{p.pid}-" in killed  # named after its writer
+
+    live = _temp_sibling(str(out / "live.bin"))  # as a get running in this very process names its temp
+    reused = out / f".reused.bin.cas-tmp-{os.getpid()}-1-0123abcd"  # a live pid, but another process's start
+    dead_tree = out / f".tree.cas-tmp-{_dead_pid()}-0-89abcdef"  # a killed folder restore
+    older = out / ".old.bin.cas-tmp-0123abcd"  # an older version's name: no pid, so it is left alone
+    for path in (live, reused, older):
+        open(path, "wb").close()
+    (dead_tree / "inner").mkdir(parents=True)
+    (dead_tree / "inner" / "f").write_bytes(b"x")
+
+    r = cli("get", small, "-o", str(out / "small.bin"))  # a get of something else into that folder
+    assert r.code == 0, r.err
+    assert not os.path.exists(killed) and not reused.exists() and not dead_tree.exists()
+    assert os.path.exists(live) and older.exists()
+    os.unlink(live)
+    older.unlink()
+    assert cli("get", digest, "-o", str(out / "big.bin")).code == 0
+    assert leftovers(out) == []
+    assert (out / "big.bin").stat().st_size == 200 * MiB
+
+
+def _small_file(tmp_path):
+    path = tmp_path / "small.bin"
+    path.write_bytes(os.urandom(10 * KiB))
+    return path
