@@ -260,3 +260,62 @@ def _small_file(tmp_path):
     path = tmp_path / "small.bin"
     path.write_bytes(os.urandom(10 * KiB))
     return path
+
+
+# ---- 4. a destination under a file, or in a folder no one may write -----------------------------------
+
+@pytest.mark.parametrize("what", ["file", "tree"])
+@pytest.mark.parametrize("under", ["file/x", "file/sub/x", "file/sub/deeper/x"])
+def test_destination_under_a_file_is_one_line(cli, tmp_path, stored, what, under):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "file").write_bytes(b"precious")
+    r = cli("get", stored[what], "-o", str(work / under))
+    assert r.code == 2, r.err
+    assert "is not a folder" in one_error_line(r.err)
+    assert os.listdir(work) == ["file"] and (work / "file").read_bytes() == b"precious"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("dest", ["/sys/cas-test-x", "/sys/kernel/cas-test-x", "/sys/cas-test-new/x"])
+def test_destination_root_cannot_write_is_one_line(cli, tmp_path, stored, dest):
+    """Root may write anywhere on a normal filesystem; sysfs refuses even root."""
+    if not os.path.isdir("/sys/kernel") or os.access("/sys", os.W_OK) and _can_create("/sys"):
+        pytest.skip("no sysfs that refuses new files here")
+    r = cli("get", stored["file"], "-o", dest)
+    assert r.code == 6, r.err
+    assert "permission denied" in one_error_line(r.err)
+    assert not os.path.lexists(dest)
+    assert not [n for n in os.listdir("/sys") + os.listdir("/sys/kernel") if "cas" in n]
+
+
+def _can_create(folder: str) -> bool:
+    try:
+        os.close(os.open(os.path.join(folder, ".cas-probe"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except OSError:
+        return False
+    os.unlink(os.path.join(folder, ".cas-probe"))
+    return True
+
+
+@pytest.mark.parametrize("what", ["file", "tree"])
+@pytest.mark.parametrize("under", ["x", "new/x", "new/deeper/x"])
+def test_destination_in_a_read_only_folder_is_one_line(unprivileged, what, under):  # noqa: F811
+    u = unprivileged
+    store = os.path.join(u.work, "store")
+    src = os.path.join(u.work, "src")
+    os.makedirs(os.path.join(src, "inner"))
+    with open(os.path.join(src, "inner", "a.txt"), "wb") as f:
+        f.write(os.urandom(50 * KiB))
+    for path in (src, os.path.join(src, "inner")):
+        os.chmod(path, 0o755)
+    r = u.cas("--store", store, "--json", "put", os.path.join(src, "inner", "a.txt") if what == "file" else src)
+    assert r.returncode == 0, (u.how, r.stderr)
+    digest = json.loads(r.stdout)["digest"]
+    locked = os.path.join(u.work, "locked")
+    os.mkdir(locked, 0o555)
+    os.chmod(locked, 0o555)
+    r = u.cas("--store", store, "get", digest, "-o", os.path.join(locked, under))
+    assert r.returncode == 6, (u.how, r.stderr)
+    assert "permission denied" in one_error_line(r.stderr).lower(), u.how
+    assert os.listdir(locked) == []
