@@ -31,11 +31,15 @@ _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 
 
 def parse_duration(text: str) -> float:
-    """Seconds of '0', '30s', '15m', '24h', '7d' (a bare number is seconds)."""
+    """Seconds of '0', '30s', '15m', '24h', '7d' (a bare number is seconds); at most 100 years."""
     m = _DURATION.match(str(text).strip())
     if not m:
         raise InvalidInput(f"invalid duration {text!r} (use e.g. 0, 30s, 15m, 24h, 7d)", subject=str(text))
-    return float(int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+    digits = m.group(1).lstrip("0") or "0"
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    if len(digits) > 12 or int(digits) * unit > 36500 * 86400:  # length first: 5000 digits are not even an int
+        raise InvalidInput("duration too long: at most 100 years (36500d)", subject=str(text)[:40])
+    return float(int(digits) * unit)
 
 
 # ---- gc lists in the store ------------------------------------------------------------------------

@@ -319,3 +319,20 @@ def test_destination_in_a_read_only_folder_is_one_line(unprivileged, what, under
     assert r.returncode == 6, (u.how, r.stderr)
     assert "permission denied" in one_error_line(r.stderr).lower(), u.how
     assert os.listdir(locked) == []
+
+
+# ---- 5. absurd gc durations -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("grace", ["9" * 400, "9" * 5000, "9" * 400 + "d", "36501d", "3153600001"])
+def test_huge_grace_is_one_line(cli, grace):
+    assert cli("init").code == 0
+    r = cli("gc", "--grace", grace, "--dry-run")
+    assert r.code == 2, r.err
+    assert "at most 100 years" in one_error_line(r.err)
+    assert len(r.err) < 200  # the 5000 digits are not repeated
+
+
+def test_grace_of_100_years_is_accepted(cli):
+    assert cli("init").code == 0
+    r = cli("gc", "--grace", "36500d", "--dry-run")
+    assert r.code == 0, r.err
