@@ -336,3 +336,50 @@ def test_grace_of_100_years_is_accepted(cli):
     assert cli("init").code == 0
     r = cli("gc", "--grace", "36500d", "--dry-run")
     assert r.code == 0, r.err
+
+
+# ---- 6. S3: malformed endpoints, credentials in the store URI ------------------------------------------
+
+@pytest.mark.parametrize("endpoint", ["http://[::1", "notaurl", "http://host:99999", "http://host:port",
+                                      "ftp://host", "http://", "http://user:s3cr3tVALUE@127.0.0.1:1"])
+@pytest.mark.parametrize("command", ["init", "stats", "put"])
+def test_malformed_endpoint_is_one_line(cli, tmp_path, monkeypatch, endpoint, command):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    args = {"init": ["init"], "stats": ["stats"], "put": ["put", str(_small_file(tmp_path))]}[command]
+    r = cli(*args, store="s3://bucket/prefix")
+    assert r.code == 2, r.err
+    assert "AWS_ENDPOINT_URL" in one_error_line(r.err)
+    assert "s3cr3tVALUE" not in r.err + r.out
+
+
+def test_malformed_endpoint_in_a_real_process(tmp_path):
+    r = run_cas("--store", "s3://bucket/prefix", "stats", env={"AWS_ENDPOINT_URL_S3": "http://[::1"}, cwd=tmp_path)
+    assert r.returncode == 2
+    assert "AWS_ENDPOINT_URL_S3" in one_error_line(r.stderr)
+
+
+SECRET_URIS = ["s3://AKIAEXAMPLE:s3cr3tVALUE@bucket/prefix", "s3://s3cr3tVALUE@bucket", "s3://AKIAEXAMPLE:s3cr3tVALUE",
+               "s3://AKIAEXAMPLE:s3cr3tVALUE/prefix", "s3:AKIAEXAMPLE:s3cr3tVALUE@bucket/prefix",
+               "s3://AKIAEXAMPLE%3As3cr3tVALUE%40bucket/prefix", "file://user:s3cr3tVALUE@/x",
+               "http://user:s3cr3tVALUE@host/x"]
+
+
+@pytest.mark.parametrize("uri", SECRET_URIS)
+@pytest.mark.parametrize("command", ["init", "stats", "put", "get", "verify", "pins", "gc"])
+def test_secret_in_the_store_uri_is_never_repeated(cli, tmp_path, monkeypatch, uri, command):
+    monkeypatch.chdir(tmp_path)
+    args = {"init": ["init"], "stats": ["stats"], "put": ["put", str(_small_file(tmp_path))],
+            "get": ["get", "0" * 64, "-o", str(tmp_path / "out")], "verify": ["verify"], "pins": ["pins"],
+            "gc": ["gc", "--dry-run"]}[command]
+    for as_json in ([], ["--json"]):
+        r = cli(*as_json, *args, store=uri)
+        assert r.code == 2, r.err
+        one_error_line(r.err)
+        assert "s3cr3tVALUE" not in r.err + r.out
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".cas").exists()
+
+
+def test_secret_in_the_store_uri_from_the_environment(tmp_path):
+    r = run_cas("stats", env={"CAS_STORE": SECRET_URIS[0]}, cwd=tmp_path)
+    assert r.returncode == 2
+    assert "s3cr3tVALUE" not in one_error_line(r.stderr) + r.stdout

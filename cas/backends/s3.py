@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.parse
 from typing import Iterable, Iterator
 
 from ..errors import InvalidInput, NotFound, StorageError
@@ -28,11 +29,31 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     rest = uri[len("s3://"):] if uri.startswith("s3://") else ""
     bucket, _, prefix = rest.partition("/")
     if not bucket or not all(c.isalnum() or c in "-._" for c in bucket) or len(bucket) > 63:
-        raise InvalidInput(f"malformed S3 URI (use s3://bucket/prefix): {uri!r}", subject=uri)
+        # not repeated: a bad bucket name may be credentials pasted into the URI
+        raise InvalidInput("malformed S3 URI (use s3://bucket/prefix; a bucket name has up to 63 letters, digits, "
+                           "'-', '.' or '_')", subject="s3://")
     if prefix.startswith("/") or "//" in prefix:
         raise InvalidInput(f"malformed S3 URI (empty path segment): {uri!r}", subject=uri)
     prefix = prefix.rstrip("/")
     return bucket, (prefix + "/" if prefix else "")
+
+
+def endpoint_from_env() -> str | None:
+    """AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, checked so that a typo is one line (never repeated: it may
+    hold a user and password)."""
+    name = next((n for n in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") if os.environ.get(n)), None)
+    if name is None:
+        return None
+    value = os.environ[name]
+    try:
+        url = urllib.parse.urlsplit(value)
+        ok = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0 and not url.username
+    except ValueError:  # an unclosed [IPv6 address, a port that is no number or out of range
+        ok = False
+    if not ok:
+        raise InvalidInput(f"malformed {name} (use http://host:port or https://host, without user or password)",
+                           subject=name)
+    return value
 
 
 def _code(exc) -> str:
@@ -54,7 +75,7 @@ class S3Backend(Backend):
         except ImportError:
             raise InvalidInput("S3 stores need boto3: pip install 'cas[s3]'", subject=uri) from None
         self._bex = bex
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+        endpoint = endpoint_from_env()
         config = botocore.config.Config(
             signature_version="s3v4",
             retries={"mode": "standard", "total_max_attempts": 5},
@@ -67,6 +88,8 @@ class S3Backend(Backend):
             self.client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
         except bex.BotoCoreError as exc:
             raise StorageError(f"cannot set up the S3 client: {exc}", subject=uri) from None
+        except ValueError:  # an endpoint from a config file that botocore cannot parse (it may hold a secret)
+            raise InvalidInput("cannot set up the S3 client: malformed endpoint URL", subject=uri) from None
         self.conditional_writes: bool | None = None  # None: not probed; try If-None-Match and learn
         # a body cut off or stalled mid-read is not retried by botocore (which retries the request
         # itself, connection errors included); get() retries these, and only these, itself
