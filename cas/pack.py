@@ -15,6 +15,7 @@ import zstandard
 from . import codec, framing
 from .config import MAX_CHUNK_SIZE
 from .digest import file_hasher, hash_bytes
+from .backends.local import storage_error
 from .errors import IntegrityError
 
 HEADER = b"CASPACK1"
@@ -84,9 +85,12 @@ class PackWriter:
     IN_FLIGHT = 2  # batches queued before add() waits
 
     def __init__(self, spool_dir: str, writer: Executor):
-        os.makedirs(spool_dir, exist_ok=True)
         self.path = os.path.join(spool_dir, f".tmp.pack-{os.getpid()}-{secrets.token_hex(6)}")
-        self._file = open(self.path, "xb")
+        try:
+            os.makedirs(spool_dir, exist_ok=True)
+            self._file = open(self.path, "xb")
+        except OSError as exc:
+            raise storage_error(exc, "writing a pack") from exc
         self._hasher = file_hasher()
         self._writer = writer
         self._batch: list = []
@@ -148,6 +152,7 @@ class PackWriter:
         return self._hasher.digest(), self.path, self.size
 
     def abort(self) -> None:
+        """Drop the spool file. Never raises: it runs while an error (a full disk, often) is on its way out."""
         for write in self._writes:  # let queued writes end before the file goes
             write.cancel()
         for write in self._writes:
@@ -158,12 +163,13 @@ class PackWriter:
                     pass
         self._writes.clear()
         try:
-            self._file.close()
-        finally:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            self._file.close()  # flushes what is buffered: a full disk refuses it, and the file goes anyway
+        except OSError:
+            pass
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass  # already consumed by the backend, or the disk failed: nothing better to do here
 
 
 def parse_trailer(tail: bytes, pack_size: int, *, name: str) -> tuple[int, int, int, bytes]:

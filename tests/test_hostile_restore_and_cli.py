@@ -14,6 +14,7 @@ import json
 import os
 import posixpath
 import random
+import shutil
 import signal
 import socket
 import stat
@@ -383,3 +384,114 @@ def test_secret_in_the_store_uri_from_the_environment(tmp_path):
     r = run_cas("stats", env={"CAS_STORE": SECRET_URIS[0]}, cwd=tmp_path)
     assert r.returncode == 2
     assert "s3cr3tVALUE" not in one_error_line(r.stderr) + r.stdout
+
+
+# ---- 7. a disk that fills up while a put finishes or cleans up ------------------------------------------
+
+def _fill(folder, leave: int) -> None:
+    """Write a filler file so that about `leave` bytes stay free."""
+    st = os.statvfs(folder)
+    with open(os.path.join(folder, "filler"), "wb") as f:
+        block = bytes(MiB)
+        todo = st.f_bavail * st.f_frsize - leave
+        while todo > 0:
+            todo -= f.write(block[:min(todo, MiB)])
+
+
+def _free(folder) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def test_a_put_that_barely_fits_fails_in_one_line_at_every_step(cli, small_disk, tmp_path):  # noqa: F811
+    store = str(small_disk / "store")
+    earlier = tmp_path / "earlier.bin"
+    earlier.write_bytes(os.urandom(MiB))
+    payload = tmp_path / "payload.bin"
+    _fill(small_disk, 8 * MiB)
+    outcomes = []
+    for step in range(28):
+        assert cli("init", store=store).code == 0
+        r = cli("--json", "put", str(earlier), store=store)
+        assert r.code == 0, r.err
+        earlier_digest = r.json()["digest"]
+        size = _free(small_disk) - 40 * KiB + step * 2 * KiB  # from "fits with room" to "the pack does not fit"
+        with open(payload, "wb") as f:
+            f.write(os.urandom(size))
+        r = cli("--json", "put", str(payload), store=store)
+        if r.code == 0:
+            outcomes.append("fits")
+        else:
+            assert r.code == 6, r.err
+            line = one_error_line(r.err)
+            assert "no space left on device" in line and r.out == ""
+            outcomes.append(line.split(" while ")[1].split("/")[0])
+        assert leftovers(small_disk) == [], (size, outcomes)
+        v = cli("verify", "--read-data", store=store)
+        assert v.code == 0 and v.out.startswith("ok:"), v.err
+        got = tmp_path / "got.bin"
+        assert cli("get", earlier_digest, "-o", str(got), store=store).code == 0
+        assert got.read_bytes() == earlier.read_bytes()
+        got.unlink()
+        shutil.rmtree(store)
+    assert "fits" in outcomes and len(set(outcomes)) >= 3, outcomes  # it fit, and failed at more than one step
+
+
+class _FullDisk:
+    """A spool file on a disk that is full: every write fails, and so does the flush in close()."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self):
+        self.real.close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_pack_cleanup_never_raises_over_the_first_error(tmp_path, monkeypatch):
+    spool = tmp_path / "spool"
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pack = cas.pack.PackWriter(str(spool), writer)
+        pack._file = _FullDisk(pack._file)
+        pack.add(cas.pack.CHUNK, bytes(32), b"x" * 100, 100, 0, bytes(32))
+        with pytest.raises(OSError):
+            pack.finish()
+        pack.abort()  # the close fails again: abort still does not raise
+        assert os.listdir(spool) == []
+        pack = cas.pack.PackWriter(str(spool), writer)
+        pack._file = _FullDisk(pack._file)
+        with monkeypatch.context() as m:
+            m.setattr(cas.pack.os, "unlink", _fails)
+            pack.abort()  # nor when the spool file cannot be removed
+        os.unlink(pack.path)
+
+
+def _fails(*args, **kwargs):
+    raise OSError(errno.EIO, "Input/output error")
+
+
+def _data_keys(store_dir) -> set[str]:
+    return {k for k in files_under(store_dir) if k.startswith(("packs/", "index/", "pins/"))}
+
+
+def test_full_disk_inside_the_pack_cleanup_is_one_line(cli, store_dir, tmp_path, monkeypatch):
+    earlier = _put(cli, _small_file(tmp_path))
+    before = _data_keys(store_dir)
+    real_init = cas.pack.PackWriter.__init__
+
+    def full_disk_init(self, spool_dir, writer):
+        real_init(self, spool_dir, writer)
+        self._file = _FullDisk(self._file)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(6 * MiB))
+    with monkeypatch.context() as m:
+        m.setattr(cas.pack.PackWriter, "__init__", full_disk_init)
+        r = cli("put", str(big))
+    assert r.code == 6, r.err
+    assert "no space left on device" in one_error_line(r.err)
+    assert _data_keys(store_dir) == before and leftovers(store_dir) == []
+    assert cli("verify", "--read-data").code == 0
+    assert cli("get", earlier, "-o", str(tmp_path / "back.bin")).code == 0
