@@ -65,19 +65,24 @@ def is_sealed(data) -> bool:
     return len(view) > DIGEST_SIZE and hash_bytes(view[:-DIGEST_SIZE]) == bytes(view[-DIGEST_SIZE:])
 
 
+def open_sealed(data, limits: Limits, *, what: str, subject: str) -> tuple[object, bool]:
+    """(document, whether it was sealed): the body of a sealed object, or the whole of a bare one."""
+    view = memoryview(data)
+    sealed = is_sealed(view)
+    try:
+        return _unpackb(view[:-DIGEST_SIZE] if sealed else view, limits), sealed
+    except msgpack.ExtraData:  # a body followed by a check that does not match it
+        raise damaged(what, subject, "checksum mismatch") from None
+    except _ERRORS as exc:
+        raise damaged(what, subject, exc) from None
+
+
 def unseal(data, limits: Limits, *, what: str, subject: str, version: int) -> dict:
     """The map a sealed (format `version`) or legacy (format 1) object holds, its version checked.
 
     A body whose check matches must say `version`; anything else must be a legacy map saying 1.
     """
-    view = memoryview(data)
-    sealed = is_sealed(view)
-    try:
-        doc = _unpackb(view[:-DIGEST_SIZE] if sealed else view, limits)
-    except msgpack.ExtraData:  # a body followed by a check that does not match it
-        raise damaged(what, subject, "checksum mismatch") from None
-    except _ERRORS as exc:
-        raise damaged(what, subject, exc) from None
+    doc, sealed = open_sealed(data, limits, what=what, subject=subject)
     v = doc.get("v") if type(doc) is dict else None
     if type(v) is not int or v != (version if sealed else LEGACY):
         raise damaged(what, subject, "checksum mismatch" if v == version else f"unknown format {v!r}")

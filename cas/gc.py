@@ -67,10 +67,9 @@ def encode_sessions(sessions) -> bytes:
 def decode_sessions(raw: bytes, *, key: str) -> list[str]:
     """The session keys of a gc/sessions/ list (format 1: a bare msgpack array of str)."""
     what = f"gc list {key}"
-    if framing.is_sealed(raw):
-        sessions = framing.unseal(raw, _limits(raw), what=what, subject=key, version=GC_LIST_FORMAT).get("sessions")
-    else:
-        sessions = framing.unpack(raw, _limits(raw), what=what, subject=key)
+    sessions, sealed = framing.open_sealed(raw, _limits(raw), what=what, subject=key)
+    if sealed:  # format 2 holds {"v": 2, "sessions": [...]}
+        sessions = sessions.get("sessions") if type(sessions) is dict and sessions.get("v") == GC_LIST_FORMAT else None
     if type(sessions) is not list or any(type(s) is not str for s in sessions):
         raise framing.damaged(what, key, "malformed session keys")
     return sessions

@@ -14,12 +14,13 @@ import msgpack
 from . import framing
 from .config import MAX_CHUNK_SIZE
 from .digest import DIGEST_SIZE, tree_digest
-from .errors import IntegrityError
+from .errors import IntegrityError, InvalidInput
+from .pack import MAX_MANIFEST
 
 MANIFEST_FORMAT = 1
 FILE, LINK, DIR = "file", "link", "dir"
 MAX_PATH = 4096  # bytes of a path or link target in a tree (PATH_MAX)
-MAX_DEPTH = 1024  # parts of a path in a tree
+MAX_DEPTH = 256  # parts of a path in a tree: far from the recursion limit of anything that walks a restored folder
 
 
 def _u32(values) -> array:
@@ -50,8 +51,8 @@ class FileManifest:
         sizes = _u32(self.sizes)  # a copy: the stored form is little-endian whatever the machine
         if sys.byteorder == "big":
             sizes.byteswap()
-        return msgpack.packb({"v": MANIFEST_FORMAT, "size": self.size, "ids": self.ids,
-                              "sizes": sizes.tobytes()}, use_bin_type=True)
+        return _bounded(msgpack.packb({"v": MANIFEST_FORMAT, "size": self.size, "ids": self.ids,
+                                       "sizes": sizes.tobytes()}, use_bin_type=True), "file")
 
     @classmethod
     def from_bytes(cls, data: bytes, *, name: str) -> "FileManifest":
@@ -76,6 +77,14 @@ class FileManifest:
         except (ValueError, KeyError) as exc:
             raise framing.damaged(what, name, exc) from None
         return cls(size, ids, sizes)
+
+
+def _bounded(raw: bytes, what: str) -> bytes:
+    """A manifest's bytes, refused (as no reader would read it) if longer than MAX_MANIFEST."""
+    if len(raw) > MAX_MANIFEST:
+        raise InvalidInput(f"cannot store this {what}: its manifest would take {len(raw)} bytes, more than the "
+                           f"{MAX_MANIFEST} a manifest may have", subject=what)
+    return raw
 
 
 def locate(offsets: array, pos: int) -> int:
@@ -105,9 +114,14 @@ class TreeManifest:
         return sum(e.size for e in self.entries if e.kind == FILE)
 
     def to_bytes(self) -> bytes:
-        """Canonical encoding: entries sorted by path, fixed field order."""
+        """Canonical encoding: entries sorted by path, fixed field order; InvalidInput for a tree no reader
+        would accept (a path or link target over MAX_PATH bytes or MAX_DEPTH parts, over MAX_MANIFEST in all)."""
+        for e in self.entries:
+            if max(len(e.path.encode()), len(e.target.encode())) > MAX_PATH or e.path.count("/") >= MAX_DEPTH:
+                raise InvalidInput(f"cannot store {e.path[:200]!r}: paths and link targets in a tree are at most "
+                                   f"{MAX_PATH} bytes and {MAX_DEPTH} levels deep", subject=e.path[:200])
         rows = [e.to_list() for e in sorted(self.entries, key=lambda e: e.path)]
-        return msgpack.packb({"v": MANIFEST_FORMAT, "entries": rows}, use_bin_type=True)
+        return _bounded(msgpack.packb({"v": MANIFEST_FORMAT, "entries": rows}, use_bin_type=True), "tree")
 
     def digest(self) -> bytes:
         return tree_digest(self.to_bytes())

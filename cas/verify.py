@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import layout, pack_index, refs
+from . import layout, pack_index, records, refs
 from .digest import hash_bytes
 from .errors import CasError, IntegrityError, NotFound
 from .gc import decode_list, decode_sessions
@@ -88,10 +89,12 @@ def _what(e: PackEntry) -> str:
 
 
 def _check_records(store, report: VerifyReport) -> None:
-    """Every run record reads back; every live version's content is in the store."""
+    """Every run record in the store reads back (not the cached copy); every live version's content is there."""
     def damaged(exc):  # the first open and the sync may both meet it
         _problem(report, exc)
     store.open_records(on_damaged=damaged).sync(on_damaged=damaged)
+    listed = [(k, n) for k, n in store.backend.list(layout.RUNS) if layout.is_record_key(k)]
+    _check_objects(store.backend, listed, lambda key, _: records.decode(store.backend.get(key), key=key), report)
     for v in store.records.all_versions():
         report.versions += 1
         if v.digest and store.index.object_location(bytes.fromhex(v.digest)) is None:
@@ -194,28 +197,40 @@ def _check_pins(store, report: VerifyReport) -> None:
         report.pins += 1
         if store.index.object_location(bytes.fromhex(pin.digest)) is None:
             report.problems.append(f"pin {pin.label!r}: {pin.digest} is missing from the store")
-    for key, size in refs.events(store.backend):
-        try:
-            refs.load(store.backend, key, size)
-        except NotFound:
-            continue
-        except IntegrityError as exc:
-            _problem(report, exc)
+    _check_objects(store.backend, refs.events(store.backend), lambda key, size: refs.load(store.backend, key, size),
+                   report)
 
 
 def _check_gc_lists(backend, report: VerifyReport) -> None:
     """Every gc list (condemned, sessions, deleted) reads back against its checksum."""
     decoders = {layout.GC_CONDEMNED: decode_list, layout.GC_DELETED: decode_list, layout.GC_SESSIONS: decode_sessions}
-    for key, _ in backend.list(layout.GC):
-        decode = next((d for prefix, d in decoders.items() if key.startswith(prefix)), None)
-        if decode is None:
-            continue
-        report.gc_lists += 1
+
+    def load(key: str, _size: int) -> None:
+        decode = next(d for prefix, d in decoders.items() if key.startswith(prefix))
+        decode(backend.get(key), key=key)
+    listed = [(k, n) for k, n in backend.list(layout.GC) if k.startswith(tuple(decoders))]
+    report.gc_lists += len(listed)
+    _check_objects(backend, listed, load, report)
+
+
+def _check_objects(backend, listed: list[tuple[str, int]], load, report: VerifyReport) -> None:
+    """load(key, size) every listed object, in parallel where the backend benefits; damage is a problem,
+    an object gone since it was listed is not."""
+    def one(item) -> IntegrityError | None:
         try:
-            decode(backend.get(key), key=key)
+            load(*item)
         except NotFound:
-            continue  # gc finished with it since we listed
+            pass
         except IntegrityError as exc:
+            return exc
+        return None
+    if len(listed) > 1 and backend.read_concurrency > 1:
+        with ThreadPoolExecutor(backend.read_concurrency, thread_name_prefix="cas-verify") as pool:
+            errors = list(pool.map(one, listed))
+    else:
+        errors = [one(item) for item in listed]
+    for exc in errors:
+        if exc is not None:
             _problem(report, exc)
 
 
