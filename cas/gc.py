@@ -284,11 +284,12 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
             sessions = sorted(set(live_sessions(backend, backend_now(backend))) - {own})
             backend.put(layout.gc_sessions_key(stamp), msgpack.packb(sessions), create_only=True)
             if grace == 0:  # condemn and delete in one run, still waiting for the writers listed
+                roots = _current_roots(store)  # before the catalog: it lists every pack these roots need
                 condemnations = _condemnations(backend)
                 now = backend_now(backend)
                 packs, index_keys = _catalog(store, index_objects)
                 live = set(live_sessions(backend, now)) - {own}
-                reachable |= _reachable(store, _current_roots(store), expanded)
+                reachable |= _reachable(store, roots, expanded)
                 plan2 = plan_gc(packs, reachable, condemnations, live, now, 0.0, repack_threshold=2.0)
                 plan.delete, plan.finished, plan.void = plan2.delete, plan2.finished, plan2.void
                 report["waiting_packs"] = len(plan2.waiting)
