@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import secrets
+import shutil
 import struct
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lmdb
 
+from . import lmdb_check
 from .errors import StorageError
 from .pack import CHUNK, PackEntry
 
@@ -18,8 +23,12 @@ _PACK = struct.Struct("<QI")            # pack size, entry count
 INITIAL_MAP = 64 << 20
 INLINE = 3  # Location.kind of content kept inline in a run record, not in a pack
 INLINE_PACK = bytes(32)  # Location.pack_id of inline content
-_envs: dict[str, tuple[int, lmdb.Environment]] = {}
+_envs: dict[str, tuple[int, int, lmdb.Environment]] = {}  # path → (pid, inode of its data.mdb, environment)
 _envs_lock = threading.Lock()
+_replaced: dict[str, str] = {}  # path → why the cache found there was replaced by an empty one
+# errors that mean the cache's files are damaged (a value of the wrong length too); any other is a failure
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
+           lmdb.IncompatibleError, lmdb.BadTxnError, struct.error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,28 +43,107 @@ class Location:
     size: int = 0  # logical size (manifests: the file or tree size)
 
 
-def _environment(path: str) -> lmdb.Environment:
-    """One environment per path per process; never reused across fork()."""
+def _environment(path: str, *, fresh: bool = False) -> lmdb.Environment:
+    """One environment per path per process, never reused across fork(); a damaged cache is replaced.
+
+    fresh: replace the cache with an empty one without opening it. A process still using the old
+    files (a renamed folder: never the same lock file as ours) keeps them until it lets go.
+    """
     with _envs_lock:
-        pid, env = _envs.get(path, (None, None))
-        if env is not None and pid == os.getpid() and not os.path.exists(os.path.join(path, "data.mdb")):
-            env.close()  # the cache was deleted under us: start a new one
-            env = None
-        if env is None or pid != os.getpid():
-            try:
-                os.makedirs(path, exist_ok=True)
-                env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=16, subdir=True, metasync=True, sync=True)
-            except (OSError, lmdb.Error) as exc:
-                raise StorageError(f"cannot use the cache folder {path} (set CAS_CACHE_DIR): "
-                                   f"{getattr(exc, 'strerror', None) or exc}", subject=path) from None
-            _envs[path] = (os.getpid(), env)
+        pid, ino, env = _envs.get(path, (None, None, None))
+        now = lmdb_check.stamp(path)
+        if pid == os.getpid() and not fresh:
+            if now is not None and now[0] == ino:
+                return env
+            if now is None:
+                env.close()  # data.mdb was deleted under us, maybe not lock.mdb: never two envs on one lock file
+        env, ino = _open_sound(path, fresh=fresh)
+        _envs[path] = (os.getpid(), ino, env)
         return env
 
 
+def _open_sound(path: str, *, fresh: bool) -> tuple[lmdb.Environment, int]:
+    """Open the cache at path (and the inode of its data.mdb); a damaged one is replaced by an empty one.
+
+    Openers share a lock on the parent folder; replacing takes it alone, so no opener ever pairs the
+    lock.mdb of one folder with the data.mdb of another.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        if not fresh:
+            with _folder_lock(path, fcntl.LOCK_SH):
+                opened = _open_if_sound(path)
+            if opened[0] is not None:
+                return opened
+        with _folder_lock(path, fcntl.LOCK_EX):
+            opened = (None, "") if fresh else _open_if_sound(path)
+            if opened[0] is not None:
+                return opened
+            if not fresh:
+                _replaced[path] = opened[1]
+            _discard(path)
+            return _open(path)
+    except (OSError, lmdb.Error) as exc:
+        raise StorageError(f"cannot use the cache folder {path} (set CAS_CACHE_DIR): "
+                           f"{getattr(exc, 'strerror', None) or exc}", subject=path) from None
+
+
+def _open_if_sound(path: str) -> tuple[lmdb.Environment | None, int | str]:
+    """(environment, inode of data.mdb) if the file passes the check and LMDB accepts it, else (None, why)."""
+    why = lmdb_check.checked_damage(path)
+    if why is None:
+        try:
+            return _open(path)
+        except _DAMAGE as exc:
+            why = str(exc)
+    return None, why
+
+
+def _open(path: str) -> tuple[lmdb.Environment, int]:
+    env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=16, subdir=True, metasync=True, sync=True)
+    return env, lmdb_check.stamp(path)[0]
+
+
+def _discard(path: str) -> None:
+    """Rename the cache folder to a unique name, then delete it: a process still using it keeps its files."""
+    if os.path.lexists(path):
+        aside = f"{path}.discarded-{os.getpid()}-{secrets.token_hex(4)}"
+        os.rename(path, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+
+
+@contextmanager
+def _folder_lock(path: str, how: int):
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, how)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _cache_error(path: str, exc: Exception) -> StorageError:
+    if isinstance(exc, _DAMAGE):
+        return StorageError(f"the local cache at {path} is damaged: run `cas reindex`", subject=path)
+    return StorageError(f"the local cache at {path} failed: {exc}", subject=path)
+
+
 class Index:
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, fresh: bool = False):
         self.path = path
-        self.env = _environment(path)
+        self.env = _environment(path, fresh=fresh)
+        self.replaced = _replaced.pop(path, None)  # why a damaged cache found at path was replaced, or None
+        try:
+            self._open_dbs()
+        except lmdb.Error as exc:
+            raise _cache_error(path, exc) from None
+
+    def reset(self) -> None:
+        """Replace the cache with an empty one without reading the old files (cas reindex)."""
+        self.__init__(self.path, fresh=True)
+
+    def _open_dbs(self) -> None:
         self.chunks = self.env.open_db(b"chunks")
         self.manifests = self.env.open_db(b"manifests")
         self.packs = self.env.open_db(b"packs")
@@ -70,15 +158,21 @@ class Index:
         self.meta = self.env.open_db(b"meta")  # b"format" → the cache's own format (an older one is emptied)
 
     def _write(self, fn):
-        """Run fn(txn) in one write transaction, growing the map when it is full."""
+        """Run fn(txn) in one write transaction, growing the map when it is full; LMDB errors are one line."""
         while True:
+            before = lmdb_check.stamp(self.path)
             try:
                 with self.env.begin(write=True) as txn:
-                    return fn(txn)
+                    result = fn(txn)
             except lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
             except lmdb.MapResizedError:
                 self.env.set_mapsize(0)
+            except (lmdb.Error, struct.error) as exc:
+                raise _cache_error(self.path, exc) from None
+            else:
+                lmdb_check.note_commit(self.path, before)  # so the next process need not check the file again
+                return result
 
     def _read(self, fn):
         while True:
@@ -87,6 +181,22 @@ class Index:
                     return fn(txn)
             except lmdb.MapResizedError:
                 self.env.set_mapsize(0)
+            except (lmdb.Error, struct.error) as exc:
+                raise _cache_error(self.path, exc) from None
+
+    @contextmanager
+    def _reading(self):
+        """One read transaction for a generator; LMDB errors are one line."""
+        try:
+            try:
+                txn = self.env.begin()
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)
+                txn = self.env.begin()
+            with txn:
+                yield txn
+        except (lmdb.Error, struct.error) as exc:
+            raise _cache_error(self.path, exc) from None
 
     # ---- writes -------------------------------------------------------------------------
     def _put_pack(self, txn, pack_id: bytes, size: int, entries) -> None:
@@ -324,7 +434,7 @@ class Index:
     def iter_records(self, prefix: str):
         """(key, raw bytes) of every cached record whose key starts with prefix, in key order."""
         start = prefix.encode()
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             cur = txn.cursor(db=self.records)
             if cur.set_range(start):
                 for key, raw in cur:
@@ -334,7 +444,7 @@ class Index:
 
     def iter_inline_sizes(self):
         """(digest, size) of content kept inline in records and not also stored in a pack."""
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             for key, raw in txn.cursor(db=self.inline):
                 if txn.get(key, db=self.manifests) is None:
                     yield bytes(key), len(raw)
@@ -348,13 +458,13 @@ class Index:
 
     def iter_chunks(self):
         """(chunk id, Location) for every chunk; one read transaction."""
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             for key, raw in txn.cursor(db=self.chunks):
                 pack_id, off, slen, rlen, cod = _LOC.unpack(raw)
                 yield bytes(key), Location(pack_id, off, slen, rlen, cod, bytes(key))
 
     def iter_manifests(self):
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             for key, raw in txn.cursor(db=self.manifests):
                 pack_id, off, slen, rlen, cod, check, kind, size = _MAN.unpack(raw)
                 yield bytes(key), Location(pack_id, off, slen, rlen, cod, check, kind, size)
