@@ -212,9 +212,28 @@ def cmd_forget(args, uri, as_json) -> int:
     dropped = tracker.forget(args.runs, name=args.name, kind=args.kind, keep_last=args.keep_last,
                              keep_every=args.keep_every, all=args.all, dry_run=args.dry_run, store=_open(uri))
     result = {"forgotten": [v.uri for v in dropped], "count": len(dropped), "dry_run": args.dry_run}
-    verb = "would forget" if args.dry_run else "forgot"
-    emit(result, as_json, "\n".join([f"{verb} {v.uri}" for v in dropped] + [f"{verb} {len(dropped)} versions"]))
+    if args.dry_run:
+        text = _forget_plan(dropped)
+    else:
+        text = "\n".join([f"forgot {v.uri}" for v in dropped] + [f"forgot {len(dropped)} versions"])
+    emit(result, as_json, text)
     return 0
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _forget_plan(dropped) -> str:
+    """What a dry run would forget, grouped by (run, name): a header per artifact, its versions under it."""
+    from tracker.retention import by_series
+    series = by_series(dropped)
+    lines = []
+    for (run, name), group in series.items():
+        lines.append(f"runs:/{run}/{name}: would forget {_plural(len(group), 'version')}")
+        lines += [f"  {v.uri}" for v in group]
+    lines.append(f"would forget {_plural(len(dropped), 'version')} of {_plural(len(series), 'name')}")
+    return "\n".join(lines)
 
 
 def cmd_gc(args, uri, as_json) -> int:

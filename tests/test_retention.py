@@ -23,7 +23,8 @@ SERIES = [_v("r", "model", s) for s in (1, 2, 3, 4, 5, 6)] + [_v("r", "eval", s,
 @pytest.mark.parametrize("policy, pinned_steps, expected", [
     (Policy(keep_last=2), set(), {("model", 1), ("model", 2), ("model", 3), ("model", 4), ("eval", 10)}),
     (Policy(keep_last=0, keep_every=2), set(), {("model", 1), ("model", 3), ("model", 5)}),
-    (Policy(keep_every=20), set(), {("model", s) for s in range(1, 7)} | {("eval", 10), ("eval", 30)}),
+    (Policy(keep_every=20), set(), {("model", s) for s in range(1, 6)} | {("eval", 10)}),  # the latest stays
+    (Policy(keep_every=20, drop_all=True), set(), {("model", s) for s in range(1, 7)} | {("eval", 10), ("eval", 30)}),
     (Policy(keep_last=1, keep_every=3), set(), {("model", 1), ("model", 2), ("model", 4), ("model", 5),
                                                  ("eval", 10), ("eval", 20)}),
     (Policy(name="model", keep_last=3), set(), {("model", 1), ("model", 2), ("model", 3)}),
@@ -37,6 +38,33 @@ def test_policy_table(policy, pinned_steps, expected):
     pinned = {v.digest for v in SERIES if (v.name, v.step) in pinned_steps}
     dropped = to_forget(SERIES, policy, pinned)
     assert {(v.name, v.step) for v in dropped} == expected
+
+
+STEPS_1000_TO_5000 = [_v("r", "model", s) for s in (1000, 2000, 3000, 4000, 5000)]
+
+
+def _kept(versions, policy):
+    dropped = {id(v) for v in to_forget(versions, policy, set())}
+    return [v.step for v in versions if id(v) not in dropped]
+
+
+def test_keep_every_keeps_the_latest():
+    assert _kept(STEPS_1000_TO_5000, Policy(keep_every=2000)) == [2000, 4000, 5000]
+
+
+def test_keep_last_0_drops_the_latest():
+    assert _kept(STEPS_1000_TO_5000, Policy(keep_last=0, keep_every=2000)) == [2000, 4000]
+
+
+def test_all_drops_everything():
+    assert _kept(STEPS_1000_TO_5000, Policy(drop_all=True)) == []
+    assert _kept(STEPS_1000_TO_5000, Policy(keep_every=2000, drop_all=True)) == [2000, 4000]
+
+
+def test_the_latest_is_kept_per_run_and_name():
+    versions = STEPS_1000_TO_5000 + [_v("r", "eval", 3), _v("r", "eval", 7), _v("s", "model", 1000)]
+    dropped = {(v.run, v.name, v.step) for v in to_forget(versions, Policy(keep_every=2000), set())}
+    assert dropped == {("r", "model", 1000), ("r", "model", 3000), ("r", "eval", 3)}
 
 
 def test_keep_last_is_per_run_and_name():
@@ -90,3 +118,29 @@ def test_forget_refusals_are_one_line(cli, store_dir):
         r = cli(*args)
         assert r.code == code and r.err.startswith("cas: error:") and r.err.count("\n") == 1, (args, r.err)
     assert [v["name"] for v in cli("--json", "log", "r").json()] == ["a.txt"]
+
+
+def _log_steps(store_dir, steps_by_name):
+    with tracker.init("r", store=store_dir) as run:
+        for name, steps in steps_by_name.items():
+            for step in steps:
+                run.log_text(f"{name} {step}", name, step=step)
+
+
+def test_forget_command_keeps_the_latest_and_all_drops_it(cli, store_dir):
+    _log_steps(store_dir, {"model": range(1000, 5001, 1000)})
+    assert cli("--json", "forget", "r", "--keep-every", "2000").json()["forgotten"] == [
+        "runs:/r/model@1000", "runs:/r/model@3000"]
+    assert [v["step"] for v in cli("--json", "log", "r").json()] == [2000, 4000, 5000]
+    assert cli("--json", "forget", "r", "--keep-last", "0", "--keep-every", "4000").json()["count"] == 2
+    assert [v["step"] for v in cli("--json", "log", "r").json()] == [4000]
+    assert cli("--json", "forget", "r", "--all").json()["forgotten"] == ["runs:/r/model@4000"]
+
+
+def test_forget_dry_run_groups_by_name(cli, store_dir):
+    _log_steps(store_dir, {"model": (1, 2, 3), "notes.md": (1, 2)})
+    out = cli("forget", "r", "--keep-last", "1", "--dry-run").out.splitlines()
+    assert out == ["runs:/r/model: would forget 2 versions", "  runs:/r/model@1", "  runs:/r/model@2",
+                   "runs:/r/notes.md: would forget 1 version", "  runs:/r/notes.md@1",
+                   "would forget 3 versions of 2 names"]
+    assert len(cli("--json", "log", "r").json()) == 5  # a dry run forgets nothing

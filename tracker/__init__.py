@@ -47,8 +47,9 @@ def forget(runs, *, name: str | None = None, kind: str | None = None, keep_last:
            store=None) -> list[Version]:
     """Drop versions of runs by policy (records only; `cas gc` frees the data). Returns what was dropped.
 
-    Versions kept by any keep option, and versions whose digest is pinned, are kept; with no keep
-    option, `all=True` must be given.
+    Versions kept by any keep option, and versions whose digest is pinned, are kept; so is the latest
+    version (highest step) of each (run, name), unless keep_last=0 or all=True. With no keep option,
+    `all=True` must be given.
     """
     from .retention import Policy, to_forget
     st = _open_store(store)

@@ -13,14 +13,16 @@ from cas.records import Version
 class Policy:
     """What to keep. A version kept by any option is kept; pinned digests are always kept.
 
-    With no keep option, `drop_all` must be set: forgetting everything that matches is never implied.
+    The latest version (highest step) of each (run, name) is kept too, unless `keep_last=0` or
+    `drop_all` says otherwise. With no keep option, `drop_all` must be set: forgetting everything
+    that matches is never implied.
     """
 
     name: str | None = None
     kind: str | None = None
     keep_last: int | None = None  # the N highest steps of each (run, name)
     keep_every: int | None = None  # versions whose step is a multiple of K
-    drop_all: bool = False
+    drop_all: bool = False  # the latest version is not kept unless a keep option keeps it
 
     def check(self) -> "Policy":
         for value, flag in ((self.keep_last, "--keep-last"), (self.keep_every, "--keep-every")):
@@ -33,6 +35,13 @@ class Policy:
                                "every matching version", subject="policy")
         return self
 
+    @property
+    def last_kept(self) -> int:
+        """How many of the highest steps of each (run, name) are kept: the latest one unless told otherwise."""
+        if self.keep_last is not None:
+            return self.keep_last
+        return 0 if self.drop_all else 1
+
 
 def to_forget(versions: list[Version], policy: Policy, pinned: set[str]) -> list[Version]:
     """The live versions the policy drops, in (run, name, step) order."""
@@ -41,13 +50,18 @@ def to_forget(versions: list[Version], policy: Policy, pinned: set[str]) -> list
                   and (policy.name is None or v.name == policy.name)
                   and (policy.kind is None or v.kind == policy.kind)]
     kept: set[int] = set()
-    if policy.keep_last is not None and policy.keep_last > 0:
-        series: dict[tuple[str, str], list[Version]] = defaultdict(list)
-        for v in candidates:
-            series[(v.run, v.name)].append(v)
-        for group in series.values():
-            kept.update(id(v) for v in sorted(group, key=lambda v: v.step)[-policy.keep_last:])
+    if policy.last_kept > 0:
+        for group in by_series(candidates).values():
+            kept.update(id(v) for v in group[-policy.last_kept:])
     if policy.keep_every is not None:
         kept.update(id(v) for v in candidates if v.step % policy.keep_every == 0)
     kept.update(id(v) for v in candidates if v.digest is not None and v.digest in pinned)
     return sorted((v for v in candidates if id(v) not in kept), key=lambda v: (v.run, v.name, v.step))
+
+
+def by_series(versions: list[Version]) -> dict[tuple[str, str], list[Version]]:
+    """Versions grouped by (run, name), each group in step order, groups in (run, name) order."""
+    series: dict[tuple[str, str], list[Version]] = defaultdict(list)
+    for v in sorted(versions, key=lambda v: (v.run, v.name, v.step)):
+        series[(v.run, v.name)].append(v)
+    return dict(series)
