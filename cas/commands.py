@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
+from typing import Callable
 
 from .cli import emit
 from .errors import IntegrityError, InvalidInput
@@ -17,11 +19,35 @@ def _open(uri):
     return store
 
 
-def _path_size(path: str) -> int | None:
+def _bar(label: str, as_json: bool, total: Callable[[], int | None] | None = None, *, unit: str = "B") -> Progress:
+    """A progress bar on stderr when it is a terminal, never with --json; total() is asked only when it draws."""
+    bar = Progress(label, None, enabled=False if as_json else None, unit=unit)
+    if bar.enabled and total is not None:
+        bar.total = total()
+    return bar
+
+
+def _source_size(path: str) -> int | None:
+    """Bytes a put of path reads: the file's size, or the sizes of the regular files in the folder."""
     try:
-        return os.path.getsize(path) if os.path.isfile(path) else None
+        if not os.path.isdir(path):
+            return os.path.getsize(path)
+        total = 0
+        for folder, _, names in os.walk(path):
+            for name in names:
+                st = os.lstat(os.path.join(folder, name))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+        return total
     except OSError:
-        return None
+        return None  # the put itself reports what is wrong
+
+
+def _pack_sizes(store) -> list[int]:
+    """The size of each pack in the store (none if there is no store: the command says so itself)."""
+    from . import layout
+    if not store.exists:
+        return []
+    return [size for key, size in store.backend.list(layout.PACKS) if layout.pack_id_from_key(key) is not None]
 
 
 def cmd_init(args, uri, as_json) -> int:
@@ -47,7 +73,7 @@ def cmd_put(args, uri, as_json) -> int:
             check_label(label)
     results = []
     for path, label in zip(args.paths, labels):
-        with Progress(f"put {os.path.basename(path)}", _path_size(path), enabled=None if not as_json else False) as bar:
+        with _bar(f"put {os.path.basename(path.rstrip('/')) or path}", as_json, lambda: _source_size(path)) as bar:
             res = store.put_file(path, pin=label, on_progress=bar)
         item = {"path": path, "digest": res.digest, "size": res.size, "new_bytes": res.new_bytes, "kind": res.kind}
         if label is not None:
@@ -62,7 +88,7 @@ def cmd_put(args, uri, as_json) -> int:
 
 def cmd_get(args, uri, as_json) -> int:
     store = _open(uri)
-    with Progress("get", None, enabled=None if not as_json else False) as bar:
+    with _bar("get", as_json, lambda: store.resolve(args.ref)[1].size) as bar:  # the file's or folder's size
         target = store.get_file(args.ref, args.output, force=args.force, on_progress=bar)
     emit({"ref": args.ref, "path": target}, as_json, f"restored {target}")
     return 0
@@ -95,7 +121,7 @@ def cmd_stats(args, uri, as_json) -> int:
 
 def cmd_verify(args, uri, as_json) -> int:
     store = _open(uri)
-    with Progress("verify", None, enabled=None if not as_json else False) as bar:
+    with _bar("verify", as_json, (lambda: sum(_pack_sizes(store))) if args.read_data else None) as bar:
         report = store.verify(read_data=args.read_data, on_progress=bar if args.read_data else None)
     if as_json:
         emit(report.to_dict(), True)
@@ -114,7 +140,9 @@ def cmd_verify(args, uri, as_json) -> int:
 
 
 def cmd_reindex(args, uri, as_json) -> int:
-    counts = _open(uri).reindex()
+    store = _open(uri)
+    with _bar("reindex", as_json, lambda: len(_pack_sizes(store)), unit="packs") as bar:
+        counts = store.reindex(on_progress=bar)
     emit(counts, as_json, f"reindexed {counts['packs']} packs: {counts['chunks']} chunks, "
                           f"{counts['manifests']} manifests")
     return 0

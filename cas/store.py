@@ -185,8 +185,9 @@ class Store:
         if self._lease is not None:
             self._lease.check()
 
-    def reindex(self) -> dict[str, int]:
-        """Rebuild the local index from the packs themselves (their footers), the source of truth."""
+    def reindex(self, *, on_progress: Progress | None = None) -> dict[str, int]:
+        """Rebuild the local index from the packs themselves (their footers), the source of truth.
+        on_progress(1) is called as each pack's footer is read."""
         index = self._open_index()
         index.clear()
         index_keys = pack_index.list_keys(self.backend)  # listed first: what they name is listed below
@@ -200,6 +201,8 @@ class Store:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cas-reindex") as pool:
             for pid, size, entries in pool.map(footer, listed):
                 index.add_pack(pid, size, entries)
+                if on_progress is not None:
+                    on_progress(1)
         # what each index object names (packs are learned above, from the footers): so that later syncs
         # read only new ones and can tell when packs this cache knows stop being named
         for attempt in range(3):
@@ -284,6 +287,7 @@ class Store:
         try:
             with quick_handoffs():
                 yield session
+                _announce_finishing(on_progress, session)
                 written = session.commit()  # packs durable, then the index object naming them
         finally:
             session.close()
@@ -540,6 +544,14 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _announce_finishing(on_progress, session: PutSession) -> None:
+    """Every source byte is read: tell a progress bar that shows phases what the put still waits for."""
+    phase = getattr(on_progress, "phase", None)
+    if phase is not None:
+        packs = len(session.uploads) + (session.pack is not None)
+        phase(f"finishing: storing {packs} pack{'' if packs == 1 else 's'} and the index" if packs else "finishing")
 
 
 def source_kind(path: str) -> str:

@@ -27,9 +27,12 @@ def init(name: str | None = None, *, store=None, config: dict | None = None, met
     return Run(st, name)
 
 
-def download(ref: str, dest, *, store=None, force: bool = False) -> str:
-    """Restore the file or folder a reference names at dest; returns the path written."""
-    return _open_store(store).get_file(ref, dest, force=force)
+def download(ref: str, dest, *, store=None, force: bool = False, on_progress=None) -> str:
+    """Restore the file or folder a reference names at dest; returns the path written.
+
+    on_progress(n) is called with the bytes of each chunk as they are written (see `cas.progress.Progress`).
+    """
+    return _open_store(store).get_file(ref, dest, force=force, on_progress=on_progress)
 
 
 def open(ref: str, *, store=None):  # noqa: A001 - mirrors the built-in on purpose: tracker.open(ref)

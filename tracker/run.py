@@ -53,8 +53,11 @@ class Run:
 
     # ---- logging verbs --------------------------------------------------------------------
     def log_artifact(self, path, name: str | None = None, kind: str | None = None, step: int | None = None,
-                     metadata: dict | None = None) -> Version:
-        """Log a file, a folder, or every path matching a glob pattern (stored as one tree, file by file)."""
+                     metadata: dict | None = None, *, on_progress=None) -> Version:
+        """Log a file, a folder, or every path matching a glob pattern (stored as one tree, file by file).
+
+        on_progress(n) is called with the bytes read as the put advances (see `cas.progress.Progress`).
+        """
         path = os.fspath(path)
         if name is None:
             name = os.path.basename(path.rstrip("/" + os.sep)) or path
@@ -68,7 +71,8 @@ class Run:
                 base = os.path.dirname(base)
             items = [(os.path.relpath(os.path.abspath(m), base).replace(os.sep, "/"), m) for m in matches]
         with self.store.writing():  # one writer lease from deduplication to the record
-            res = self.store.put_selection(items) if globlib.has_magic(path) else self.store.put_file(path)
+            res = (self.store.put_selection(items, on_progress=on_progress) if globlib.has_magic(path)
+                   else self.store.put_file(path, on_progress=on_progress))
             return self.records.log_version(self.name, name, kind=kind or "artifact", digest=res.digest,
                                             size=res.size, new_bytes=res.new_bytes, step=step, metadata=metadata,
                                             object_type=res.kind)
