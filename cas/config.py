@@ -119,8 +119,8 @@ def load_config(backend) -> StoreConfig:
     return config
 
 
-def create_or_load_config(backend, *, level: int = 1) -> StoreConfig:
-    """Create the config create-only; a racing initializer adopts the winner's."""
+def create_or_load_config(backend, *, level: int = 1, on_create=None) -> StoreConfig:
+    """Create the config create-only (then call on_create()); a racing initializer adopts the winner's."""
     try:
         return load_config(backend)
     except NotFound:
@@ -128,5 +128,7 @@ def create_or_load_config(backend, *, level: int = 1) -> StoreConfig:
     backend.create_location()
     config = StoreConfig.new(level=level, conditional_writes=backend.probe_conditional_writes())
     if backend.put(layout.CONFIG, config.to_bytes(), create_only=True):
+        if on_create is not None:
+            on_create()
         return config
     return load_config(backend)

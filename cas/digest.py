@@ -32,6 +32,13 @@ def to_hex(digest: bytes) -> str:
     return digest.hex()
 
 
+def looks_like_digest(ref: str) -> bool:
+    """Whether a reference names content by its digest (`cas://...`, or 8 to 64 hex characters) rather
+    than by a pin label: a label that looks like a digest is read as a digest."""
+    text = ref.strip()
+    return text.startswith("cas://") or (8 <= len(text) <= 2 * DIGEST_SIZE and bool(_HEX.match(text.lower())))
+
+
 def parse_ref(ref: str) -> str:
     """Normalize a digest reference to lowercase hex: full digest, `cas://<digest>`, or a prefix.
 

@@ -97,6 +97,7 @@ class GcPlan:
     finished: list[str] = field(default_factory=list)  # condemnation stamps fully handled by this run
     void: list[str] = field(default_factory=list)  # condemnations without a sessions list
     waiting: set[bytes] = field(default_factory=set)  # condemned, not yet deletable
+    partly_dead: dict[bytes, tuple[int, float]] = field(default_factory=dict)  # kept as is: dead bytes, share
 
 
 def _needed(packs: dict[bytes, PackRecord], reachable: set, condemned: set[bytes]) -> tuple[set, dict]:
@@ -135,8 +136,11 @@ def plan_gc(packs: dict[bytes, PackRecord], reachable: set, condemnations: list[
     for pid in sorted(plan.keep):
         supplied = sum(e.stored_len for e in plan.supplies[pid])
         blobs = sum(e.stored_len for e in packs[pid].entries)  # not the pack's size: a tiny pack is mostly footer
-        if pid not in condemned and 1 - supplied / max(1, blobs) >= repack_threshold:
+        share = 1 - supplied / max(1, blobs)
+        if pid not in condemned and share >= repack_threshold:
             plan.repack.append(pid)
+        elif pid not in condemned and supplied < blobs:
+            plan.partly_dead[pid] = (blobs - supplied, share)
     dead = set(packs) - plan.keep
     plan.condemn = (dead | set(plan.repack)) - condemned
     for c in condemnations:
@@ -258,8 +262,10 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     plan = plan_gc(packs, reachable, condemnations, live, now, grace, repack_threshold)
     report = {"dry_run": dry_run, "packs": len(packs), "reachable_blobs": len(reachable),
               "repacked_packs": len(plan.repack), "repacked_bytes": sum(packs[p].size for p in plan.repack),
-              "condemned_packs": len(plan.condemn), "deleted_packs": 0, "freed_bytes": 0,
-              "waiting_packs": len(plan.waiting), "aborted_uploads": 0, "expired_sessions": 0}
+              "condemned_packs": len(plan.condemn), "deleted_packs": 0, "deleted_bytes": 0, "freed_bytes": 0,
+              "waiting_packs": len(plan.waiting), "aborted_uploads": 0, "expired_sessions": 0,
+              "repack_threshold": repack_threshold, **_partly_dead_report(plan.partly_dead)}
+    stored_before = None if dry_run else _stored_bytes(backend)
     if dry_run:
         would = set(plan.delete)
         if grace == 0:  # a real run would condemn and delete in one go, unless writers are live
@@ -268,7 +274,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
             else:
                 would |= plan.condemn
         report["deleted_packs"] = len(would)
-        report["freed_bytes"] = sum(packs[p].size for p in would)
+        report["deleted_bytes"] = report["freed_bytes"] = sum(packs[p].size for p in would)
         report["aborted_uploads"] = backend.abort_stale_uploads(max(grace, 2 * lease_seconds()), dry_run=True)
         _clean_temps(store, grace, report, dry_run=True)
         return report
@@ -309,7 +315,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
         merged = pack_index.write(backend, remaining) if remaining else None
         backend.delete([k for k in index_keys if k != merged])
         report["deleted_packs"] = len(plan.delete)
-        report["freed_bytes"] = sum(packs[p].size for p in plan.delete)
+        report["deleted_bytes"] = sum(packs[p].size for p in plan.delete)
     backend.delete([k for stamp in plan.finished + plan.void
                     for k in (layout.condemned_key(stamp), layout.gc_sessions_key(stamp))])
     report["aborted_uploads"] = backend.abort_stale_uploads(max(grace, 2 * lease_seconds()))
@@ -318,7 +324,23 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     report["expired_sessions"] = len(stale)
     _clean_temps(store, grace, report, dry_run=False)
     store.sync()
+    report["freed_bytes"] = stored_before - _stored_bytes(backend)  # the drop in stored_bytes, all told
     return report
+
+
+def _stored_bytes(backend) -> int:
+    """What `cas stats` calls stored_bytes: every object of the store (temp files are not objects)."""
+    return sum(size for _, size in backend.list(""))
+
+
+def _partly_dead_report(partly_dead: dict[bytes, tuple[int, float]]) -> dict:
+    """What gc kept although part of it is dead (below the repack threshold), and the threshold that
+    would reclaim all of it (the smallest dead share among those packs, rounded down)."""
+    shares = [share for _, share in partly_dead.values()]
+    return {"partly_dead_packs": len(partly_dead),
+            "reclaimable_bytes": sum(dead for dead, _ in partly_dead.values()),
+            "min_dead_share": round(min(shares, default=0.0), 4), "max_dead_share": round(max(shares, default=0.0), 4),
+            "reclaim_threshold": max(0.01, int(min(shares, default=0.0) * 100) / 100)}
 
 
 def _clean_temps(store, grace: float, report: dict, *, dry_run: bool) -> None:

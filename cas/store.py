@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import stat
 import time
@@ -16,7 +17,7 @@ from . import layout, pack_index, refs, temps
 from .backends import Backend, open_backend
 from .backends.local import storage_error
 from .config import StoreConfig, create_or_load_config, load_config
-from .digest import hash_bytes, parse_ref
+from .digest import hash_bytes, looks_like_digest, parse_ref
 from .errors import AlreadyExists, AmbiguousReference, IntegrityError, InvalidInput, NotFound, PackMissing
 from .handoff import quick_handoffs
 from .index import INLINE, Index, Location
@@ -47,13 +48,14 @@ class Store:
         self._hints: dict[bytes, bytes] = {}  # re-put hints of this lease's puts, remembered once acknowledged
         self.warnings: list[str] = []
         self.on_warning: Callable[[str], None] = self.warnings.append
+        self.on_created: Callable[[str], None] = lambda where: None  # told when init() made the store
 
     # ---- opening ----------------------------------------------------------------------------
     @classmethod
     def open(cls, uri: str | None = None, *, cache_dir: str | None = None) -> "Store":
         """Open the store at uri (None: $CAS_STORE, else ./.cas). A missing store is created on first write."""
         if uri is None:  # an explicit empty URI is malformed, not the default
-            uri = os.environ.get("CAS_STORE") or ".cas"
+            uri = os.environ.get("CAS_STORE") or find_default_store()
         backend = open_backend(uri)
         try:
             config = load_config(backend)
@@ -68,7 +70,7 @@ class Store:
     def init(self) -> StoreConfig:
         """Create the store if it does not exist (create-only: a racing initializer adopts the winner's)."""
         if self.config is None:
-            self.config = create_or_load_config(self.backend)
+            self.config = create_or_load_config(self.backend, on_create=lambda: self.on_created(self.location()))
         return self.config
 
     def _require(self) -> StoreConfig:
@@ -216,12 +218,18 @@ class Store:
 
     # ---- references -------------------------------------------------------------------------
     def resolve(self, ref: str) -> tuple[bytes, Location]:
-        """The digest and location named by a reference (digest, prefix ≥ 8, cas://, runs:/run/name[@step])."""
-        if isinstance(ref, str) and ref.startswith("runs:/"):
+        """The digest and location named by a reference: a digest, a prefix of at least 8 hex characters,
+        cas://<digest>, runs:/<run>/<name>[@<step>], or a pin label (a label that looks like a digest
+        is read as a digest)."""
+        if not isinstance(ref, str):
+            raise InvalidInput(f"not a reference: {ref!r}", subject=str(ref))
+        if ref.startswith("runs:/"):
             version = self.records.resolve(ref)
             if version.digest is None:
                 raise InvalidInput(f"{ref} is a reference to {version.ref_uri}; nothing is stored", subject=ref)
             ref = version.digest
+        elif not looks_like_digest(ref):
+            ref = self._pinned(ref)
         text = parse_ref(ref)
         if self._records is None and not self._knows(text):
             self.records  # small content lives inline in run records: learn them, then look again
@@ -229,14 +237,28 @@ class Store:
             digest = bytes.fromhex(text)
             loc = self.index.object_location(digest)
             if loc is None:
-                raise NotFound(f"unknown reference: {ref}", subject=ref)
+                raise NotFound(f"unknown reference: {ref} (`cas pins` and `cas runs` list what is stored)",
+                               subject=ref)
             return digest, loc
         found = self.index.manifests_with_prefix(text, limit=2)
         if not found:
-            raise NotFound(f"unknown reference: {ref}", subject=ref)
+            raise NotFound(f"unknown reference: {ref} (`cas pins` and `cas runs` list what is stored)", subject=ref)
         if len(found) > 1:
             raise AmbiguousReference(f"ambiguous reference {ref}: matches several objects", subject=ref)
         return found[0], self.index.object_location(found[0])
+
+    def _pinned(self, label: str) -> str:
+        """The digest a pin label names."""
+        try:
+            refs.check_label(label)
+        except InvalidInput:
+            raise InvalidInput(f"not a reference: {label!r}", subject=label) from None
+        try:
+            return refs.get_pin(self.backend, label).digest
+        except NotFound:
+            short = " (a digest prefix needs at least 8 hex characters)" if re.fullmatch(r"[0-9a-fA-F]+", label) else ""
+            raise NotFound(f"unknown reference: {label!r} is not a digest, a runs:/ reference or a pin label"
+                           f"{short} (`cas pins` lists the labels)", subject=label) from None
 
     def _knows(self, hex_text: str) -> bool:
         if len(hex_text) == 64:
@@ -523,7 +545,12 @@ class Store:
         return {"logical_bytes": logical, "unique_bytes": unique, "stored_bytes": stored, "files": files,
                 "chunks": chunks, "packs": len(index.pack_ids()),
                 "conditional_writes": bool(self.backend.conditional_writes),
-                "temp_files": len(leftovers), "temp_bytes": sum(t.size for t in leftovers)}
+                "temp_files": len(leftovers), "temp_bytes": sum(t.size for t in leftovers),
+                "store": self.location(), "cache": index.path}
+
+    def location(self) -> str:
+        """Where the store is, as a user would name it: the absolute folder, or the URI."""
+        return self.backend.uri if "://" in self.backend.uri else os.path.abspath(self.backend.uri)
 
     def temp_folders(self) -> list[str]:
         """Where this machine's writers keep temp files for this store: its folder if local, and the spool."""
@@ -544,6 +571,20 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def find_default_store(start: str | None = None) -> str:
+    """The default store, found as git finds its folder: `.cas` in the current folder or the nearest
+    parent that has one; `.cas` in the current folder (created on first write) when none has."""
+    folder = os.path.abspath(start or os.getcwd())
+    while True:
+        candidate = os.path.join(folder, ".cas")
+        if os.path.isfile(os.path.join(candidate, "config")):
+            return candidate if folder != os.path.abspath(start or os.getcwd()) else ".cas"
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return ".cas"
+        folder = parent
 
 
 def _announce_finishing(on_progress, session: PutSession) -> None:

@@ -316,22 +316,23 @@ def test_ambiguous_reference_from_the_api(store_dir, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["cat", "get", "pin"])
-@pytest.mark.parametrize("ref, says", [
-    ("cas://xyz", "not a digest reference"),
-    ("1234567", "too short"),
-    ("cas://1234567", "too short"),
-    ("ghijklmn", "not a digest reference"),
-    ("0123456789abcdeX", "not a digest reference"),
-    ("0" * 65, "not a digest reference"),
-    ("", "not a digest reference"),
-    ("cas://", "not a digest reference"),
-    ("sha256:" + "0" * 64, "not a digest reference"),
+@pytest.mark.parametrize("ref, says, code", [
+    ("cas://xyz", "not a digest reference", 2),
+    ("cas://1234567", "too short", 2),
+    ("", "not a reference", 2),
+    ("cas://", "not a digest reference", 2),
+    # anything else that is not a digest may be a pin label: none of these is one
+    ("1234567", "at least 8 hex characters", 3),
+    ("ghijklmn", "not a digest, a runs:/ reference or a pin label", 3),
+    ("0123456789abcdeX", "not a digest, a runs:/ reference or a pin label", 3),
+    ("0" * 65, "not a digest, a runs:/ reference or a pin label", 3),
+    ("sha256:" + "0" * 64, "not a digest, a runs:/ reference or a pin label", 3),
 ])
-def test_malformed_reference(cli, store_dir, tmp_path, stored, command, ref, says):
+def test_malformed_reference(cli, store_dir, tmp_path, stored, command, ref, says, code):
     dest = tmp_path / "out" / "restored.bin"
     before, pins = files_under(store_dir), _pins(cli)
     r = cli(*_ref_commands(ref, str(dest))[command])
-    assert r.code == 2
+    assert r.code == code
     line = one_error_line(r.err)
     assert says in line and repr(ref) in line
     assert not (tmp_path / "out").exists()
@@ -501,7 +502,7 @@ def test_bad_input_in_a_real_process_is_one_line(store_dir, tmp_path):
         (["put", str(f), str(tmp_path / "missing")], 3, "no such file or folder"),
         (["cat", "0" * 64], 3, "unknown reference"),
         (["get", "cas://xyz", "-o", str(tmp_path / "o")], 2, "not a digest reference"),
-        (["pin", "1234567", "--label", "x"], 2, "too short"),
+        (["pin", "1234567", "--label", "x"], 3, "at least 8 hex characters"),
         (["get", digest, "-o", str(tmp_path / "exists.bin")], 4, "exists"),
         (["--store", "s3:/x", "stats"], 2, "URI"),
         (["--store", "", "stats"], 2, "URI"),
