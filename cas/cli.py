@@ -9,103 +9,182 @@ import signal
 import sys
 
 from . import __version__
-from .errors import CasError, Interrupted
+from .errors import CasError, Interrupted, InvalidInput
+
+REF_HELP = "a digest, a hex prefix (8+), cas://DIGEST, runs:/RUN/NAME[@STEP] or a pin label (see below)"
+REF_FORMS = """\
+REF may be:
+  e0e84f0928dd61201f63470cc0ea4f2eec9f999fa6ac04e81c6349f4db52f188   a digest (64 hex)
+  e0e84f09                  a unique hex prefix of at least 8 characters
+  cas://e0e84f09            either of the above as a URI
+  runs:/exp-1/model         the latest step of artifact 'model' of run 'exp-1'
+  runs:/exp-1/model@200     step 200 of it
+  weights/best              a pin label (cas pins lists them)
+A REF that looks like a digest (8 to 64 hex characters, or cas://...) is read as a digest, never
+as a label."""
 
 
 class _ArgParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line."""
+    """argparse, but a usage error is an InvalidInput that points to this command's own help."""
 
     def error(self, message):
-        sys.stderr.write(f"cas: error: {message} (see cas --help)\n")
-        raise SystemExit(2)
+        raise InvalidInput(f"{message} (see {self.prog} --help)", subject=self.prog)
+
+
+class _CommandParser(_ArgParser):
+    """A command's parser: what it does not recognize is its own usage error (argparse leaves it to `cas`)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
+def _examples(*lines: str, forms: str = "") -> str:
+    return (forms + "\n\n" if forms else "") + "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _parser() -> argparse.ArgumentParser:
     common = _ArgParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS, metavar="URI",
-                        help="store location (default: $CAS_STORE, else ./.cas)")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
-    p = _ArgParser(prog="cas", parents=[common], description="Content-addressed artifact store.")
+                        help="the store: a folder, file:///abs/path or s3://bucket/prefix "
+                             "(default: $CAS_STORE, else .cas in this folder or a parent)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the result as JSON on stdout, and errors as a JSON object on stderr")
+    p = _ArgParser(prog="cas", parents=[common], description="Content-addressed artifact store.",
+                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                   epilog="Run `cas COMMAND --help` for a command's arguments and examples.")
     p.add_argument("--version", action="version", version=f"cas {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser,
+                           help="one of the commands below")
     sub.required = True
 
-    def cmd(name, help_):
-        return sub.add_parser(name, parents=[common], help=help_, description=help_)
+    def cmd(name: str, help_: str, epilog: str | None = None):
+        return sub.add_parser(name, parents=[common], help=help_, description=help_, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    cmd("init", "create the store if it does not exist")
-    c = cmd("put", "store files or folders, pinned under their path (or --label)")
-    c.add_argument("paths", nargs="+", metavar="PATH")
-    c.add_argument("--label", help="pin label (one PATH only)")
-    c.add_argument("--no-pin", action="store_true", help="store without pinning")
-    c = cmd("get", "restore a file or folder")
-    c.add_argument("ref", metavar="REF")
-    c.add_argument("-o", "--output", required=True, metavar="DEST")
-    c.add_argument("--force", action="store_true", help="replace an existing destination")
-    c = cmd("cat", "write a stored file to stdout")
-    c.add_argument("ref", metavar="REF")
-    cmd("stats", "sizes and counts of the store")
-    c = cmd("verify", "check the store end to end")
-    c.add_argument("--read-data", action="store_true", help="read and check every stored byte")
-    cmd("reindex", "rebuild the local index from the store")
-    cmd("runs", "list runs with their status, versions and sizes")
-    c = cmd("log", "list the live versions of a run")
-    c.add_argument("run", metavar="RUN")
-    c.add_argument("--name", help="only this artifact name")
-    c.add_argument("--kind", help="only this kind")
-    c = cmd("du", "what each version costs alone and shares with others")
-    c.add_argument("run", nargs="?", metavar="RUN", help="one run (default: every run)")
-    c = cmd("diff", "bytes shared and changed between two stored versions")
-    c.add_argument("ref_a", metavar="REF")
-    c.add_argument("ref_b", metavar="REF")
-    c = cmd("forget", "drop versions of runs by policy (records only; cas gc frees the data)")
-    c.add_argument("runs", nargs="+", metavar="RUN")
-    c.add_argument("--name", help="only this artifact name")
-    c.add_argument("--kind", help="only this kind")
-    c.add_argument("--keep-last", type=int, metavar="N", help="keep the N highest steps of each (run, name)")
-    c.add_argument("--keep-every", type=int, metavar="STEPS", help="keep versions whose step is a multiple")
-    c.add_argument("--all", action="store_true", help="forget every matching version (needed without --keep-*)")
-    c.add_argument("--dry-run", action="store_true", help="show what would be forgotten; change nothing")
-    c = cmd("gc", "delete what no run or pin references, safely beside running writers")
+    _content_commands(cmd)
+    _store_commands(cmd)
+    _run_commands(cmd)
+    _pin_commands(cmd)
+    return p
+
+
+def _content_commands(cmd) -> None:
+    cmd("init", "create the store if it does not exist", _examples("cas init", "cas --store s3://bucket/team-a init"))
+    c = cmd("put", "store files or folders, pinned under their path (or --label)",
+            _examples("cas put model.safetensors          # pinned as model.safetensors",
+                      "cas put ckpt/ --label best         # a folder, pinned as best",
+                      "cas --json put a.bin b.bin         # a JSON list: one object per PATH"))
+    c.add_argument("paths", nargs="+", metavar="PATH", help="a file or folder to store, e.g. model.bin or ckpt/")
+    c.add_argument("--label", metavar="L", help="pin under L instead of the path as typed (one PATH only), "
+                                                "e.g. --label weights/best")
+    c.add_argument("--no-pin", action="store_true", help="store without pinning (gc deletes what nothing references)")
+    c = cmd("get", "restore a stored file or folder",
+            _examples("cas get e0e84f09 -o model.bin", "cas get runs:/exp-1/model@200 -o restored/   # into restored/",
+                      "cas get weights/best -o model.bin --force", forms=REF_FORMS))
+    c.add_argument("ref", metavar="REF", help=f"what to restore: {REF_HELP}")
+    c.add_argument("-o", "--output", required=True, metavar="DEST",
+                   help="where to restore: a path, or a folder to restore into (existing, or ending in /), "
+                        "e.g. -o restored/")
+    c.add_argument("--force", action="store_true", help="replace what exists at DEST")
+    c = cmd("cat", "write a stored file to stdout",
+            _examples("cas cat runs:/exp-1/notes.md", "cas cat e0e84f09 > model.bin", forms=REF_FORMS))
+    c.add_argument("ref", metavar="REF", help=f"the file to write (not a folder): {REF_HELP}")
+    c = cmd("diff", "bytes shared and changed between two stored files or folders",
+            _examples("cas diff runs:/exp-1/model@100 runs:/exp-1/model@300", forms=REF_FORMS))
+    c.add_argument("ref_a", metavar="REF", help="the first file or folder, e.g. runs:/exp-1/model@100")
+    c.add_argument("ref_b", metavar="REF", help="the second, e.g. runs:/exp-1/model@300")
+
+
+def _store_commands(cmd) -> None:
+    cmd("stats", "sizes and counts of the store", _examples("cas stats", "cas --json stats"))
+    c = cmd("verify", "check the store end to end (metadata only, unless --read-data)",
+            _examples("cas verify", "cas verify --read-data"))
+    c.add_argument("--read-data", action="store_true", help="also read every pack and check every stored byte")
+    cmd("reindex", "rebuild this machine's index of the store from the packs' footers", _examples("cas reindex"))
+    c = cmd("gc", "delete what no run or pin references, safely beside running writers",
+            _examples("cas gc --dry-run", "cas gc --grace 0          # condemn and delete in one run"))
     c.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")
     c.add_argument("--grace", default="24h", metavar="DURATION",
                    help="delete what was condemned at least this long ago: 0, 30s, 15m, 24h, 7d (default 24h)")
     c.add_argument("--repack-threshold", type=float, default=None, metavar="SHARE",
-                   help="repack a needed pack once this share of it is dead (default 0.25)")
-    c = cmd("pin", "pin a stored object under a label")
-    c.add_argument("ref", metavar="REF")
-    c.add_argument("--label", required=True)
-    cmd("pins", "list pins")
-    c = cmd("unpin", "remove a pin")
-    c.add_argument("label", metavar="LABEL")
-    return p
+                   help="repack a needed pack once this share of it is dead, in (0, 1], e.g. 0.1 (default 0.25)")
+
+
+def _run_commands(cmd) -> None:
+    cmd("runs", "list runs with their status, versions and sizes", _examples("cas runs"))
+    c = cmd("log", "list the live versions of a run",
+            _examples("cas log exp-1", "cas log exp-1 --name model --kind checkpoint"))
+    c.add_argument("run", metavar="RUN", help="the run name, e.g. exp-1")
+    c.add_argument("--name", metavar="N", help="only this artifact name, e.g. --name model")
+    c.add_argument("--kind", metavar="K", help="only this kind, e.g. --kind checkpoint")
+    c = cmd("du", "stored bytes each run version or pin needs alone (only this) and shares with other ones",
+            _examples("cas du            # every run version and pin", "cas du exp-1      # the versions of one run"))
+    c.add_argument("run", nargs="?", metavar="RUN",
+                   help="list only this run's live versions (default: every run version and every pin)")
+    c = cmd("forget", "drop versions of runs by policy (records only; cas gc frees the data)",
+            "Kept: what a --keep-* option keeps, pinned versions, and the latest version of each\n"
+            "(run, name) unless --keep-last 0 or --all is given.\n\n"
+            + _examples("cas forget exp-1 --keep-every 1000 --dry-run",
+                        "cas forget exp-1 --name model --keep-last 3", "cas forget exp-2 --all"))
+    c.add_argument("runs", nargs="+", metavar="RUN", help="the run(s) to drop versions of, e.g. exp-1")
+    c.add_argument("--name", metavar="N", help="only this artifact name (default: every name), e.g. --name model")
+    c.add_argument("--kind", metavar="K", help="only this kind, e.g. --kind checkpoint")
+    c.add_argument("--keep-last", type=int, metavar="N",
+                   help="keep the N highest steps of each (run, name); 0 keeps none, not even the latest")
+    c.add_argument("--keep-every", type=int, metavar="STEPS",
+                   help="keep the versions whose step is a multiple of STEPS, e.g. --keep-every 1000")
+    c.add_argument("--all", action="store_true",
+                   help="forget every matching version, the latest included (needed without --keep-*)")
+    c.add_argument("--dry-run", action="store_true", help="list what would be forgotten, by name; change nothing")
+
+
+def _pin_commands(cmd) -> None:
+    c = cmd("pin", "pin a stored file or folder under a label (gc keeps what a pin names)",
+            _examples("cas pin e0e84f09 --label release/v1", "cas pin runs:/exp-1/model@300 --label best",
+                      forms=REF_FORMS))
+    c.add_argument("ref", metavar="REF", help=f"what to pin: {REF_HELP}")
+    c.add_argument("--label", metavar="L", required=True,
+                   help="the label; if it names something already, it now names REF. e.g. --label release/v1")
+    cmd("pins", "list pins", _examples("cas pins", "cas --json pins"))
+    c = cmd("unpin", "remove a pin (the content stays until gc finds nothing else references it)",
+            _examples("cas unpin release/v1"))
+    c.add_argument("label", metavar="LABEL", help="the label to remove, as cas pins shows it, e.g. release/v1")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    as_json = _wants_json(argv)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse printed usage or --version/--help
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse printed --help or --version
         return int(exc.code or 0)
+    except CasError as exc:  # a usage error
+        return _fail(exc, as_json)
     as_json = getattr(args, "json", False)
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         from . import commands
         return getattr(commands, f"cmd_{args.command}")(args, getattr(args, "store", None), as_json)
-    except CasError as exc:
-        return _fail(str(exc), exc.exit_code)
-    except Interrupted as exc:
-        return _fail(str(exc), exc.exit_code)
+    except (CasError, Interrupted) as exc:
+        return _fail(exc, as_json)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return _fail(Interrupted("interrupted", exit_code=130), as_json)
     except BrokenPipeError:
         _quiet_stdout()
         return 141
     except MemoryError:
-        return _fail("out of memory", 1)
+        return _fail(CasError("out of memory"), as_json)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """Whether --json is on the command line, for errors met before (or while) it is parsed."""
+    return "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
 
 
 def _main_thread() -> bool:
@@ -117,8 +196,14 @@ def _on_sigterm(signum, frame):
     raise Interrupted("terminated", exit_code=143)
 
 
-def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"cas: error: {message}\n")
+def _fail(exc: CasError | Interrupted, as_json: bool) -> int:
+    """One line on stderr: `cas: error: ...`, or with --json {"error", "exit_code", "type"}."""
+    message, code = str(exc), exc.exit_code
+    if as_json:
+        line = json.dumps({"error": message, "exit_code": code, "type": type(exc).__name__})
+    else:
+        line = f"cas: error: {message}"
+    sys.stderr.write(line + "\n")
     sys.stderr.flush()
     return code
 
