@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from typing import Callable
+from collections.abc import Callable
+from functools import partial
 
 from .cli import emit
 from .errors import IntegrityError, InvalidInput
@@ -75,7 +76,7 @@ def cmd_put(args, uri, as_json) -> int:
             check_label(label)
     results = []
     for path, label in zip(args.paths, labels):
-        with _bar(f"put {os.path.basename(path.rstrip('/')) or path}", as_json, lambda: _source_size(path)) as bar:
+        with _bar(f"put {os.path.basename(path.rstrip('/')) or path}", as_json, partial(_source_size, path)) as bar:
             res = store.put_file(path, pin=label, on_progress=bar)
         item = {"path": path, "digest": res.digest, "size": res.size, "new_bytes": res.new_bytes, "kind": res.kind}
         if label is not None:

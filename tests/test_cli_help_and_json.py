@@ -10,10 +10,10 @@ import os
 import re
 
 import pytest
+from conftest import one_error_line
 
 import tracker
 from cas.cli import _parser
-from conftest import one_error_line
 
 DOCS = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "cli.md")
 
@@ -106,7 +106,9 @@ def documented_keys() -> dict[str, set[str]]:
     """For each `### command` of docs/cli.md: the keys named in the first cell of its `| key |` tables."""
     keys: dict[str, set[str]] = {}
     section, in_table = None, False
-    for line in open(DOCS, encoding="utf-8"):
+    with open(DOCS, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for line in lines:
         if line.startswith("#"):
             heading = re.match(r"### (\w+)\s*$", line)
             section, in_table = (heading.group(1) if heading else None), False
