@@ -251,6 +251,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
                repack_threshold: float = REPACK_THRESHOLD) -> dict:
     backend = store.backend
     store._require()
+    _condemnations(backend)  # a damaged gc list stops gc here, before anything is read or written
     roots = _current_roots(store)
     expanded: set[bytes] = set()  # objects whose blobs are in `reachable`: later passes read only new roots
     index_objects: dict[str, list[PackRecord]] = {}
@@ -288,7 +289,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
             # after it, and saw it when its session began
             own = store._lease.key  # gc's own session: it commits no refs
             sessions = sorted(set(live_sessions(backend, backend_now(backend))) - {own})
-            backend.put(layout.gc_sessions_key(stamp), msgpack.packb(sessions), create_only=True)
+            backend.put(layout.gc_sessions_key(stamp), encode_sessions(sessions), create_only=True)
             if grace == 0:  # condemn and delete in one run, still waiting for the writers listed
                 roots = _current_roots(store)  # before the catalog: it lists every pack these roots need
                 condemnations = _condemnations(backend)

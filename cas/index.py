@@ -315,10 +315,16 @@ class Index:
         raw = self._read(lambda txn: txn.get(key.encode(), db=self.gc_lists))
         return None if raw is None else [bytes(raw[i:i + 32]) for i in range(0, len(raw), 32)]
 
-    def set_gc_state(self, lists: dict[str, list[bytes]], condemned: set[bytes], deleted: set[bytes]) -> bool:
+    def set_gc_state(self, lists: dict[str, list[bytes]], condemned: set[bytes], deleted: set[bytes], *,
+                     unreadable: bool = False) -> bool:
         """Take the store's gc state as it is now: the condemned and the deleted packs (both replaced, so
-        a store restored from a copy is seen as it is). Returns True if the deleted set changed."""
+        a store restored from a copy is seen as it is), and whether some gc list could not be read (then
+        no pack is usable for deduplication). Returns True if the deleted set changed."""
         def fn(txn):
+            if unreadable:
+                txn.put(b"gc_unreadable", b"1", db=self.meta)
+            else:
+                txn.delete(b"gc_unreadable", db=self.meta)
             for key, packs in lists.items():
                 txn.put(key.encode(), b"".join(packs), db=self.gc_lists)
             txn.drop(self.condemned, delete=False)
@@ -346,9 +352,13 @@ class Index:
     def deleted_packs(self) -> set[bytes]:
         return self._read(lambda txn: {bytes(k) for k in txn.cursor(db=self.deleted).iternext(values=False)})
 
+    def gc_state_unreadable(self) -> bool:
+        return self._read(lambda txn: txn.get(b"gc_unreadable", db=self.meta) is not None)
+
     def _home(self, txn, raw) -> bytes | None:
-        """The pack of an index entry if a writer may rely on it (not condemned, not found missing)."""
-        if raw is None:
+        """The pack of an index entry if a writer may rely on it (not condemned, not found missing, and
+        every gc list readable)."""
+        if raw is None or txn.get(b"gc_unreadable", db=self.meta) is not None:
             return None
         pid = bytes(raw[:32])
         if txn.get(pid, db=self.condemned) is not None or txn.get(pid, db=self.missing) is not None:

@@ -48,6 +48,7 @@ class Store:
         self._hints: dict[bytes, bytes] = {}  # re-put hints of this lease's puts, remembered once acknowledged
         self.warnings: list[str] = []
         self.on_warning: Callable[[str], None] = self.warnings.append
+        self._warned: set[str] = set()
         self.on_created: Callable[[str], None] = lambda where: None  # told when init() made the store
 
     # ---- opening ----------------------------------------------------------------------------
@@ -145,9 +146,13 @@ class Store:
         return True
 
     def _sync_gc_state(self, index: Index) -> bool:
-        """Learn gc's condemned and deleted packs; True if packs were deleted since the last look."""
+        """Learn gc's condemned and deleted packs; True if the deleted set changed since the last look.
+
+        A gc list that does not decode may name any pack, and gc may delete what it names: until every
+        list reads again, this cache lets writers deduplicate against nothing (reads are unaffected).
+        """
         from .gc import decode_list
-        lists, condemned, deleted = {}, set(), set()
+        lists, condemned, deleted, unreadable = {}, set(), set(), []
         for key, _ in self.backend.list(layout.GC):
             if not key.startswith((layout.GC_CONDEMNED, layout.GC_DELETED)):
                 continue
@@ -157,8 +162,15 @@ class Store:
                     packs = lists[key] = decode_list(self.backend.get(key), key=key)[1]
                 except NotFound:
                     continue  # gc finished with it while we listed
+                except IntegrityError as exc:
+                    unreadable.append(str(exc))
+                    continue
             (condemned if key.startswith(layout.GC_CONDEMNED) else deleted).update(packs)
-        return index.set_gc_state(lists, condemned, deleted)
+        if unreadable and unreadable[0] not in self._warned:
+            self._warned.add(unreadable[0])  # once per store opened
+            self.on_warning(f"{unreadable[0]}: storing everything again rather than deduplicating until it is "
+                            f"repaired (cas verify lists it)")
+        return index.set_gc_state(lists, condemned, deleted, unreadable=bool(unreadable))
 
     @contextmanager
     def writing(self):
@@ -495,13 +507,14 @@ class Store:
         A new ref to old data must not point into a pack gc may delete; returns the blobs copied.
         """
         condemned = self.index.condemned_packs()
-        if not condemned:
+        everything = self.index.gc_state_unreadable()  # any pack may be condemned: copy every blob
+        if not condemned and not everything:
             return 0
         from .gc import _reachable
         blobs = []
         for kind, key in _reachable(self, {digest.hex(): digest}):
             loc = self.index.chunk(key) if kind == CHUNK else self.index.manifest(key)
-            if loc is not None and loc.pack_id in condemned:
+            if loc is not None and (everything or loc.pack_id in condemned):
                 blobs.append((kind, key, loc))
         if blobs:
             with self._session() as session:

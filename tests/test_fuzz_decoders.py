@@ -499,8 +499,6 @@ def test_gc_stops_with_one_line_on_a_damaged_gc_list(cli, store_dir, tmp_path):
     assert r.code == 5 and key in one_error_line(r.err)
 
 
-@pytest.mark.xfail(strict=True, reason="the sync path (Store._sync_gc_state) must read past a damaged condemnation: "
-                                       "writers then deduplicate against nothing; wired outside these files")
 def test_a_damaged_condemnation_does_not_stop_reads_of_intact_data(cli, store_dir, tmp_path):
     digest = cli("--json", "put", str(_file(tmp_path)), "--no-pin").json()["digest"]
     key = layout.condemned_key("001795699815446-0123abcd")
