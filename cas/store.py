@@ -464,7 +464,8 @@ class Store:
         try:
             if os.path.lexists(target):
                 if not force:
-                    raise AlreadyExists(f"{target} exists (use --force, or force=True in Python, to replace it)", subject=target)
+                    raise AlreadyExists(f"{target} exists (use --force, or force=True in Python, to replace it)",
+                                        subject=target)
                 replace_destination(target, restore)
             else:
                 restore(target)
