@@ -399,11 +399,10 @@ class Index:
         return self._read(lambda txn: [txn.get(i, db=self.chunks) is not None for i in ids])
 
     def manifest(self, digest: bytes) -> Location | None:
-        raw = self._read(lambda txn: txn.get(digest, db=self.manifests))
-        if raw is None:
-            return None
-        pack_id, off, slen, rlen, cod, check, kind, size = _MAN.unpack(raw)
-        return Location(pack_id, off, slen, rlen, cod, check, kind, size)
+        def fn(txn):
+            raw = txn.get(digest, db=self.manifests)
+            return None if raw is None else Location(*_MAN.unpack(raw))
+        return self._read(fn)
 
     def manifests_with_prefix(self, prefix_hex: str, limit: int = 2) -> list[bytes]:
         """Digests of stored files and trees (manifests or inline) whose hex starts with prefix_hex."""

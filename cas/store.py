@@ -91,6 +91,8 @@ class Store:
         if self._index is None:
             config = self._require()
             self._index = Index(os.path.join(self.cache_dir, config.store_id, self._location_id(), "index"))
+            if self._index.replaced:
+                self.on_warning(f"the local cache was damaged and is rebuilt from the store ({self._index.replaced})")
             self._index.ensure_format(CACHE_FORMAT)
         return self._index
 
@@ -203,7 +205,8 @@ class Store:
         """Rebuild the local index from the packs themselves (their footers), the source of truth.
         on_progress(1) is called as each pack's footer is read."""
         index = self._open_index()
-        index.clear()
+        index.reset()  # new files, without reading the old ones: reindex must work on a damaged cache
+        index.ensure_format(CACHE_FORMAT)
         index_keys = pack_index.list_keys(self.backend)  # listed first: what they name is listed below
         listed = [(pid, size) for key, size in self.backend.list(layout.PACKS)
                   if (pid := layout.pack_id_from_key(key)) is not None]
