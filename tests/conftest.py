@@ -63,10 +63,15 @@ def run_cas(*args: str, env=None, **kw) -> subprocess.CompletedProcess:
 
 
 def one_error_line(err: str) -> str:
-    """stderr must be exactly one `cas: error: ...` line, and no traceback; returns it."""
+    """stderr must be exactly one error line, and no traceback: `cas: error: ...`, or with --json one JSON
+    object with error, exit_code and type. Returns it as the text line."""
     assert "Traceback" not in err, err
     lines = err.splitlines()
     assert len(lines) == 1, err
+    if lines[0].startswith("{"):
+        obj = json.loads(lines[0])
+        assert set(obj) == {"error", "exit_code", "type"}, obj
+        return "cas: error: " + obj["error"]
     assert lines[0].startswith("cas: error: "), err
     return lines[0]
 
