@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from . import layout
 from .errors import FormatError, NotFound
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pins, records and gc lists carry a BLAKE3 seal (format 1 stores still read)
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB

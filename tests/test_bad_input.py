@@ -20,6 +20,7 @@ import tempfile
 import pytest
 
 from cas import Store
+from cas.config import FORMAT_VERSION
 from cas.errors import AmbiguousReference
 from cas.index import Index
 from conftest import files_under, leftovers, one_error_line, run_cas, write_checkpoint
@@ -390,16 +391,17 @@ def test_store_of_a_newer_format_version(cli, store_dir, tmp_path, stored, comma
             "reindex": ["reindex"], "pins": ["pins"], "pin": ["pin", stored["file"], "--label", "x"],
             "unpin": ["unpin", stored["file_path"]]}[command]
     pins = _pins(cli)
-    _bump_format(store_dir, 2)
+    newer = FORMAT_VERSION + 1
+    _bump_format(store_dir, newer)
     before = files_under(store_dir)
     r = cli(*args)
     assert r.code == 7
     line = one_error_line(r.err)
-    assert "format version 2" in line and "upgrade cas" in line
+    assert f"format version {newer}" in line and "upgrade cas" in line
     assert r.out == ""
     assert files_under(store_dir) == before
     assert not (tmp_path / "out").exists()
-    _bump_format(store_dir, 1)
+    _bump_format(store_dir, FORMAT_VERSION)
     assert _pins(cli) == pins
     _assert_untouched(cli, store_dir, files_under(store_dir))
 
