@@ -168,10 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from . import commands
         return getattr(commands, f"cmd_{args.command}")(args, getattr(args, "store", None), as_json)
-    except (CasError, Interrupted) as exc:
+    except CasError as exc:
         return _fail(exc, as_json)
+    except Interrupted as exc:
+        return _fail(_after_interrupt(exc, args.command), as_json)
     except KeyboardInterrupt:
-        return _fail(Interrupted("interrupted", exit_code=130), as_json)
+        return _fail(_after_interrupt(Interrupted("interrupted", exit_code=130), args.command), as_json)
     except BrokenPipeError:
         _quiet_stdout()
         return 141
@@ -180,6 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _after_interrupt(exc: Interrupted, command: str) -> Interrupted:
+    """An interrupted put says what it leaves behind: packs already stored, which nothing references."""
+    if command != "put":
+        return exc
+    return Interrupted(f"{exc}: packs this put already stored stay, unreferenced, until `cas gc` removes them",
+                       exit_code=exc.exit_code)
 
 
 def _wants_json(argv: list[str]) -> bool:
