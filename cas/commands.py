@@ -273,7 +273,9 @@ def cmd_gc(args, uri, as_json) -> int:
     threshold = REPACK_THRESHOLD if args.repack_threshold is None else args.repack_threshold
     if not 0 < threshold <= 1:
         raise InvalidInput(f"--repack-threshold takes a share in (0, 1], not {threshold}")
-    report = execute_gc(_open(uri), grace=grace, dry_run=args.dry_run, repack_threshold=threshold)
+    with _bar("gc: repacking", as_json) as bar:  # counts the partly dead packs read; silent if none
+        report = execute_gc(_open(uri), grace=grace, dry_run=args.dry_run, repack_threshold=threshold,
+                            on_progress=bar)
     emit(report, as_json, "\n".join(_gc_lines(report, args.grace)))
     return 0
 

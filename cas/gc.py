@@ -248,7 +248,8 @@ def _current_roots(store) -> dict[str, bytes]:
 
 
 def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
-               repack_threshold: float = REPACK_THRESHOLD) -> dict:
+               repack_threshold: float = REPACK_THRESHOLD, on_progress=None) -> dict:
+    """Run gc (see the module docstring); on_progress(n) counts the bytes of packs read to repack."""
     backend = store.backend
     store._require()
     _condemnations(backend)  # a damaged gc list stops gc here, before anything is read or written
@@ -281,7 +282,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
         return report
     with store.writing():
         if plan.repack:
-            _repack(store, plan.supplies, plan.repack)
+            _repack(store, plan.supplies, plan.repack, on_progress or (lambda n: None))
         if plan.condemn:
             stamp = _stamp(now)
             backend.put(layout.condemned_key(stamp), encode_list(plan.condemn, now), create_only=True)
@@ -353,7 +354,7 @@ def _clean_temps(store, grace: float, report: dict, *, dry_run: bool) -> None:
     report["removed_temp_bytes"] = sum(t.size for t in stale) if dry_run else temps.remove(stale)
 
 
-def _repack(store, supplies: dict[bytes, list], victims: list[bytes]) -> None:
+def _repack(store, supplies: dict[bytes, list], victims: list[bytes], on_progress) -> None:
     """Copy the blobs partly dead packs are the home of, still compressed, into new packs (durable and indexed).
 
     Only those: a reachable blob of a victim that another kept pack supplies stays there, else every
@@ -366,3 +367,4 @@ def _repack(store, supplies: dict[bytes, list], victims: list[bytes]) -> None:
             for e in supplies[pid]:
                 loc = Location(pid, e.offset, e.stored_len, e.raw_len, e.codec, e.check, e.kind, e.size)
                 session.copy_blob(e.key, loc, data[e.offset:e.offset + e.stored_len], force=True)
+            on_progress(len(data))
