@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 import msgpack
 
 from . import framing, layout, pack_index, temps
-from .errors import IntegrityError, InvalidInput, NotFound
+from .errors import IntegrityError, InvalidInput, NotFound, StorageError
 from .index import INLINE, Location
 from .leases import backend_now, expired_sessions, lease_seconds, live_sessions
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
 from .pack_index import PackRecord
 
 DEFAULT_GRACE = 24 * 3600.0
+LIST_PASSES = 50  # listings of index objects before giving up on a store that keeps merging them
 REPACK_THRESHOLD = 0.25  # a needed pack whose dead share reaches this is repacked
 GC_LIST_FORMAT = 2  # 1: bare msgpack; 2: sealed with its BLAKE3 (cas/framing.py)
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
@@ -214,14 +215,15 @@ def _catalog(store, read: dict[str, list[PackRecord]] | None = None) -> tuple[di
     we read sends us back to list again (the merged object names its packs).
     """
     read = {} if read is None else read
-    for attempt in range(5):
+    for _ in range(LIST_PASSES):
         keys = pack_index.list_keys(store.backend)
-        try:
-            read.update(pack_index.read_many(store.backend, [k for k in keys if k not in read]))
+        got, vanished = pack_index.read_present(store.backend, [k for k in keys if k not in read])
+        read.update(got)
+        if not vanished:
             break
-        except NotFound:
-            if attempt == 4:
-                raise
+    else:
+        raise StorageError("the store's index objects kept changing while gc read them; nothing was changed: "
+                           "run gc again", subject=layout.INDEXES)
     packs: dict[bytes, PackRecord] = {}
     for key in keys:
         for rec in read[key]:

@@ -109,6 +109,23 @@ def read_many(backend, keys: list[str]) -> list[tuple[str, list[PackRecord]]]:
         return list(zip(keys, pool.map(lambda k: read(backend, k), keys)))
 
 
+def read_present(backend, keys: list[str]) -> tuple[list[tuple[str, list[PackRecord]]], bool]:
+    """Read the index objects that are still there; True as well if any vanished since it was listed
+    (a writer merged it, or gc replaced it: list again to read what names its packs now)."""
+    def one(key):
+        try:
+            return key, read(backend, key)
+        except NotFound:
+            return None
+    if len(keys) <= 1 or backend.read_concurrency <= 1:
+        got = [one(k) for k in keys]
+    else:
+        with ThreadPoolExecutor(max_workers=backend.read_concurrency, thread_name_prefix="cas-sync") as pool:
+            got = list(pool.map(one, keys))
+    present = [item for item in got if item is not None]
+    return present, len(present) < len(keys)
+
+
 def merge(backend, keys: list[str]) -> tuple[str, list[bytes]] | None:
     """Combine the index objects `keys` into one; the parts are deleted only after the whole is durable.
     Returns the merged object's key and the packs it names.

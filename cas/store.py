@@ -18,7 +18,8 @@ from .backends import Backend, open_backend
 from .backends.local import storage_error
 from .config import StoreConfig, create_or_load_config, load_config
 from .digest import hash_bytes, looks_like_digest, parse_ref
-from .errors import AlreadyExists, AmbiguousReference, IntegrityError, InvalidInput, NotFound, PackMissing
+from .errors import (AlreadyExists, AmbiguousReference, IntegrityError, InvalidInput, NotFound, PackMissing,
+                     StorageError)
 from .handoff import quick_handoffs
 from .index import INLINE, Index, Location
 from .ingest import PutResult, PutSession
@@ -30,6 +31,7 @@ from .restore import (ChunkReader, FileReader, remove_stale_temps, replace_desti
                       write_tree)
 
 Progress = Callable[[int], None]
+SYNC_PASSES = 50  # listings of index objects before giving up on a store that keeps merging them
 CACHE_FORMAT = 2  # 2: index objects remembered with the packs they name; missing packs
 
 
@@ -118,21 +120,18 @@ class Store:
         index = self._open_index()
         if self._sync_gc_state(index):
             index.forget_packs()  # gc deleted packs: relearn every location from the index objects
-        for attempt in range(3):
+        added = 0
+        for _ in range(SYNC_PASSES):
             seen = index.index_objects_read()  # before listing: an object read by now is durable, so listed
             listed = pack_index.list_keys(self.backend)
-            fresh = [k for k in listed if k not in seen]
-            try:
-                added = sum(index.add_index_object(key, records)
-                            for key, records in pack_index.read_many(self.backend, fresh))
-            except NotFound:
-                if attempt == 2:
-                    raise
-                continue
+            got, vanished = pack_index.read_present(self.backend, [k for k in listed if k not in seen])
+            added += sum(index.add_index_object(key, records) for key, records in got)
             if self._drop_vanished(index, seen - set(listed), listed):
                 continue  # the cache was emptied of packs: read every index object again
-            return added
-        return 0
+            if not vanished:  # else a writer merged one as we read: list again for the merged object
+                return added
+        raise StorageError("the store's index objects kept changing while they were read: try again",
+                           subject=layout.INDEXES)
 
     def _drop_vanished(self, index: Index, vanished: set[str], listed: list[str]) -> bool:
         """Index objects this cache read that the store no longer lists were merged (their packs are named
