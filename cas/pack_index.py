@@ -38,6 +38,8 @@ def encode(packs: list[PackRecord]) -> bytes:
     raw = msgpack.packb({"v": INDEX_FORMAT, "packs": [[p.pack_id, p.size, [e.to_list() for e in p.entries]]
                                                       for p in packs]}, use_bin_type=True)
     codec_id, stored = codec.compress(raw, 3)
+    if len(raw) > MAX_INDEX_RATIO * len(stored):  # readers refuse such a ratio: store it as it is
+        codec_id, stored = codec.RAW, raw
     return HEADER.pack(MAGIC, len(raw), codec_id) + stored
 
 

@@ -507,3 +507,17 @@ def test_a_damaged_condemnation_does_not_stop_reads_of_intact_data(cli, store_di
     assert fresh.read_bytes(digest) == b"content\n"
     assert fresh.put_bytes(b"content\n").new_bytes == len(b"content\n")  # no dedup against any pack it may name
     assert any(key in p for p in fresh.verify().problems)
+
+
+def test_an_index_object_of_many_duplicate_packs_is_written_so_readers_accept_it():
+    """Racing puts of one file each write a pack with the same entries: merged, they compress far
+    beyond the ratio readers accept, so the writer stores such an object uncompressed."""
+    from cas import pack_index
+    from cas.pack import CHUNK, PackEntry
+    entries = tuple(PackEntry(CHUNK, bytes([i]) * 32, 8 + 100 * i, 100, 100, 0, bytes([i]) * 32)
+                    for i in range(50))
+    packs = [pack_index.PackRecord(bytes([n]) * 32, 8 + 100 * 50 + 64, entries) for n in range(200)]
+    data = pack_index.encode(packs)
+    back = pack_index.decode(data, name=hash_bytes(data).hex())
+    assert [(p.pack_id, p.size, [e.key for e in p.entries]) for p in back] == \
+        [(p.pack_id, p.size, [e.key for e in p.entries]) for p in packs]
