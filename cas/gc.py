@@ -23,6 +23,7 @@ from .index import INLINE, Location
 from .leases import backend_now, expired_sessions, lease_seconds, live_sessions
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
 from .pack_index import PackRecord
+from .reach import refuse_tree_as_file
 
 DEFAULT_GRACE = 24 * 3600.0
 LIST_PASSES = 50  # listings of index objects before giving up on a store that keeps merging them
@@ -182,6 +183,7 @@ def _reachable(store, roots: dict[str, bytes], done: set[bytes] | None = None) -
             seen.add((TREE_MANIFEST, digest))
             for entry in manifest.entries:
                 if entry.kind == "file":
+                    refuse_tree_as_file(store.index, digest, entry)  # so visit recurses one level at most
                     visit(entry.digest, ref)
         else:
             seen.add((FILE_MANIFEST, digest))

@@ -8,8 +8,18 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from .errors import IntegrityError
 from .index import INLINE
 from .pack import TREE_MANIFEST
+
+
+def refuse_tree_as_file(index, tree: bytes, entry) -> None:
+    """A tree's file entry must name a file: one naming a tree would nest trees as deep as the input
+    wants (walks would recurse with it), and no put writes one."""
+    loc = index.object_location(entry.digest)
+    if loc is not None and loc.kind == TREE_MANIFEST:
+        raise IntegrityError(f"tree {tree.hex()} is damaged: its file {entry.path!r} names a folder",
+                             subject=tree.hex())
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class Reach:
             chunks: set[bytes] = set()
             for entry in tree.entries:
                 if entry.kind == "file":
+                    refuse_tree_as_file(self.store.index, digest, entry)
                     chunks |= self.footprint(entry.digest).chunks
             fp = Footprint(frozenset(chunks), tree.size)
         else:

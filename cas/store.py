@@ -309,6 +309,9 @@ class Store:
 
     def _file_manifest(self, digest: bytes) -> FileManifest:
         loc = self.index.manifest(digest)
+        if loc is not None and loc.kind == TREE_MANIFEST:  # a tree's file entry naming a folder
+            raise IntegrityError(f"file {digest.hex()} names a folder, not a file: the tree listing it is damaged",
+                                 subject=digest.hex())
         if loc is None or loc.kind != FILE_MANIFEST:
             raise NotFound(f"file {digest.hex()} is missing from the store", subject=digest.hex())
         return self._manifest(digest, loc)

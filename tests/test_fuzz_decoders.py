@@ -521,3 +521,21 @@ def test_an_index_object_of_many_duplicate_packs_is_written_so_readers_accept_it
     back = pack_index.decode(data, name=hash_bytes(data).hex())
     assert [(p.pack_id, p.size, [e.key for e in p.entries]) for p in back] == \
         [(p.pack_id, p.size, [e.key for e in p.entries]) for p in packs]
+
+
+def test_a_chain_of_trees_each_naming_the_next_as_a_file_is_one_line(store_dir, tmp_path):
+    """A file entry that names a tree would nest trees as deep as the input wants: gc, du and get refuse
+    it with one line, whatever the chain's length (no walk recurses with it)."""
+    store = Store.open(store_dir)
+    digest = bytes.fromhex(store.put_bytes(b"leaf").digest)
+    with store.writing(), store._session() as session:  # one session: 3,000 trees in a few packs
+        for _ in range(3000):
+            raw = _packb({"v": 1, "entries": [TreeEntry("f", FILE, False, digest, 4).to_list()]})
+            digest = tree_digest(raw)
+            session.add_manifest(TREE_MANIFEST, digest, raw, 0)
+    refs.write_pin(store.backend, refs.Pin("chain", digest.hex(), 1.0, "tree", 4))
+    for args in (["gc", "--grace", "0"], ["du"], ["get", digest.hex(), "-o", str(tmp_path / "out")]):
+        r = _cas("--store", store_dir, *args)
+        assert r.returncode == 5, (args, r.stderr)
+        assert "names a folder" in one_error_line(r.stderr), r.stderr
+    assert not (tmp_path / "out").exists()
