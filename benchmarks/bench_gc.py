@@ -133,7 +133,8 @@ def build(uri: str, spec: Spec, scratch: Path) -> dict:
     from cas.store import Store
     backend = open_backend(uri)
     backend.create_location()
-    config = StoreConfig.new(chunker=ChunkerParams(*spec.chunker), conditional_writes=backend.probe_conditional_writes())
+    config = StoreConfig.new(chunker=ChunkerParams(*spec.chunker),
+                             conditional_writes=backend.probe_conditional_writes())
     if not backend.put(layout.CONFIG, config.to_bytes(), create_only=True):
         raise SystemExit(f"a store exists already at {uri}")
     backend.close()
@@ -215,7 +216,8 @@ def bench_backend(name: str, uri: str, spec: Spec, args, work: Path, cas: list[s
     print(f"[{name}] forget all but the last {keep} steps of each run, then gc", file=sys.stderr, flush=True)
     forgot = timed("forget", cas_("forget", *(spec.run_name(r) for r in range(spec.runs)), "--name", ARTIFACT,
                                   "--keep-last", keep)).json()
-    expected = {f"runs:/{spec.run_name(r)}/{ARTIFACT}@{s}" for r in range(spec.runs) for s in range(1, spec.steps - keep + 1)}
+    expected = {f"runs:/{spec.run_name(r)}/{ARTIFACT}@{s}"
+                for r in range(spec.runs) for s in range(1, spec.steps - keep + 1)}
     out["forgotten"] = forgot["count"]
     out["forgotten_as_expected"] = set(forgot["forgotten"]) == expected
     out["gc_dry_after"] = timed("gc_dry_after", cas_("gc", "--dry-run", "--grace", "0")).json()
@@ -331,7 +333,8 @@ def report(results: dict, env: dict) -> str:
     lines += table("backend", MAIN_COLUMNS, summaries)
     lines += ["\"gc\" is `cas gc --grace 0` after the forget; \"gc again\" a second one with nothing left to free. "
               "\"deleted packs MB\" is gc's freed_bytes (the size of the packs it deleted, repacked ones included, "
-              "whose live blobs went to new packs); \"net freed MB\" is stored_bytes of `cas stats` before minus after. "
+              "whose live blobs went to new packs); \"net freed MB\" is stored_bytes of `cas stats` before minus "
+              "after. "
               "\"correct\": verify passed before and after gc, the spot-checked kept versions restored byte-identical, "
               "the forgotten ones were exactly the expected set and no longer resolve.", ""]
     lines += ["## Store", ""] + table("backend", STORE_COLUMNS, summaries)
@@ -355,7 +358,8 @@ def report(results: dict, env: dict) -> str:
                 "freed_bytes", "waiting_packs")
         lines += [f"- **{name}** ({res['uri']}): {res['versions']} versions + {res['events']} run events logged, "
                   f"{res['logical_bytes'] / MB:.0f} MB logical, {res['new_bytes'] / MB:.1f} MB new; "
-                  f"forgot {res['forgotten']} versions ({'as expected' if res['forgotten_as_expected'] else 'NOT the expected set'}).",
+                  f"forgot {res['forgotten']} versions "
+                  f"({'as expected' if res['forgotten_as_expected'] else 'NOT the expected set'}).",
                   f"  - gc --dry-run before forget: {_brief(res['gc_dry'], keys)}",
                   f"  - gc --dry-run after forget: {_brief(dry, keys)}",
                   f"  - gc --grace 0: {_brief(gc, keys)}",
@@ -363,7 +367,7 @@ def report(results: dict, env: dict) -> str:
                   f"  - verify before gc: {_verify(res['verify_before'])}; after gc: {_verify(res['verify_after'])}",
                   f"  - spot checks: {checks['restored_identical']}/{checks['spot_checked']} kept versions restored "
                   f"byte-identical with `cas get`; a forgotten version "
-                  f"{'no longer resolves' if checks['forgotten_gone'] else 'STILL RESOLVES' if checks['forgotten_gone'] is False else 'was not tried'}"
+                  f"{_gone_text(checks['forgotten_gone'])}"
                   + (f"; problems: {'; '.join(checks['problems'])}" if checks["problems"] else "")]
         if dry["deleted_packs"] == 0 and gc["deleted_packs"] > 0:
             lines.append(f"  - note: the dry run after forget reported 0 packs to delete, the real gc --grace 0 "
@@ -391,6 +395,10 @@ def source_state() -> str:
     import hashlib
     return f"commit {head}" + (f", modified: {', '.join(changed)} (diff {hashlib.sha1(diff).hexdigest()[:8]})"
                                if changed else ", clean")
+
+
+def _gone_text(gone: bool | None) -> str:
+    return "no longer resolves" if gone else "STILL RESOLVES" if gone is False else "was not tried"
 
 
 def _brief(rep: dict, keys) -> str:
@@ -482,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(text + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"env": env, "backends": results,
-                                               "summary": {n: summary(r) for n, r in results.items()}}, indent=2) + "\n")
+                                               "summary": {n: summary(r) for n, r in results.items()}},
+                                              indent=2) + "\n")
     ok = all(summary(r)["correct"] == "yes" for r in results.values())
     if not ok:
         print("bench_gc: a correctness check failed (see the report)", file=sys.stderr)

@@ -153,9 +153,9 @@ def jsonl_lines(rng: np.random.Generator, first: int, n: int) -> str:
     loss, rate = rng.normal(2.0, 0.1, n), rng.normal(9e4, 2e3, n)
     events = rng.choice(["train", "train", "train", "eval", "ckpt"], n)
     return "".join(
-        json.dumps({"step": first + i, "event": str(e), "loss": round(float(l), 6),
+        json.dumps({"step": first + i, "event": str(e), "loss": round(float(lo), 6),
                     "tokens_per_s": round(float(r), 1), "host": f"node-{(first + i) % 8}"}) + "\n"
-        for i, (e, l, r) in enumerate(zip(events, loss, rate)))
+        for i, (e, lo, r) in enumerate(zip(events, loss, rate)))
 
 
 def gen_jsonl(rng: np.random.Generator, outdir: Path, steps: int, scale: float) -> list[Path]:

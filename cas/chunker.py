@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from io import BufferedIOBase
 
 from pyfastcdc import FastCDC
 
@@ -51,7 +52,7 @@ class Chunker:
                 return buf
         return bytearray(size)
 
-    def segments(self, stream: BinaryIO, segment_size: int = SEGMENT, size_hint: int | None = None
+    def segments(self, stream: BufferedIOBase, segment_size: int = SEGMENT, size_hint: int | None = None
                  ) -> Iterator[Segment]:
         """Chunk a stream: each Segment holds whole chunks; the cut points equal those of cut(whole input).
 

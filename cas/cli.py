@@ -1,15 +1,16 @@
-"""The `cas` command line: parses arguments, calls the Store, prints results; no logic of its own."""
+"""The `cas` command line: parses arguments and runs the command of that name from `cas.commands`; no logic."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 
 from . import __version__
+from .commands import COMMANDS
 from .errors import CasError, Interrupted, InvalidInput
+from .output import emit_error
 
 REF_HELP = "a digest, a hex prefix (8+), cas://DIGEST, runs:/RUN/NAME[@STEP] or a pin label (see below)"
 REF_FORMS = """\
@@ -46,7 +47,7 @@ def _examples(*lines: str, forms: str = "") -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = _ArgParser(add_help=False)
+    common = _CommandParser(add_help=False)  # only a parent: its arguments are copied into each parser
     common.add_argument("--store", default=argparse.SUPPRESS, metavar="URI",
                         help="the store: a folder, file:///abs/path or s3://bucket/prefix "
                              "(default: $CAS_STORE, else .cas in this folder or a parent)")
@@ -166,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     as_json = getattr(args, "json", False)
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
-        from . import commands
-        return getattr(commands, f"cmd_{args.command}")(args, getattr(args, "store", None), as_json)
+        command = COMMANDS.get(args.command)
+        if command is None:  # a parser entry without a command behind it
+            raise InvalidInput(f"unknown command {args.command!r} (see cas --help)", subject=args.command)
+        return command(args, getattr(args, "store", None), as_json)
     except CasError as exc:
         return _fail(exc, as_json)
     except Interrupted as exc:
@@ -208,14 +211,8 @@ def _on_sigterm(signum, frame):
 
 def _fail(exc: CasError | Interrupted, as_json: bool) -> int:
     """One line on stderr: `cas: error: ...`, or with --json {"error", "exit_code", "type"}."""
-    message, code = str(exc), exc.exit_code
-    if as_json:
-        line = json.dumps({"error": message, "exit_code": code, "type": type(exc).__name__})
-    else:
-        line = f"cas: error: {message}"
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-    return code
+    emit_error(str(exc), exc.exit_code, type(exc).__name__, as_json)
+    return exc.exit_code
 
 
 def _quiet_stdout() -> None:
@@ -225,13 +222,3 @@ def _quiet_stdout() -> None:
     except OSError:
         pass
 
-
-def emit(obj, as_json: bool, text: str | None = None) -> None:
-    """Print a result: JSON when asked, else the human text."""
-    if as_json:
-        sys.stdout.write(json.dumps(obj, indent=None, sort_keys=False) + "\n")
-    elif text is not None:
-        line = text + ("\n" if text and not text.endswith("\n") else "")
-        sys.stdout.flush()  # file names from the OS may hold undecodable bytes: write them back as they came
-        sys.stdout.buffer.write(line.encode("utf-8", "surrogateescape"))
-    sys.stdout.flush()

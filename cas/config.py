@@ -26,7 +26,7 @@ class ChunkerParams:
     avg_size: int = 64 * KiB
     max_size: int = 256 * KiB
 
-    def check(self) -> "ChunkerParams":
+    def check(self) -> ChunkerParams:
         """The bounds FastCDC accepts (it is given avg_size - min_size as its average); ValueError otherwise."""
         if not all(type(v) is int for v in (self.min_size, self.avg_size, self.max_size)):
             raise ValueError("chunker sizes must be ints")
@@ -50,7 +50,7 @@ class StoreConfig:
 
     @classmethod
     def new(cls, *, level: int = 1, chunker: ChunkerParams | None = None,
-            conditional_writes: bool = True) -> "StoreConfig":
+            conditional_writes: bool = True) -> StoreConfig:
         return cls(store_id=secrets.token_hex(16), level=level, chunker=chunker or ChunkerParams(),
                    conditional_writes=conditional_writes)
 
@@ -58,7 +58,7 @@ class StoreConfig:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "StoreConfig":
+    def from_bytes(cls, data: bytes) -> StoreConfig:
         """The config read from storage; FormatError with one line if it is newer, unknown or damaged."""
         try:
             if len(data) > MAX_CONFIG:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import cast
 
 import msgpack
 
@@ -86,7 +87,7 @@ def unseal(data, limits: Limits, *, what: str, subject: str, version: int) -> di
     v = doc.get("v") if type(doc) is dict else None
     if type(v) is not int or v != (version if sealed else LEGACY):
         raise damaged(what, subject, "checksum mismatch" if v == version else f"unknown format {v!r}")
-    return doc
+    return cast(dict, doc)  # a dict: anything else has no "v" and was refused above
 
 
 # ---- field checks: each raises ValueError (callers turn it into an IntegrityError naming the object) ----

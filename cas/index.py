@@ -367,7 +367,8 @@ class Index:
 
     def usable(self, kind: int, key: bytes) -> bytes | None:
         """The pack a writer may deduplicate this blob against (known, in a pack gc has not condemned), or None."""
-        return self._read(lambda txn: self._home(txn, txn.get(key, db=self.chunks if kind == CHUNK else self.manifests)))
+        db = self.chunks if kind == CHUNK else self.manifests
+        return self._read(lambda txn: self._home(txn, txn.get(key, db=db)))
 
     def clear(self) -> None:
         def fn(txn):
@@ -463,7 +464,8 @@ class Index:
         return None if raw is None else bytes(raw)
 
     def index_objects_read(self) -> set[str]:
-        return self._read(lambda txn: {bytes(k).decode() for k in txn.cursor(db=self.index_objects).iternext(values=False)})
+        return self._read(lambda txn: {bytes(k).decode()
+                                       for k in txn.cursor(db=self.index_objects).iternext(values=False)})
 
     def iter_chunks(self):
         """(chunk id, Location) for every chunk; one read transaction."""

@@ -7,11 +7,12 @@ import stat
 import struct
 from array import array
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from . import codec, layout, pack_index
+from .backends.local import storage_error
 from .chunker import Chunker
 from .digest import file_hasher, hash_bytes
 from .errors import CasError, ChangedWhileReading, InvalidInput, NotFound, PackMissing, StorageError
@@ -19,7 +20,6 @@ from .manifest import DIR, FILE, LINK, FileManifest, TreeEntry, TreeManifest
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, PackWriter
 from .pack_index import PackRecord
 from .restore import verified_blob
-from .backends.local import storage_error
 
 DEPTH = 3  # segments in flight per stage
 PACKS_PER_INDEX_OBJECT = 256  # a long put writes one index object per this many packs

@@ -62,7 +62,7 @@ class WriterLease:
             self.lapsed = True  # set before the time below, which check() reads first
         self._refreshed_at = began
 
-    def acquire(self) -> "WriterLease":
+    def acquire(self) -> WriterLease:
         self._write()
         self._thread = threading.Thread(target=self._refresh_loop, name="cas-lease", daemon=True)
         self._thread.start()

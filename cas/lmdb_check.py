@@ -15,7 +15,8 @@ import threading
 
 _HEAD = struct.Struct("<QHHHH")     # page number, pad, flags, lower, upper (overflow: page count at 12)
 _META = struct.Struct("<II")        # magic, version (right after the page header)
-_DB = struct.Struct("<IHHQQQQQ")    # pad (the page size, in the free db), flags, depth, branch, leaf, overflow, entries, root
+# pad (the page size, in the free db), flags, depth, branch, leaf, overflow, entries, root
+_DB = struct.Struct("<IHHQQQQQ")
 _NODE = struct.Struct("<HHHH")      # lo, hi (data size, or child page with flags), flags, key size
 _TAIL = struct.Struct("<QQ")        # last page, txn id
 HEAD = _HEAD.size
@@ -167,7 +168,8 @@ class _Walk:
         _, db_flags, depth, *expected, root = db
         if db_flags != flags:
             raise Damaged("a database has unexpected flags")
-        self.counts, self.named, self.is_free = [0, 0, 0, 0], [], free  # branch, leaf, overflow pages; entries
+        self.named: list = []
+        self.counts, self.is_free = [0, 0, 0, 0], free  # branch, leaf, overflow pages; entries
         if root != NO_PAGE:
             if not 1 <= depth <= MAX_DEPTH:
                 raise Damaged("a database has an impossible depth")

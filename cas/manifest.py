@@ -55,7 +55,7 @@ class FileManifest:
                                        "sizes": sizes.tobytes()}, use_bin_type=True), "file")
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, name: str) -> "FileManifest":
+    def from_bytes(cls, data: bytes, *, name: str) -> FileManifest:
         """A file manifest read from storage: ids and u32 sizes of 1..MAX_CHUNK_SIZE that add up to its size."""
         what = f"file manifest {name}"
         doc = framing.unpack(data, framing.Limits(bin=len(data), str=16, array=0, map=8), what=what, subject=name)
@@ -127,7 +127,7 @@ class TreeManifest:
         return tree_digest(self.to_bytes())
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, name: str) -> "TreeManifest":
+    def from_bytes(cls, data: bytes, *, name: str) -> TreeManifest:
         """A tree manifest read from storage: entries of the right types, paths of at most MAX_DEPTH parts."""
         what = f"tree manifest {name}"
         limits = framing.Limits(bin=64, str=MAX_PATH, array=len(data), map=8)

@@ -13,9 +13,9 @@ import msgpack
 import zstandard
 
 from . import codec, framing
+from .backends.local import storage_error
 from .config import MAX_CHUNK_SIZE
 from .digest import file_hasher, hash_bytes
-from .backends.local import storage_error
 from .errors import IntegrityError
 
 HEADER = b"CASPACK1"
@@ -52,7 +52,7 @@ class PackEntry:
         return [self.kind, self.key, self.offset, self.stored_len, self.raw_len, self.codec, check, self.size]
 
     @classmethod
-    def from_list(cls, row) -> "PackEntry":
+    def from_list(cls, row) -> PackEntry:
         """An entry as a footer or index object holds it; ValueError unless every field is in bounds."""
         if type(row) is not list or len(row) != 8:
             raise ValueError("a pack entry is not an array of 8")

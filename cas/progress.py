@@ -1,4 +1,4 @@
-"""A small progress bar on stderr for long operations (put, get, verify, reindex); silent unless stderr is a terminal."""
+"""A small progress bar on stderr for long work (put, get, verify, reindex); silent unless stderr is a terminal."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ class Progress:
 
     def _of_total(self) -> str:
         if self.unit == "B":
-            return f"{human(self.done)}/{human(self.total)}"
+            return f"{human(self.done)}/{human(self.total or 0)}"  # called only once total is known
         return f"{self.done}/{self.total} {self.unit}"
 
     def _draw(self, now: float) -> None:
@@ -90,7 +90,7 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

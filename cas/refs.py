@@ -27,7 +27,7 @@ class Pin:
                              "kind": self.kind, "size": self.size})
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, key: str) -> "Pin":
+    def from_bytes(cls, data: bytes, *, key: str) -> Pin:
         """A pin event read from storage, checked for shape (IntegrityError names the key otherwise).
 
         Its label must be the one its key's folder is named after.

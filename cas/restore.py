@@ -10,16 +10,16 @@ import secrets
 import shutil
 import stat
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
 
 from . import codec, layout
+from .backends.local import fsync_dir, storage_error
 from .digest import file_hasher, hash_bytes
-from .handoff import quick_handoffs
 from .errors import IntegrityError, InvalidInput, NotFound, PackMissing, StorageError
+from .handoff import quick_handoffs
 from .index import INLINE, Location
 from .manifest import DIR, FILE, LINK, FileManifest, TreeManifest, check_safe, locate
-from .backends.local import fsync_dir, storage_error
 
 MAX_READ = 8 << 20  # largest coalesced ranged read
 FETCH_AHEAD = 4  # runs being fetched and verified ahead of the writer
@@ -107,7 +107,7 @@ class ChunkReader:
                                what=f"chunk {loc.check.hex()}") for loc, _ in run]
 
 
-def stream_file(reader: ChunkReader, manifest: FileManifest, write: Callable[[bytes], None], *,
+def stream_file(reader: ChunkReader, manifest: FileManifest, write: Callable[[bytes], object], *,
                 digest: bytes, on_progress: Callable[[int], None] | None = None) -> None:
     """Write a file's verified chunks in order; the whole file is checked against its digest at the end.
 

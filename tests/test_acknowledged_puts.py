@@ -175,8 +175,8 @@ def _genuine_digest(tmp_path, path) -> bytes:
 
 
 def test_a_forged_tree_manifest_is_refused_with_warm_and_fresh_caches(cli, store_dir, tmp_path, monkeypatch):
-    from cas.pack import TREE_MANIFEST
     from cas.manifest import TreeManifest
+    from cas.pack import TREE_MANIFEST
     wanted = tmp_path / "wanted"
     wanted.mkdir()
     (wanted / "model.bin").write_bytes(b"the real weights" * 1000)

@@ -29,8 +29,8 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import pytest
 

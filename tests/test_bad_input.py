@@ -18,12 +18,12 @@ import sys
 import tempfile
 
 import pytest
+from conftest import files_under, leftovers, one_error_line, run_cas, write_checkpoint
 
 from cas import Store
 from cas.config import FORMAT_VERSION
 from cas.errors import AmbiguousReference
 from cas.index import Index
-from conftest import files_under, leftovers, one_error_line, run_cas, write_checkpoint
 
 KiB = 1 << 10
 
@@ -206,7 +206,7 @@ def test_put_of_an_unreadable_file_fails_cleanly(unprivileged, what):
     os.makedirs(os.path.join(src, "inner"))
     write_checkpoint(os.path.join(src, "a.bin"), 200 * KiB, seed=21)
     write_checkpoint(os.path.join(src, "inner", "b.bin"), 200 * KiB, seed=22)
-    for dirpath, dirnames, filenames in os.walk(src):
+    for dirpath, _dirnames, filenames in os.walk(src):
         os.chmod(dirpath, 0o777)
         for name in filenames:
             os.chmod(os.path.join(dirpath, name), 0o666)

@@ -2,8 +2,8 @@
 
 Almost every test runs the real `cas` command as a subprocess, because what is under test is what a user sees:
 exit codes, one-line errors, and what is left on disk. The last section places a signal at one exact point (inside a
-pack's finish, as a worker thread starts, in verify's per-pack loop). Round counts of the slow loops come from CAS_CRASH_ROUNDS
-(default 50).
+pack's finish, as a worker thread starts, in verify's per-pack loop). Round counts of the slow loops come from
+CAS_CRASH_ROUNDS (default 50).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import time
 import numpy as np
 import pytest
 from blake3 import blake3
-
 from conftest import cas_command, leftovers, one_error_line, run_cas, write_checkpoint
 
 KiB = 1 << 10
@@ -407,7 +406,7 @@ def test_two_processes_putting_the_same_file_at_once(store_dir, tmp_path, caches
         data = write_checkpoint(path, 64 * MiB, seed=20 + rnd)
         procs = [_spawn("--store", store_dir, "--json", "put", str(path), env=env) for env in envs]
         results = [p.communicate(timeout=300) for p in procs]
-        for p, (out, err) in zip(procs, results):
+        for p, (_out, err) in zip(procs, results):
             assert p.returncode == 0, err
             assert err == ""
         digests = {json.loads(out)["digest"] for out, _ in results}

@@ -16,9 +16,9 @@ import sys
 
 import lmdb
 import pytest
+from conftest import one_error_line, run_cas
 
 from cas.index import Index
-from conftest import one_error_line, run_cas
 
 PSIZE = 4096
 REINDEX_HINT = "run `cas reindex`"

@@ -6,9 +6,9 @@ import os
 
 import pytest
 from blake3 import blake3
+from conftest import write_checkpoint
 
 from cas import Store
-from conftest import write_checkpoint
 
 MiB = 1 << 20
 

@@ -22,13 +22,14 @@ import subprocess
 import tempfile
 import tracemalloc
 from array import array
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 import msgpack
 import pytest
 import zstandard
+from conftest import cas_command, one_error_line
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cas import Store, codec, framing, layout, pack_index, records, refs
@@ -39,7 +40,6 @@ from cas.errors import FormatError, IntegrityError
 from cas.gc import decode_list, decode_sessions, encode_list, encode_sessions
 from cas.manifest import DIR, FILE, LINK, MAX_DEPTH, FileManifest, TreeEntry, TreeManifest, check_safe
 from cas.pack import CHUNK, FILE_MANIFEST, TRAILER, TREE_MANIFEST, PackWriter, read_pack_entries
-from conftest import cas_command, one_error_line
 
 EXAMPLES = int(os.environ.get("CAS_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

@@ -26,8 +26,8 @@ import time
 import numpy as np
 import pytest
 from blake3 import blake3
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
+from conftest import cas_command, run_cas
+from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 import tracker
@@ -40,7 +40,6 @@ from cas.gc import Condemnation, execute_gc, plan_gc
 from cas.pack import CHUNK, PackEntry
 from cas.pack_index import PackRecord
 from cas.reach import Reach
-from conftest import cas_command, run_cas
 
 MiB = 1 << 20
 ROUNDS = int(os.environ.get("CAS_GC_ROUNDS", "100"))

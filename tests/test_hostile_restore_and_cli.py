@@ -23,15 +23,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import cas_command, files_under, leftovers, one_error_line, run_cas
+from test_bad_input import unprivileged  # noqa: F401 (a fixture: cas as a user that file modes apply to)
+from test_crash_and_interrupts import small_disk  # noqa: F401 (a fixture: a 50 MiB tmpfs)
+from test_trees import _store_tree
 
 import cas.pack
 from cas.errors import IntegrityError
 from cas.manifest import DIR, FILE, LINK, TreeEntry, TreeManifest, check_safe
 from cas.restore import _temp_sibling, check_links
-from conftest import cas_command, files_under, leftovers, one_error_line, run_cas
-from test_bad_input import unprivileged  # noqa: F401 (a fixture: cas as a user that file modes apply to)
-from test_crash_and_interrupts import small_disk  # noqa: F401 (a fixture: a 50 MiB tmpfs)
-from test_trees import _store_tree
 
 KiB = 1 << 10
 MiB = 1 << 20

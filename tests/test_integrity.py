@@ -7,9 +7,9 @@ import random
 import shutil
 
 import pytest
+from conftest import write_checkpoint
 
 from cas import Store
-from conftest import write_checkpoint
 
 MiB = 1 << 20
 

@@ -6,11 +6,11 @@ import glob
 import os
 
 import pytest
+from conftest import write_checkpoint
 
 from cas import Store
-from cas.layout import pin_prefix
 from cas.errors import IntegrityError
-from conftest import write_checkpoint
+from cas.layout import pin_prefix
 
 
 def _one_line(err: str) -> str:

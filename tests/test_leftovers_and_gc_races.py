@@ -12,7 +12,6 @@ import textwrap
 import time
 
 import numpy as np
-
 from conftest import cas_command, run_cas
 
 MiB = 1 << 20
@@ -103,7 +102,7 @@ def test_gc_grace_0_beside_two_writers_putting_and_unpinning(store_dir, tmp_path
                 break
     finally:
         outputs = [w.communicate(timeout=300) for w in writers]
-    for w, (out, err) in zip(writers, outputs):
+    for w, (_out, err) in zip(writers, outputs):
         assert w.returncode == 0, err
     pinned = {}
     for out, _ in outputs:

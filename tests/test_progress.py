@@ -9,8 +9,7 @@ import os
 import pytest
 
 import tracker
-from cas import Store
-from cas import progress as progress_mod
+from cas import Store, progress as progress_mod
 from cas.progress import Progress, duration, human
 
 

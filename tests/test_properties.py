@@ -12,8 +12,7 @@ import secrets
 
 import pytest
 from blake3 import blake3
-from hypothesis import event, given, settings
-from hypothesis import strategies as st
+from hypothesis import event, given, settings, strategies as st
 
 from cas import Store, layout
 from cas.backends.local import LocalBackend

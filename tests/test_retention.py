@@ -113,8 +113,8 @@ def test_forget_command_dry_run_and_pins(cli, store_dir, tmp_path):
 def test_forget_refusals_are_one_line(cli, store_dir):
     with tracker.init("r", store=store_dir) as run:
         run.log_text("x", "a.txt")
-    for args, code in [(["forget", "r"], 2), (["forget", "nope", "--all"], 3), (["forget", "r", "--keep-every", "0"], 2),
-                       (["forget", "r", "--keep-last", "x"], 2)]:
+    for args, code in [(["forget", "r"], 2), (["forget", "nope", "--all"], 3),
+                       (["forget", "r", "--keep-every", "0"], 2), (["forget", "r", "--keep-last", "x"], 2)]:
         r = cli(*args)
         assert r.code == code and r.err.startswith("cas: error:") and r.err.count("\n") == 1, (args, r.err)
     assert [v["name"] for v in cli("--json", "log", "r").json()] == ["a.txt"]

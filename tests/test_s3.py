@@ -13,7 +13,6 @@ import subprocess
 import boto3
 import pytest
 from blake3 import blake3
-
 from conftest import cas_command, run_cas, write_checkpoint
 
 MiB = 1 << 20

@@ -21,12 +21,12 @@ from contextlib import contextmanager
 
 import pytest
 from blake3 import blake3
+from conftest import run_cas
+from s3servers import ACCESS_KEY, SECRET_KEY
 
 from cas import Store
 from cas.backends.s3 import READ_ATTEMPTS
 from cas.errors import CasError, NotFound, StorageError
-from conftest import run_cas
-from s3servers import ACCESS_KEY, SECRET_KEY
 
 ROUNDS = int(os.environ.get("CAS_FAULT_ROUNDS", "10"))
 BOTO_ATTEMPTS = 5  # retries={"total_max_attempts": 5} in cas/backends/s3.py

@@ -18,13 +18,13 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import files_under
 
 import tracker
 from cas import Store
 from cas.errors import CasError, InvalidInput, NotFound
 from cas.layout import is_record_key
 from cas.manifest import TreeManifest
-from conftest import files_under
 
 MiB = 1 << 20
 CKPT = 32 * MiB
@@ -175,7 +175,8 @@ def test_du_adds_up_and_matches_the_runs_chunks(store_dir, tmp_path, cli):
     store = Store.open(store_dir)
     ckpt = tmp_path / "ckpt.bin"
     with tracker.init("a", store=store) as run:
-        for data in _evolving_checkpoint(ckpt, 4 * MiB, 3, seed=1):
+        # the generator writes each version to ckpt; its last bytes (data) are used after the loop
+        for data in _evolving_checkpoint(ckpt, 4 * MiB, 3, seed=1):  # noqa: B007
             run.log_artifact(ckpt, name="model")
         run.log_artifact(ckpt, name="model-copy")  # the same digest as model@3 under another name
         run.log_text("a small note", "note.txt")

@@ -76,11 +76,11 @@ def table_bytes(data, artifact_file: str) -> bytes:
     rows = list(zip(*cols.values())) if cols else []
     if ext == "csv":
         import csv
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
         writer.writerow(cols.keys())
         writer.writerows(rows)
-        return buf.getvalue().encode("utf-8")
+        return text.getvalue().encode("utf-8")
     if ext == "json":  # MLflow's layout: {"columns": [...], "data": [[row], ...]}
         return json.dumps({"columns": list(cols), "data": [list(r) for r in rows]},
                           default=_json_default).encode("utf-8")

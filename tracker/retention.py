@@ -24,7 +24,7 @@ class Policy:
     keep_every: int | None = None  # versions whose step is a multiple of K
     drop_all: bool = False  # the latest version is not kept unless a keep option keeps it
 
-    def check(self) -> "Policy":
+    def check(self) -> Policy:
         for value, flag in ((self.keep_last, "--keep-last"), (self.keep_every, "--keep-every")):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0
                                       or (flag == "--keep-every" and value == 0)):

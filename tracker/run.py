@@ -42,7 +42,7 @@ class Run:
         self.records = store.records
 
     # ---- lifecycle ----------------------------------------------------------------------
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -6,10 +6,10 @@ import errno
 import os
 import secrets
 import stat
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from ..errors import NotFound, StorageError
-from . import Backend
+from .base import Backend
 
 TMP_PREFIX = ".tmp."
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from ..errors import NotFound
 from ..layout import TMP
-from . import Backend
+from .base import Backend
 
-_NAMED: dict[str, "MemoryBackend"] = {}
+_NAMED: dict[str, MemoryBackend] = {}
 
 
 class MemoryBackend(Backend):
@@ -21,7 +21,7 @@ class MemoryBackend(Backend):
         self._lock = threading.Lock()
 
     @classmethod
-    def named(cls, name: str) -> "MemoryBackend":
+    def named(cls, name: str) -> MemoryBackend:
         """The same instance for the same name within a process, so reopening sees the data."""
         if name not in _NAMED:
             _NAMED[name] = cls(f"memory://{name}")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import time
 import urllib.parse
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from ..errors import InvalidInput, NotFound, StorageError
-from . import Backend
+from .base import Backend
 
 READ_ATTEMPTS = 5
 MULTIPART_THRESHOLD = 64 << 20
@@ -289,7 +289,8 @@ class S3Backend(Backend):
         except self._bex.BotoCoreError as exc:
             raise self._fail(exc, "checking the bucket") from None
         region = self.client.meta.region_name
-        extra = {"CreateBucketConfiguration": {"LocationConstraint": region}} if region not in (None, "us-east-1") else {}
+        extra = ({"CreateBucketConfiguration": {"LocationConstraint": region}}
+                 if region not in (None, "us-east-1") else {})
         try:
             self.client.create_bucket(Bucket=self.bucket, **extra)
         except self._bex.ClientError as exc:

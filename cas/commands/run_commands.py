@@ -1,0 +1,104 @@
+"""The run commands: runs, log, du, diff, forget."""
+
+from __future__ import annotations
+
+from ..output import emit
+from ..progress import human
+from .common import open_store
+
+
+def cmd_runs(args, uri, as_json) -> int:
+    from ..reach import Reach, usage
+    store = open_store(uri)
+    records = store.records
+    reach, roots = Reach(store), None
+    out = []
+    for name in records.run_names():
+        versions = records.versions(name)
+        status = "running"
+        for event in records.events(name):
+            if event.type == "status":
+                status = event.data.get("status", status)
+            elif event.type == "start":
+                status = "running"
+        stored = [v for v in versions if v.digest]
+        if roots is None:
+            roots = store.roots()
+        use = usage(reach, roots, [v.uri for v in stored])
+        out.append({"name": name, "status": status, "versions": len(versions),
+                    "logical_bytes": sum(v.size for v in versions), "stored_bytes": use["total_bytes"]})
+    text = "\n".join(f"{r['name']:30} {r['status']:9} {r['versions']:5} version{'' if r['versions'] == 1 else 's'}  "
+                      f"{human(r['logical_bytes']):>10} logical  {human(r['stored_bytes']):>10} stored" for r in out)
+    emit(out, as_json, text or "no runs")
+    return 0
+
+
+def cmd_log(args, uri, as_json) -> int:
+    records = open_store(uri).records
+    versions = records.versions(records.require_run(args.run), args.name, kind=args.kind)
+    out = [{"name": v.name, "step": v.step, "kind": v.kind, "digest": v.digest, "size": v.size,
+            "new_bytes": v.new_bytes, "time": v.time, "uri": v.uri, **({"ref_uri": v.ref_uri} if v.ref_uri else {})}
+           for v in versions]
+    text = "\n".join(f"{v['step']:>6}  {v['name']:30} {v['kind']:12} {(v['digest'] or '-')[:16]:16} "
+                      f"{human(v['size']):>10}  new {human(v['new_bytes']):>10}" for v in out)
+    emit(out, as_json, text or "no versions")
+    return 0
+
+
+def cmd_du(args, uri, as_json) -> int:
+    from ..reach import Reach, usage
+    store = open_store(uri)
+    roots = store.roots()
+    if args.run is not None:
+        focus = [v.uri for v in store.records.versions(store.records.require_run(args.run)) if v.digest]
+    else:
+        focus = sorted(roots)
+    result = {"run": args.run, **usage(Reach(store), roots, focus)}
+    lines = [f"{'logical':>10} {'only this':>10} {'shared':>10}  version"]
+    lines += [f"{human(r['logical_bytes']):>10} {human(r['exclusive_bytes']):>10} {human(r['shared_bytes']):>10}  "
+              f"{r['ref']}" for r in result["versions"]]
+    lines.append(f"total {human(result['total_bytes'])} stored: {human(result['exclusive_bytes'])} only one version "
+                 f"references, {human(result['shared_bytes'])} shared")
+    emit(result, as_json, "\n".join(lines))
+    return 0
+
+
+def cmd_diff(args, uri, as_json) -> int:
+    from ..reach import Reach, diff
+    store = open_store(uri)
+    a, _ = store.resolve(args.ref_a)
+    b, _ = store.resolve(args.ref_b)
+    result = diff(Reach(store), a, b)
+    emit(result, as_json, f"shared {human(result['shared_bytes'])} ({result['shared_chunks']} chunks); "
+                          f"only in {args.ref_a}: {human(result['only_a_bytes'])}; "
+                          f"only in {args.ref_b}: {human(result['only_b_bytes'])}")
+    return 0
+
+
+def cmd_forget(args, uri, as_json) -> int:
+    import tracker
+    dropped = tracker.forget(args.runs, name=args.name, kind=args.kind, keep_last=args.keep_last,
+                             keep_every=args.keep_every, all=args.all, dry_run=args.dry_run, store=open_store(uri))
+    result = {"forgotten": [v.uri for v in dropped], "count": len(dropped), "dry_run": args.dry_run}
+    if args.dry_run:
+        text = _forget_plan(dropped)
+    else:
+        text = "\n".join([f"forgot {v.uri}" for v in dropped] + [f"forgot {len(dropped)} versions"])
+    emit(result, as_json, text)
+    return 0
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _forget_plan(dropped) -> str:
+    """What a dry run would forget, grouped by (run, name): a header per artifact, its versions under it."""
+    from tracker.retention import by_series
+    series = by_series(dropped)
+    lines = []
+    for (run, name), group in series.items():
+        lines.append(f"runs:/{run}/{name}: would forget {_plural(len(group), 'version')}")
+        lines += [f"  {v.uri}" for v in group]
+    lines.append(f"would forget {_plural(len(dropped), 'version')} of {_plural(len(series), 'name')}")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""The content and store commands: init, put, get, cat, stats, verify, reindex."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from functools import partial
+
+from ..errors import IntegrityError, InvalidInput
+from ..output import emit
+from ..progress import human
+from .common import open_store, pack_sizes, progress_bar
+
+
+def _source_size(path: str) -> int | None:
+    """Bytes a put of path reads: the file's size, or the sizes of the regular files in the folder."""
+    try:
+        if not os.path.isdir(path):
+            return os.path.getsize(path)
+        total = 0
+        for folder, _, names in os.walk(path):
+            for name in names:
+                st = os.lstat(os.path.join(folder, name))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+        return total
+    except OSError:
+        return None  # the put itself reports what is wrong
+
+
+def cmd_init(args, uri, as_json) -> int:
+    store = open_store(uri)
+    created = not store.exists
+    config = store.init()
+    emit({"store": store.backend.uri, "store_id": config.store_id, "created": created,
+          "format_version": config.format_version}, as_json,
+         f"{'created' if created else 'found'} store {config.store_id} at {store.backend.uri}")
+    return 0
+
+
+def cmd_put(args, uri, as_json) -> int:
+    if args.label is not None and (len(args.paths) > 1 or args.no_pin):
+        raise InvalidInput("--label takes exactly one PATH and cannot be combined with --no-pin")
+    from ..refs import check_label
+    from ..store import source_kind
+    store = open_store(uri)
+    labels = [None if args.no_pin else (args.label if args.label is not None else path) for path in args.paths]
+    # all checked first: a typo must not leave half a batch stored
+    for path, label in zip(args.paths, labels, strict=True):
+        source_kind(path)
+        if label is not None:
+            check_label(label)
+    results = []
+    for path, label in zip(args.paths, labels, strict=True):
+        name = os.path.basename(path.rstrip('/')) or path
+        with progress_bar(f"put {name}", as_json, partial(_source_size, path)) as bar:
+            res = store.put_file(path, pin=label, on_progress=bar)
+        item = {"path": path, "digest": res.digest, "size": res.size, "new_bytes": res.new_bytes, "kind": res.kind}
+        if label is not None:
+            item["label"] = label
+        results.append(item)
+        if not as_json:
+            emit(None, False, f"{res.digest}  {human(res.size):>10}  new {human(res.new_bytes):>10}  {path}")
+    if as_json:
+        emit(results[0] if len(results) == 1 else results, True)
+    return 0
+
+
+def cmd_get(args, uri, as_json) -> int:
+    store = open_store(uri)
+    with progress_bar("get", as_json, lambda: store.resolve(args.ref)[1].size) as bar:  # the file's or folder's size
+        target = store.get_file(args.ref, args.output, force=args.force, on_progress=bar)
+    emit({"ref": args.ref, "path": target}, as_json, f"restored {target}")
+    return 0
+
+
+def cmd_cat(args, uri, as_json) -> int:
+    """The whole file is read and checked against its digest before its first byte goes out: a spool
+    (in memory up to 64 MiB, then a temp file in the cache folder) holds it meanwhile."""
+    import shutil
+    import tempfile
+    store = open_store(uri)
+    store._require()
+    os.makedirs(store.cache_dir, exist_ok=True)
+    with tempfile.SpooledTemporaryFile(max_size=64 << 20, dir=store.cache_dir) as spool:
+        store.stream(args.ref, spool.write)
+        spool.seek(0)
+        out = sys.stdout.buffer
+        shutil.copyfileobj(spool, out, 1 << 20)
+        out.flush()
+    return 0
+
+
+def cmd_stats(args, uri, as_json) -> int:
+    stats = open_store(uri).stats()
+    text = "\n".join(f"{k:18} {_stat_text(k, v)}" for k, v in stats.items())
+    emit(stats, as_json, text)
+    return 0
+
+
+def _stat_text(key: str, value) -> str:
+    if key.endswith("bytes"):
+        return human(value)
+    return ("yes" if value else "no") if isinstance(value, bool) else str(value)
+
+
+def cmd_verify(args, uri, as_json) -> int:
+    store = open_store(uri)
+    with progress_bar("verify", as_json, (lambda: sum(pack_sizes(store))) if args.read_data else None) as bar:
+        report = store.verify(read_data=args.read_data, on_progress=bar if args.read_data else None)
+    if as_json:
+        emit(report.to_dict(), True)
+    else:
+        for problem in report.problems:
+            sys.stderr.write(f"cas: {problem}\n")
+        if report.ok:
+            emit(None, False, f"ok: {report.packs} packs, {report.chunks} chunks, {report.manifests} manifests, "
+                              f"{report.pins} pins, {report.index_objects} index objects"
+                              + (f", {human(report.bytes_read)} read" if args.read_data else "")
+                              + ("" if report.conditional_writes else
+                                 "; the backend ignores create-only writes (If-None-Match), so they check first"))
+    if not report.ok:
+        raise IntegrityError(f"verify found {len(report.problems)} problem(s); first: {report.problems[0]}")
+    return 0
+
+
+def cmd_reindex(args, uri, as_json) -> int:
+    store = open_store(uri)
+    with progress_bar("reindex", as_json, lambda: len(pack_sizes(store)), unit="packs") as bar:
+        counts = store.reindex(on_progress=bar)
+    emit(counts, as_json, f"reindexed {counts['packs']} packs: {counts['chunks']} chunks, "
+                          f"{counts['manifests']} manifests")
+    return 0
