@@ -19,11 +19,11 @@ import msgpack
 
 from . import framing, layout, pack_index, temps
 from .errors import IntegrityError, InvalidInput, NotFound, StorageError
-from .index import INLINE, Location
+from .index import Location
 from .leases import backend_now, expired_sessions, lease_seconds, live_sessions
-from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
+from .pack import read_pack_entries
 from .pack_index import PackRecord
-from .reach import refuse_tree_as_file
+from .walk import RAISE, Walk
 
 DEFAULT_GRACE = 24 * 3600.0
 LIST_PASSES = 50  # listings of index objects before giving up on a store that keeps merging them
@@ -159,38 +159,16 @@ def plan_gc(packs: dict[bytes, PackRecord], reachable: set, condemnations: list[
 
 
 # ---- running it -----------------------------------------------------------------------------------
-def _reachable(store, roots: dict[str, bytes], done: set[bytes] | None = None) -> set:
-    """(kind, key) of every blob a root needs: manifests and chunks, from manifests only.
+def _reachable(walk: Walk, roots: dict[str, bytes]) -> set:
+    """(kind, key) of every blob the roots need that `walk` had not reached yet: manifests and chunks,
+    from manifests only, so a later call in the same gc run reads only the manifests of new roots.
 
-    Objects whose digest is in `done` are skipped, and those visited are added to it: a manifest is
-    named by its content, so a later call in the same gc run need only read the manifests of new roots.
+    The walk's policy is RAISE: a root whose content is missing or damaged stops gc before it deletes.
     """
-    seen: set = set()
-    done = set() if done is None else done
-
-    def visit(digest: bytes, ref: str) -> None:
-        if digest in done:
-            return
-        done.add(digest)
-        loc = store.index.object_location(digest)
-        if loc is None:
-            raise IntegrityError(f"gc stopped: {ref} names {digest.hex()}, which is not in the store; nothing "
-                                 f"was changed (run cas verify)", subject=digest.hex())
-        if loc.kind == INLINE:
-            return
-        manifest = store._manifest(digest, loc)
-        if loc.kind == TREE_MANIFEST:
-            seen.add((TREE_MANIFEST, digest))
-            for entry in manifest.entries:
-                if entry.kind == "file":
-                    refuse_tree_as_file(store.index, digest, entry)  # so visit recurses one level at most
-                    visit(entry.digest, ref)
-        else:
-            seen.add((FILE_MANIFEST, digest))
-            seen.update((CHUNK, manifest.chunk_id(i)) for i in range(len(manifest)))
-    for ref, digest in roots.items():
-        visit(digest, ref)
-    return seen
+    try:
+        return walk.reach(roots)
+    except IntegrityError as exc:
+        raise type(exc)(f"gc stopped: {exc}; nothing was deleted (run cas verify)", subject=exc.subject) from None
 
 
 def _condemnations(backend) -> list[Condemnation]:
@@ -258,9 +236,9 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     store._require()
     _condemnations(backend)  # a damaged gc list stops gc here, before anything is read or written
     roots = _current_roots(store)
-    expanded: set[bytes] = set()  # objects whose blobs are in `reachable`: later passes read only new roots
+    walk = Walk(store, policy=RAISE)  # memoized: later passes read only the manifests of new roots
     index_objects: dict[str, list[PackRecord]] = {}
-    reachable = _reachable(store, roots, expanded)
+    reachable = _reachable(walk, roots)
     packs, index_keys = _catalog(store, index_objects)
     now = time.time() if dry_run else backend_now(backend)
     condemnations = _condemnations(backend)
@@ -301,7 +279,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
                 now = backend_now(backend)
                 packs, index_keys = _catalog(store, index_objects)
                 live = set(live_sessions(backend, now)) - {own}
-                reachable |= _reachable(store, roots, expanded)
+                reachable |= _reachable(walk, roots)
                 plan2 = plan_gc(packs, reachable, condemnations, live, now, 0.0, repack_threshold=2.0)
                 plan.delete, plan.finished, plan.void = plan2.delete, plan2.finished, plan2.void
                 report["waiting_packs"] = len(plan2.waiting)
@@ -309,7 +287,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
         # a writer may have committed a ref to a condemned pack before it learned of the condemnation;
         # blobs of packs written since we read the catalog are not our concern (we delete none of those)
         # (the blobs of roots seen earlier in this run count too: a superset only spares more packs)
-        still = reachable | _reachable(store, _current_roots(store), expanded)
+        still = reachable | _reachable(walk, _current_roots(store))
         still &= {(e.kind, e.key) for rec in packs.values() for e in rec.entries}
         keep, _ = _needed(packs, still, {p for c in _condemnations(backend) for p in c.packs})
         plan.delete -= keep

@@ -516,9 +516,9 @@ class Store:
         everything = self.index.gc_state_unreadable()  # any pack may be condemned: copy every blob
         if not condemned and not everything:
             return 0
-        from .gc import _reachable
+        from .walk import RAISE, Walk
         blobs = []
-        for kind, key in _reachable(self, {digest.hex(): digest}):
+        for kind, key in Walk(self, policy=RAISE).reach({digest.hex(): digest}):
             loc = self.index.chunk(key) if kind == CHUNK else self.index.manifest(key)
             if loc is not None and (everything or loc.pack_id in condemned):
                 blobs.append((kind, key, loc))

@@ -12,6 +12,7 @@ from .gc import decode_list, decode_sessions
 from .pack import CHUNK, FILE_MANIFEST, HEADER, TRAILER, PackEntry, parse_footer, parse_trailer, read_pack_entries
 from .index import Location
 from .restore import verified_blob
+from .walk import REPORT, Walk
 
 
 @dataclass
@@ -50,16 +51,20 @@ def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyR
         if on_progress:
             on_progress(size if read_data else 1)
         report.packs += 1
-    for chunk_id, loc in index.iter_chunks():
+    gone: dict[bytes, list[int]] = {}  # missing pack → [chunks, manifests] the local index places in it
+    for _chunk_id, loc in index.iter_chunks():
         report.chunks += 1
         if loc.pack_id not in listed:
-            report.problems.append(f"chunk {chunk_id.hex()}: its pack {loc.pack_id.hex()} is missing")
+            gone.setdefault(loc.pack_id, [0, 0])[0] += 1
     _check_records(store, report)
-    _check_manifests(store, listed, report)
+    walk = Walk(store, policy=REPORT, packs=listed)
+    walk.reach(_roots(store))
+    _check_manifests(store, listed, walk, gone, report)
     if read_data:
         _check_file_digests(store, report, on_progress)
-    _check_index_objects(store, listed, report)
+    _check_index_objects(store, listed, gone, report)
     _check_pins(store, report)
+    _report_damage(walk, gone, report)
     _check_gc_lists(store.backend, report)
     report.conditional_writes = bool(store.backend.conditional_writes)
     return report
@@ -95,30 +100,41 @@ def _check_records(store, report: VerifyReport) -> None:
     store.open_records(on_damaged=damaged).sync(on_damaged=damaged)
     listed = [(k, n) for k, n in store.backend.list(layout.RUNS) if layout.is_record_key(k)]
     _check_objects(store.backend, listed, lambda key, _: records.decode(store.backend.get(key), key=key), report)
-    for v in store.records.all_versions():
-        report.versions += 1
-        if v.digest and store.index.object_location(bytes.fromhex(v.digest)) is None:
-            report.problems.append(f"{v.uri}: {v.digest} is missing from the store")
+    report.versions += len(store.records.all_versions())  # the walk checks their content
 
 
-def _referenced(store) -> set[bytes]:
-    """Digests of the files and trees some ref reaches; only those must be complete (gc may have taken
-    the chunks of a manifest nothing references any more)."""
-    seen: set[bytes] = set()
-    todo = [bytes.fromhex(v.digest) for v in store.records.all_versions() if v.digest]
-    todo += [bytes.fromhex(p.digest) for p in refs.list_pins(store.backend, on_damaged=lambda exc: None)]
-    while todo:
-        digest = todo.pop()
-        if digest in seen:
+def _roots(store) -> dict[str, bytes]:
+    """Live run versions and pins, as `Store.roots` names them; damaged pins are reported by _check_pins."""
+    roots = {v.uri: bytes.fromhex(v.digest) for v in store.records.all_versions() if v.digest}
+    roots.update((f"pin:{p.label}", bytes.fromhex(p.digest))
+                 for p in refs.list_pins(store.backend, on_damaged=lambda exc: None))
+    return roots
+
+
+def _report_damage(walk: Walk, gone: dict[bytes, list[int]], report: VerifyReport) -> None:
+    """One line per missing pack (its chunks and manifests, and the roots that need it); one line per
+    other damaged object a root reaches (only those must be complete: gc may have taken the chunks of
+    a manifest nothing references any more)."""
+    needed_by: dict[bytes, set[str]] = {}
+    for d in walk.damaged:
+        if d.packs:
+            for pid in d.packs:
+                needed_by.setdefault(pid, set()).update(d.roots)
+                gone.setdefault(pid, [0, 0])
             continue
-        seen.add(digest)
-        loc = store.index.manifest(digest)
-        if loc is not None and loc.kind != FILE_MANIFEST:
-            try:
-                todo += [e.digest for e in store._manifest(digest, loc).entries if e.kind == "file"]
-            except CasError:
-                pass  # reported by the manifest check below
-    return seen
+        told = len(d.roots) == 1 and d.reason.startswith(d.roots[0])  # "<root> names <digest>, which ..."
+        _problem(report, d.reason if told or not d.roots else f"{d.reason} (reached from {_names(d.roots)})")
+    for pid, (chunks, manifests) in sorted(gone.items()):
+        roots = needed_by.get(pid, set())
+        need = f"needed by {_names(sorted(roots))}" if roots else "no run version or pin needs it"
+        report.problems.append(f"pack {pid.hex()} is missing: the index places {chunks} chunks and "
+                               f"{manifests} manifests in it; {need}")
+
+
+def _names(names, most: int = 5) -> str:
+    names = list(names)
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _check_file_digests(store, report: VerifyReport, on_progress=None) -> None:
@@ -140,33 +156,22 @@ def _check_file_digests(store, report: VerifyReport, on_progress=None) -> None:
                 report.problems.append(problem)
 
 
-def _check_manifests(store, listed: dict, report: VerifyReport) -> None:
-    index = store.index
-    referenced = _referenced(store)
-    for digest, loc in index.iter_manifests():
+def _check_manifests(store, listed: dict, walk: Walk, gone: dict[bytes, list[int]], report: VerifyReport) -> None:
+    """Every manifest in the local index reads back and decodes; those the walk read are not read again."""
+    for digest, loc in store.index.iter_manifests():
         report.manifests += 1
         if loc.pack_id not in listed:
-            report.problems.append(f"manifest {digest.hex()}: its pack {loc.pack_id.hex()} is missing")
+            gone.setdefault(loc.pack_id, [0, 0])[1] += 1
             continue
+        if digest in walk.nodes:
+            continue  # read by the walk: a failure is in walk.damaged
         try:
-            manifest = store._manifest(digest, loc)
+            store._manifest(digest, loc)
         except CasError as exc:
             report.problems.append(f"manifest {digest.hex()}: {exc}")
-            continue
-        if digest not in referenced:
-            continue
-        if loc.kind == FILE_MANIFEST:
-            missing = [i for i, have in enumerate(index.chunks_present(
-                [manifest.chunk_id(i) for i in range(len(manifest))])) if not have]
-            if missing:
-                report.problems.append(f"file {digest.hex()}: {len(missing)} chunks are missing")
-        else:
-            for e in manifest.entries:
-                if e.kind == "file" and index.manifest(e.digest) is None:
-                    report.problems.append(f"tree {digest.hex()}: file {e.path!r} is missing")
 
 
-def _check_index_objects(store, listed: dict, report: VerifyReport) -> None:
+def _check_index_objects(store, listed: dict, gone: dict[bytes, list[int]], report: VerifyReport) -> None:
     """Every index object reads back against its name and describes packs that exist, as they are.
 
     A pack gc deleted may still be named by an index object written after gc read them (by a writer
@@ -184,19 +189,16 @@ def _check_index_objects(store, listed: dict, report: VerifyReport) -> None:
             continue
         for rec in records:
             if rec.pack_id not in listed:
-                if rec.pack_id not in deleted:
-                    report.problems.append(f"{key}: names pack {rec.pack_id.hex()}, which is missing")
+                if rec.pack_id not in deleted:  # reported once per pack, with what needs it
+                    gone.setdefault(rec.pack_id, [0, 0])
             elif listed[rec.pack_id] != rec.size:
                 report.problems.append(f"{key}: pack {rec.pack_id.hex()} has {listed[rec.pack_id]} bytes, "
                                        f"the index object says {rec.size}")
 
 
 def _check_pins(store, report: VerifyReport) -> None:
-    """Every pin event reads back (superseded ones too); every live pin's content is in the store."""
-    for pin in refs.list_pins(store.backend, on_damaged=lambda exc: _problem(report, exc)):
-        report.pins += 1
-        if store.index.object_location(bytes.fromhex(pin.digest)) is None:
-            report.problems.append(f"pin {pin.label!r}: {pin.digest} is missing from the store")
+    """Every pin event reads back (superseded ones too); the walk checks every live pin's content."""
+    report.pins += len(refs.list_pins(store.backend, on_damaged=lambda exc: _problem(report, exc)))
     _check_objects(store.backend, refs.events(store.backend), lambda key, size: refs.load(store.backend, key, size),
                    report)
 

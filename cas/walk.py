@@ -1,0 +1,177 @@
+"""The one walk of what a set of roots reaches, with an explicit policy for missing or damaged objects."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .errors import CasError, IntegrityError
+from .index import INLINE
+from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST
+
+RAISE, REPORT, SKIP = "raise", "report", "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A stored object as the walk read it: what it is, its logical size, and what it references."""
+
+    kind: int  # TREE_MANIFEST, FILE_MANIFEST or INLINE
+    size: int
+    files: tuple[bytes, ...] = ()  # digests of a tree's file entries
+    chunks: tuple[bytes, ...] = ()  # chunk ids of a file, in order
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """An object some roots reach that is missing or cannot be read: gc must not act on it, du cannot
+    measure it, verify reports it. `packs` names missing packs the damage comes from (if any)."""
+
+    roots: tuple[str, ...]
+    digest: bytes
+    reason: str
+    packs: frozenset[bytes] = frozenset()
+
+    def to_dict(self) -> dict:
+        return {"roots": list(self.roots), "digest": self.digest.hex(), "reason": self.reason,
+                "packs": sorted(p.hex() for p in self.packs)}
+
+
+class Walk:
+    """Every object (and blob) that roots reach, memoized per digest: each manifest is read once.
+
+    The edges, all of them in `_load` (a new kind of reference is added there and nowhere else):
+    root → its digest (a run version or a pin); tree → its file entries; file → its chunks; content
+    kept inline in a run record → nothing (it lives in the record). The walk is iterative, and a
+    tree's file entry that names a tree is damage (`refuse_tree_as_file`), never followed.
+
+    policy, for a missing or damaged object: RAISE (the error propagates: gc must stop before it
+    deletes anything), REPORT (`damaged` lists it with the roots that reach it, and the walk goes
+    on: verify, du, diff), SKIP (ignored). With `packs` (the pack ids the store lists now), a file
+    whose chunks the index places in no listed pack, or does not know, is damaged too; gc leaves it
+    None, since its catalog decides where every blob lives.
+    """
+
+    def __init__(self, store, *, policy: str = RAISE, packs=None):
+        if policy not in (RAISE, REPORT, SKIP):
+            raise ValueError(f"unknown policy {policy!r}")
+        self.store = store
+        self.policy = policy
+        self.packs = None if packs is None else frozenset(packs)
+        self.nodes: dict[bytes, Node | None] = {}  # None: missing or damaged
+        self.roots: dict[str, bytes] = {}
+        self._damage: dict[bytes, tuple[str, frozenset[bytes]]] = {}
+
+    def reach(self, roots: dict[str, bytes]) -> set[tuple[int, bytes]]:
+        """Walk from roots; returns (kind, key) of the blobs (manifests, chunks) of the objects this call
+        reached first, so a caller that walks again (gc) reads only the manifests of new roots."""
+        blobs: set[tuple[int, bytes]] = set()
+        for name, digest in roots.items():
+            self.roots[name] = digest
+            todo = [(digest, name)]
+            while todo:
+                d, via = todo.pop()
+                if d in self.nodes:
+                    continue
+                node = self.nodes[d] = self._load(d, via)
+                if node is None:
+                    continue
+                if node.kind != INLINE:
+                    blobs.add((node.kind, d))
+                blobs.update((CHUNK, c) for c in node.chunks)
+                todo.extend((f, f"tree {d.hex()}") for f in node.files)
+        return blobs
+
+    def node(self, digest: bytes) -> Node | None:
+        """The object at digest, walked if not yet (as a root of its own, named by its hex)."""
+        if digest not in self.nodes:
+            self.reach({digest.hex(): digest})
+        return self.nodes[digest]
+
+    @property
+    def damaged(self) -> list[Damage]:
+        """What REPORT collected, each with the names of every root walked so far that reaches it."""
+        if not self._damage:
+            return []
+        parents: dict[bytes, list[bytes]] = defaultdict(list)
+        for d, node in self.nodes.items():
+            if node is not None:
+                for f in node.files:
+                    parents[f].append(d)
+        by_digest = defaultdict(set)
+        for name, digest in self.roots.items():
+            by_digest[digest].add(name)
+        out = []
+        for digest, (reason, packs) in sorted(self._damage.items()):
+            names, seen, todo = set(), {digest}, [digest]
+            while todo:
+                d = todo.pop()
+                names |= by_digest.get(d, set())
+                for p in parents.get(d, ()):
+                    if p not in seen:
+                        seen.add(p)
+                        todo.append(p)
+            out.append(Damage(tuple(sorted(names)), digest, reason, packs))
+        return out
+
+    # ---- the edges --------------------------------------------------------------------------
+    def _load(self, digest: bytes, via: str) -> Node | None:
+        store, index = self.store, self.store.index
+        loc = index.object_location(digest)
+        if loc is None:
+            return self._fail(digest, IntegrityError(f"{via} names {digest.hex()}, which is not in the store",
+                                                     subject=digest.hex()))
+        if loc.kind == INLINE:
+            return Node(INLINE, loc.size)
+        try:
+            manifest = store._manifest(digest, loc)
+        except CasError as exc:
+            gone = self.packs is not None and loc.pack_id not in self.packs
+            return self._fail(digest, exc, frozenset([loc.pack_id]) if gone else frozenset())
+        if loc.kind == TREE_MANIFEST:
+            files = []
+            for entry in manifest.entries:
+                if entry.kind != "file":
+                    continue
+                try:
+                    refuse_tree_as_file(index, digest, entry)
+                except IntegrityError as exc:
+                    self._fail(digest, exc)
+                    continue
+                files.append(entry.digest)
+            return Node(TREE_MANIFEST, manifest.size, files=tuple(files))
+        chunks = tuple(manifest.chunk_id(i) for i in range(len(manifest)))
+        node = Node(FILE_MANIFEST, manifest.size, chunks=chunks)
+        if self.packs is not None and chunks:
+            self._check_chunks(digest, chunks)
+        return node
+
+    def _check_chunks(self, digest: bytes, chunks: tuple[bytes, ...]) -> None:
+        homes = self.store.index.chunks_at(list(dict.fromkeys(chunks)))
+        unknown = sum(1 for loc in homes if loc is None)
+        gone = [loc.pack_id for loc in homes if loc is not None and loc.pack_id not in self.packs]
+        if not unknown and not gone:
+            return
+        parts = [f"{unknown} chunks are missing"] if unknown else []
+        if gone:
+            packs = sorted(set(gone))
+            parts.append(f"{len(gone)} chunks are in missing pack{'s' if len(packs) > 1 else ''} "
+                         + ", ".join(p.hex() for p in packs))
+        self._fail(digest, IntegrityError(f"file {digest.hex()}: " + "; ".join(parts), subject=digest.hex()),
+                   frozenset(gone))
+
+    def _fail(self, digest: bytes, exc: CasError, packs: frozenset[bytes] = frozenset()) -> None:
+        if self.policy == RAISE:
+            raise exc
+        if self.policy == REPORT and digest not in self._damage:
+            self._damage[digest] = (str(exc), packs)
+        return None
+
+
+def refuse_tree_as_file(index, tree: bytes, entry) -> None:
+    """A tree's file entry must name a file: one naming a tree would nest trees as deep as the input
+    wants (walks would recurse with it), and no put writes one."""
+    loc = index.object_location(entry.digest)
+    if loc is not None and loc.kind == TREE_MANIFEST:
+        raise IntegrityError(f"tree {tree.hex()} is damaged: its file {entry.path!r} names a folder",
+                             subject=tree.hex())
