@@ -15,8 +15,6 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-import msgpack
-
 from . import framing, layout, pack_index, temps
 from .errors import IntegrityError, InvalidInput, NotFound, StorageError
 from .index import Location

@@ -52,7 +52,7 @@ def _environment(path: str, *, fresh: bool = False) -> lmdb.Environment:
     with _envs_lock:
         pid, ino, env = _envs.get(path, (None, None, None))
         now = lmdb_check.stamp(path)
-        if pid == os.getpid() and not fresh:
+        if pid == os.getpid() and not fresh and env is not None:
             if now is not None and now[0] == ino:
                 return env
             if now is None:
@@ -73,14 +73,14 @@ def _open_sound(path: str, *, fresh: bool) -> tuple[lmdb.Environment, int]:
         if not fresh:
             with _folder_lock(path, fcntl.LOCK_SH):
                 opened = _open_if_sound(path)
-            if opened[0] is not None:
+            if not isinstance(opened, str):
                 return opened
         with _folder_lock(path, fcntl.LOCK_EX):
-            opened = (None, "") if fresh else _open_if_sound(path)
-            if opened[0] is not None:
+            opened = "" if fresh else _open_if_sound(path)
+            if not isinstance(opened, str):
                 return opened
             if not fresh:
-                _replaced[path] = opened[1]
+                _replaced[path] = opened
             _discard(path)
             return _open(path)
     except (OSError, lmdb.Error) as exc:
@@ -88,20 +88,24 @@ def _open_sound(path: str, *, fresh: bool) -> tuple[lmdb.Environment, int]:
                            f"{getattr(exc, 'strerror', None) or exc}", subject=path) from None
 
 
-def _open_if_sound(path: str) -> tuple[lmdb.Environment | None, int | str]:
-    """(environment, inode of data.mdb) if the file passes the check and LMDB accepts it, else (None, why)."""
+def _open_if_sound(path: str) -> tuple[lmdb.Environment, int] | str:
+    """(environment, inode of data.mdb) if the file passes the check and LMDB accepts it, else why not."""
     why = lmdb_check.checked_damage(path)
     if why is None:
         try:
             return _open(path)
         except _DAMAGE as exc:
             why = str(exc)
-    return None, why
+    return why
 
 
 def _open(path: str) -> tuple[lmdb.Environment, int]:
     env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=16, subdir=True, metasync=True, sync=True)
-    return env, lmdb_check.stamp(path)[0]
+    stamp = lmdb_check.stamp(path)
+    if stamp is None:  # LMDB made data.mdb just now: only a concurrent deletion takes it away
+        env.close()
+        raise OSError(f"{path}/data.mdb vanished as it was opened")
+    return env, stamp[0]
 
 
 def _discard(path: str) -> None:
@@ -132,16 +136,19 @@ def _cache_error(path: str, exc: Exception) -> StorageError:
 class Index:
     def __init__(self, path: str, *, fresh: bool = False):
         self.path = path
-        self.env = _environment(path, fresh=fresh)
-        self.replaced = _replaced.pop(path, None)  # why a damaged cache found at path was replaced, or None
+        self._attach(fresh=fresh)
+
+    def _attach(self, *, fresh: bool) -> None:
+        self.env = _environment(self.path, fresh=fresh)
+        self.replaced = _replaced.pop(self.path, None)  # why a damaged cache found here was replaced, or None
         try:
             self._open_dbs()
         except lmdb.Error as exc:
-            raise _cache_error(path, exc) from None
+            raise _cache_error(self.path, exc) from None
 
     def reset(self) -> None:
         """Replace the cache with an empty one without reading the old files (cas reindex)."""
-        self.__init__(self.path, fresh=True)
+        self._attach(fresh=True)
 
     def _open_dbs(self) -> None:
         self.chunks = self.env.open_db(b"chunks")

@@ -240,12 +240,12 @@ class PutSession:
             digesting = self.digester.submit(hasher.update, seg.fresh)
             hashing.append((seg, digesting, self.pool.submit(_hash_chunks, seg.data, seg.lengths)))
             while len(hashing) >= DEPTH:
-                packing.append(self._dedup(*hashing.popleft(), ids_out, sizes_out))
+                packing.append(self._dedup(hashing.popleft(), ids_out, sizes_out))
             while len(packing) >= DEPTH:
                 self._pack_segment(*packing.popleft())
             self.on_progress(len(seg.fresh))
         while hashing:
-            packing.append(self._dedup(*hashing.popleft(), ids_out, sizes_out))
+            packing.append(self._dedup(hashing.popleft(), ids_out, sizes_out))
         while packing:
             self._pack_segment(*packing.popleft())
         digest = hasher.digest()
@@ -253,8 +253,11 @@ class PutSession:
         self.add_manifest(FILE_MANIFEST, digest, manifest.to_bytes(), size)
         return digest, size
 
-    def _dedup(self, seg, digesting, future, ids_out: bytearray, sizes_out: array):
-        """Pick the chunks of a segment that the store lacks; start compressing them."""
+    def _dedup(self, hashed: tuple, ids_out: bytearray, sizes_out: array):
+        """Pick the chunks of a segment that the store lacks; start compressing them.
+
+        `hashed` is (segment, its file-digest future, its chunk-ids future)."""
+        seg, digesting, future = hashed
         ids = future.result()
         homes = self.index.chunk_homes(ids)
         self.relied.update(h for h in homes if h is not None)
@@ -344,7 +347,7 @@ class PutSession:
         """The packs holding a stored file's manifest and every chunk it lists, if a writer may rely on
         all of them; None if any is unknown, condemned or found missing."""
         home = self.index.usable(FILE_MANIFEST, digest)
-        if home is None:
+        if home is None or self.read_manifest is None:
             return None
         homes = {home}
         try:

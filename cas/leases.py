@@ -77,6 +77,8 @@ class WriterLease:
 
     def check(self) -> None:
         """Raise LeaseExpired unless a ref may still be committed safely."""
+        if self._refreshed_at is None:
+            raise LeaseExpired("the writer lease was never acquired: nothing was committed")
         age = _clock() - self._refreshed_at
         if self.lapsed or age > self.duration - self.margin:
             why = "it was not renewed in time" if self.lapsed else f"{age:.0f} s since it was last renewed"

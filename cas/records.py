@@ -226,7 +226,8 @@ class RecordBook:
         if step is not None:
             check_step(step)
         now = time.time()
-        doc = {"t": "version", "run": run, "name": name, "step": step, "kind": kind or "artifact", "digest": digest,
+        doc: dict[str, object] = {
+               "t": "version", "run": run, "name": name, "step": step, "kind": kind or "artifact", "digest": digest,
                "size": size, "new_bytes": new_bytes, "time": now, "metadata": check_fields(metadata, "metadata"),
                "type": object_type}
         if ref_uri is not None:
@@ -345,6 +346,6 @@ def parse_runs_ref(ref: str) -> tuple[str, str, int | None]:
 
 
 def _inline_of(rec) -> tuple[bytes, bytes] | None:
-    if isinstance(rec, Version) and rec.inline is not None:
+    if isinstance(rec, Version) and rec.inline is not None and rec.digest is not None:
         return bytes.fromhex(rec.digest), rec.inline
     return None

@@ -78,7 +78,10 @@ def _latest(found: list[tuple[str, int]]) -> list[tuple[str, int]]:
     """The newest event of each label (its key ends in the greatest stamp of its folder)."""
     latest: dict[str, tuple[str, int]] = {}
     for key, size in found:
-        label_id, stamp = layout.pin_from_key(key)
+        parsed = layout.pin_from_key(key)
+        if parsed is None:
+            continue  # not a pin event's key
+        label_id, stamp = parsed
         if label_id not in latest or stamp > latest[label_id][0].rsplit("/", 1)[1]:
             latest[label_id] = (key, size)
     return list(latest.values())

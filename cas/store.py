@@ -9,26 +9,32 @@ import shutil
 import stat
 import time
 from array import array
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable
 
 from . import layout, pack_index, refs, temps
 from .backends import Backend, open_backend
 from .backends.local import storage_error
 from .config import StoreConfig, create_or_load_config, load_config
 from .digest import hash_bytes, looks_like_digest, parse_ref
-from .errors import (AlreadyExists, AmbiguousReference, IntegrityError, InvalidInput, NotFound, PackMissing,
-                     StorageError)
+from .errors import AlreadyExists, AmbiguousReference, IntegrityError, InvalidInput, NotFound, PackMissing, StorageError
 from .handoff import quick_handoffs
 from .index import INLINE, Index, Location
 from .ingest import PutResult, PutSession
-from .manifest import FileManifest, TreeManifest
 from .leases import WriterLease
-from .records import RecordBook
+from .manifest import FileManifest, TreeManifest
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
-from .restore import (ChunkReader, FileReader, remove_stale_temps, replace_destination, stream_file, write_file,
-                      write_tree)
+from .records import RecordBook
+from .restore import (
+    ChunkReader,
+    FileReader,
+    remove_stale_temps,
+    replace_destination,
+    stream_file,
+    write_file,
+    write_tree,
+)
 
 Progress = Callable[[int], None]
 SYNC_PASSES = 50  # listings of index objects before giving up on a store that keeps merging them
@@ -55,7 +61,7 @@ class Store:
 
     # ---- opening ----------------------------------------------------------------------------
     @classmethod
-    def open(cls, uri: str | None = None, *, cache_dir: str | None = None) -> "Store":
+    def open(cls, uri: str | None = None, *, cache_dir: str | None = None) -> Store:
         """Open the store at uri (None: $CAS_STORE, else ./.cas). A missing store is created on first write."""
         if uri is None:  # an explicit empty URI is malformed, not the default
             uri = os.environ.get("CAS_STORE") or find_default_store()
@@ -221,13 +227,9 @@ class Store:
                     on_progress(1)
         # what each index object names (packs are learned above, from the footers): so that later syncs
         # read only new ones and can tell when packs this cache knows stop being named
-        for attempt in range(3):
-            try:
-                index.mark_index_objects({key: [r.pack_id for r in records]
-                                          for key, records in pack_index.read_many(self.backend, index_keys)})
-                break
-            except NotFound:  # merged by a writer while we read: the merged object is read by the next sync
-                index_keys = pack_index.list_keys(self.backend)
+        # (one merged by a writer while we read is skipped: the next sync reads the merged object)
+        present, _ = pack_index.read_present(self.backend, index_keys)
+        index.mark_index_objects({key: [r.pack_id for r in records] for key, records in present})
         return index.counts()
 
     # ---- references -------------------------------------------------------------------------
@@ -246,7 +248,7 @@ class Store:
             ref = self._pinned(ref)
         text = parse_ref(ref)
         if self._records is None and not self._knows(text):
-            self.records  # small content lives inline in run records: learn them, then look again
+            self.open_records()  # small content lives inline in run records: learn them, then look again
         if len(text) == 64:
             digest = bytes.fromhex(text)
             loc = self.index.object_location(digest)
@@ -546,7 +548,7 @@ class Store:
     # ---- reports ----------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         index = self.index
-        self.records  # learn content kept inline in run records
+        self.open_records()  # learn content kept inline in run records
         logical = files = 0
         for _, loc in index.iter_manifests():
             if loc.kind == FILE_MANIFEST:
@@ -585,7 +587,7 @@ class Store:
     def close(self) -> None:
         self.backend.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -9,8 +9,8 @@ from . import layout, pack_index, records, refs
 from .digest import hash_bytes
 from .errors import CasError, IntegrityError, NotFound
 from .gc import decode_list, decode_sessions
-from .pack import CHUNK, FILE_MANIFEST, HEADER, TRAILER, PackEntry, parse_footer, parse_trailer, read_pack_entries
 from .index import Location
+from .pack import CHUNK, FILE_MANIFEST, HEADER, TRAILER, PackEntry, parse_footer, parse_trailer, read_pack_entries
 from .restore import verified_blob
 from .walk import REPORT, Walk
 
@@ -34,7 +34,8 @@ class VerifyReport:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "packs": self.packs, "chunks": self.chunks, "manifests": self.manifests,
-                "pins": self.pins, "versions": self.versions, "index_objects": self.index_objects, "gc_lists": self.gc_lists, "bytes_read": self.bytes_read,
+                "pins": self.pins, "versions": self.versions, "index_objects": self.index_objects,
+                "gc_lists": self.gc_lists, "bytes_read": self.bytes_read,
                 "conditional_writes": self.conditional_writes, "problems": list(self.problems)}
 
 
