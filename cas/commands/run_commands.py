@@ -24,9 +24,12 @@ def cmd_runs(args, uri, as_json) -> int:
         stored = [v for v in versions if v.digest]
         if roots is None:
             roots = store.roots()
-        use = usage(reach, roots, [v.uri for v in stored])
+        use = usage(reach, roots, [v.uri for v in stored], strict=False)  # list every run, damaged or not
         out.append({"name": name, "status": status, "versions": len(versions),
                     "logical_bytes": sum(v.size for v in versions), "stored_bytes": use["total_bytes"]})
+    if reach.damaged:
+        store.on_warning(f"{len(reach.damaged)} damaged objects: stored sizes may be low; "
+                         f"`cas verify` names them")
     text = "\n".join(f"{r['name']:30} {r['status']:9} {r['versions']:5} version{'' if r['versions'] == 1 else 's'}  "
                       f"{human(r['logical_bytes']):>10} logical  {human(r['stored_bytes']):>10} stored" for r in out)
     emit(out, as_json, text or "no runs")
