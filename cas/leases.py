@@ -40,7 +40,7 @@ def _clock() -> float:
 class WriterLease:
     """Held by `Store.writing()`; reentrant within one Store."""
 
-    def __init__(self, backend):
+    def __init__(self, backend) -> None:
         self.backend = backend
         self.id = f"{int(time.time() * 1e3):015d}-{secrets.token_hex(8)}"
         self.key = layout.session_key(self.id)
