@@ -231,7 +231,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
                repack_threshold: float = REPACK_THRESHOLD, on_progress=None) -> dict:
     """Run gc (see the module docstring); on_progress(n) counts the bytes of packs read to repack."""
     backend = store.backend
-    store._require()
+    store.require()
     _condemnations(backend)  # a damaged gc list stops gc here, before anything is read or written
     roots = _current_roots(store)
     walk = Walk(store, policy=RAISE)  # memoized: later passes read only the manifests of new roots
@@ -268,7 +268,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
             backend.put(layout.condemned_key(stamp), encode_list(plan.condemn, now), create_only=True)
             # listed only now that the condemnation is durable: a writer missing from this list started
             # after it, and saw it when its session began
-            own = store._lease.key  # gc's own session: it commits no refs
+            own = store.lease.key  # gc's own session: it commits no refs
             sessions = sorted(set(live_sessions(backend, backend_now(backend))) - {own})
             backend.put(layout.gc_sessions_key(stamp), encode_sessions(sessions), create_only=True)
             if grace == 0:  # condemn and delete in one run, still waiting for the writers listed
@@ -341,7 +341,7 @@ def _repack(store, supplies: dict[bytes, list], victims: list[bytes], on_progres
     repack would copy duplicates along and gc would never stop finding partly dead packs.
     Each victim is read once and every blob is verified before it is copied.
     """
-    with store._session() as session:
+    with store.write_session() as session:
         for pid in victims:
             data = memoryview(store.backend.get(layout.pack_key(pid)))
             for e in supplies[pid]:

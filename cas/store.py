@@ -82,7 +82,8 @@ class Store:
             self.config = create_or_load_config(self.backend, on_create=lambda: self.on_created(self.location()))
         return self.config
 
-    def _require(self) -> StoreConfig:
+    def require(self) -> StoreConfig:
+        """The store's config; NotFound (one line) if there is no store here. Creates nothing."""
         if self.config is None:
             self.config = load_config(self.backend)  # raises NotFound with one clear line
         return self.config
@@ -97,7 +98,7 @@ class Store:
 
     def _open_index(self) -> Index:
         if self._index is None:
-            config = self._require()
+            config = self.require()
             self._index = Index(os.path.join(self.cache_dir, config.store_id, self._location_id(), "index"))
             if self._index.replaced:
                 self.on_warning(f"the local cache was damaged and is rebuilt from the store ({self._index.replaced})")
@@ -201,6 +202,11 @@ class Store:
             self._lease = None
             lease.release()
 
+    @property
+    def lease(self) -> WriterLease | None:
+        """The writer lease held by the current writing() block, if any."""
+        return self._lease
+
     def _before_commit(self) -> None:
         """Called right before a ref is written: refuse if our lease may have expired."""
         if self._lease is not None:
@@ -294,13 +300,15 @@ class Store:
             self._records = book
         return self._records
 
-    def _reader(self) -> ChunkReader:
+    def chunk_reader(self) -> ChunkReader:
+        """Reads verified blobs and ranges of packs (the one way to read stored bytes)."""
         return ChunkReader(self.backend, self.index)
 
-    def _manifest(self, digest: bytes, loc: Location):
+    def load_manifest(self, digest: bytes, loc: Location):
+        """The file or tree manifest stored at loc, checked against its name (a tree's digest is recomputed)."""
         if loc.kind == INLINE:  # small content: one chunk whose id is the file's digest
             return FileManifest(loc.size, digest if loc.size else b"", array("I", [loc.size] if loc.size else []))
-        raw = self._reader().blob(loc, what=f"manifest {digest.hex()}")
+        raw = self.chunk_reader().blob(loc, what=f"manifest {digest.hex()}")
         if loc.kind == TREE_MANIFEST:
             tree = TreeManifest.from_bytes(raw, name=digest.hex())
             if tree.digest() != digest:  # a tree is named by its entries: anyone can check it
@@ -309,22 +317,25 @@ class Store:
             return tree
         return FileManifest.from_bytes(raw, name=digest.hex())
 
-    def _file_manifest(self, digest: bytes) -> FileManifest:
+    def file_manifest(self, digest: bytes) -> FileManifest:
+        """The manifest of a stored file: NotFound if absent, IntegrityError if the digest names a tree."""
         loc = self.index.manifest(digest)
         if loc is not None and loc.kind == TREE_MANIFEST:  # a tree's file entry naming a folder
             raise IntegrityError(f"file {digest.hex()} names a folder, not a file: the tree listing it is damaged",
                                  subject=digest.hex())
         if loc is None or loc.kind != FILE_MANIFEST:
             raise NotFound(f"file {digest.hex()} is missing from the store", subject=digest.hex())
-        return self._manifest(digest, loc)
+        return self.load_manifest(digest, loc)
 
     # ---- writing ----------------------------------------------------------------------------
     @contextmanager
-    def _session(self, on_progress: Progress | None = None):
+    def write_session(self, on_progress: Progress | None = None):
+        """A put session: blobs added to it are durable and indexed when the block ends (call under
+        writing(), which holds the lease a ref needs)."""
         self.init()
         spool = self.backend.spool_dir() or os.path.join(self.cache_dir, self.config.store_id, "spool")
         session = PutSession(backend=self.backend, index=self.index, config=self.config, spool_dir=spool,
-                             on_progress=on_progress, warn=self.on_warning, read_manifest=self._file_manifest)
+                             on_progress=on_progress, warn=self.on_warning, read_manifest=self.file_manifest)
         try:
             with quick_handoffs():
                 yield session
@@ -342,7 +353,7 @@ class Store:
         store was restored, copied or changed behind it), run it once more without those packs."""
         for attempt in (1, 2):
             try:
-                with self._session(on_progress) as session:
+                with self.write_session(on_progress) as session:
                     digest, size = store(session)
                 return session, digest, size
             except PackMissing:
@@ -397,7 +408,7 @@ class Store:
         digest, loc = self.resolve(ref)
         if loc.kind == TREE_MANIFEST:
             raise InvalidInput(f"{ref} is a folder, not a file", subject=ref)
-        return FileReader(self._reader(), self._manifest(digest, loc), digest)
+        return FileReader(self.chunk_reader(), self.load_manifest(digest, loc), digest)
 
     def _resyncing(self, attempt: Callable[[], object]):
         """Run attempt(); if a pack the cache names is gone (gc ran elsewhere), sync and try once more."""
@@ -434,8 +445,8 @@ class Store:
         digest, loc = self.resolve(ref)
         if loc.kind == TREE_MANIFEST:
             raise InvalidInput(f"{ref} is a folder, not a file", subject=ref)
-        manifest = self._manifest(digest, loc)
-        stream_file(self._reader(), manifest, write, digest=digest, on_progress=on_progress)
+        manifest = self.load_manifest(digest, loc)
+        stream_file(self.chunk_reader(), manifest, write, digest=digest, on_progress=on_progress)
         return manifest.size
 
     def get_file(self, ref: str, dest: str | os.PathLike, *, force: bool = False,
@@ -446,8 +457,8 @@ class Store:
     def _get_file(self, ref: str, dest: str | os.PathLike, *, force: bool, on_progress: Progress | None) -> str:
         dest = os.fspath(dest)
         digest, loc = self.resolve(ref)
-        manifest = self._manifest(digest, loc)
-        reader = self._reader()
+        manifest = self.load_manifest(digest, loc)
+        reader = self.chunk_reader()
         emptied = None  # the mode of an empty destination folder we removed, to put back on error
         if loc.kind == TREE_MANIFEST:
             target = dest.rstrip("/") or dest
@@ -456,7 +467,7 @@ class Store:
                 os.rmdir(target)  # an empty folder is simply filled
 
             def restore(to: str) -> None:
-                write_tree(self._file_manifest, reader, manifest, to, name=digest.hex(), on_progress=on_progress)
+                write_tree(self.file_manifest, reader, manifest, to, name=digest.hex(), on_progress=on_progress)
         else:
             target = dest
             if dest.endswith("/") or os.path.isdir(dest):
@@ -499,7 +510,7 @@ class Store:
     # ---- pins -------------------------------------------------------------------------------
     def pin(self, ref: str, label: str) -> refs.Pin:
         refs.check_label(label)
-        self._require()  # pinning never creates a store
+        self.require()  # pinning never creates a store
         with self.writing():
             digest, loc = self.resolve(ref)
             self.revive(digest)
@@ -525,18 +536,18 @@ class Store:
             if loc is not None and (everything or loc.pack_id in condemned):
                 blobs.append((kind, key, loc))
         if blobs:
-            with self._session() as session:
+            with self.write_session() as session:
                 for _, key, loc in blobs:
                     stored = self.backend.get(layout.pack_key(loc.pack_id), loc.offset, loc.offset + loc.stored_len)
                     session.copy_blob(key, loc, stored)  # the index location carries the kind
         return len(blobs)
 
     def unpin(self, label: str) -> refs.Pin:
-        self._require()
+        self.require()
         return refs.remove_pin(self.backend, label)
 
     def pins(self) -> list[refs.Pin]:
-        self._require()
+        self.require()
         return refs.list_pins(self.backend)
 
     def roots(self) -> dict[str, bytes]:
@@ -575,7 +586,7 @@ class Store:
 
     def temp_folders(self) -> list[str]:
         """Where this machine's writers keep temp files for this store: its folder if local, and the spool."""
-        folders = [os.path.join(self.cache_dir, self._require().store_id, "spool")]
+        folders = [os.path.join(self.cache_dir, self.require().store_id, "spool")]
         if self.backend.local_root() is not None:
             folders.append(self.backend.local_root())
         return folders

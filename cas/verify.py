@@ -147,10 +147,10 @@ def _check_file_digests(store, report: VerifyReport, on_progress=None) -> None:
         if loc.kind != FILE_MANIFEST:
             continue
         try:
-            manifest = store._manifest(digest, loc)
+            manifest = store.load_manifest(digest, loc)
             if not all(index.chunks_present([manifest.chunk_id(i) for i in range(len(manifest))])):
                 continue  # reported above when a ref reaches it; else gc took its chunks
-            stream_file(store._reader(), manifest, lambda data: None, digest=digest)
+            stream_file(store.chunk_reader(), manifest, lambda data: None, digest=digest)
         except CasError as exc:
             problem = f"file {digest.hex()}: {exc}"
             if problem not in report.problems:
@@ -167,7 +167,7 @@ def _check_manifests(store, listed: dict, walk: Walk, gone: dict[bytes, list[int
         if digest in walk.nodes:
             continue  # read by the walk: a failure is in walk.damaged
         try:
-            store._manifest(digest, loc)
+            store.load_manifest(digest, loc)
         except CasError as exc:
             report.problems.append(f"manifest {digest.hex()}: {exc}")
 

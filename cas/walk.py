@@ -124,7 +124,7 @@ class Walk:
         if loc.kind == INLINE:
             return Node(INLINE, loc.size)
         try:
-            manifest = store._manifest(digest, loc)
+            manifest = store.load_manifest(digest, loc)
         except CasError as exc:
             gone = self.packs is not None and loc.pack_id not in self.packs
             return self._fail(digest, exc, frozenset([loc.pack_id]) if gone else frozenset())

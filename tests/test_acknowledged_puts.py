@@ -165,7 +165,7 @@ def test_the_fast_path_refuses_a_manifest_whose_chunks_are_gone(cli, store_dir, 
 def _forge(store_dir, kind: int, genuine: bytes, raw: bytes, size: int) -> None:
     """Store a manifest blob under a digest it does not hash to, as someone with write access could."""
     store = Store.open(store_dir)
-    with store.writing(), store._session() as session:
+    with store.writing(), store.write_session() as session:
         session.add_manifest(kind, genuine, raw, size)
 
 
@@ -186,7 +186,7 @@ def test_a_forged_tree_manifest_is_refused_with_warm_and_fresh_caches(cli, store
     (planted / "model.bin").write_bytes(b"something else" * 1000)
     store = Store.open(store_dir)
     fake = bytes.fromhex(store.put_file(str(planted), pin="planted").digest)
-    tree = store._manifest(fake, store.index.manifest(fake))
+    tree = store.load_manifest(fake, store.index.manifest(fake))
     assert isinstance(tree, TreeManifest)
     _forge(store_dir, TREE_MANIFEST, genuine, tree.to_bytes(), tree.size)
     for cache in ("warm", "fresh"):
@@ -207,7 +207,7 @@ def test_a_forged_file_manifest_hands_out_no_byte(cli, store_dir, tmp_path, caps
     (tmp_path / "planted.bin").write_bytes(_floats(MiB, seed=21))
     store = Store.open(store_dir)
     fake = bytes.fromhex(store.put_file(str(tmp_path / "planted.bin"), pin="planted").digest)
-    manifest = store._file_manifest(fake)
+    manifest = store.file_manifest(fake)
     _forge(store_dir, FILE_MANIFEST, genuine, manifest.to_bytes(), manifest.size)
     res = cli("cat", genuine.hex())
     assert res.code == 5 and res.out == "", res.err

@@ -401,7 +401,7 @@ def test_a_chunk_declaring_4_gib_fails_get_with_one_line_under_a_memory_limit(st
 def _store_tree(store: Store, entries) -> str:
     """Store a tree manifest as an attacker could: its canonical bytes, past the encoder's own refusals."""
     raw = _packb({"v": 1, "entries": [e.to_list() for e in sorted(entries, key=lambda e: e.path)]})
-    with store.writing(), store._session() as session:
+    with store.writing(), store.write_session() as session:
         session.add_manifest(TREE_MANIFEST, tree_digest(raw), raw, 0)
     return tree_digest(raw).hex()
 
@@ -528,7 +528,7 @@ def test_a_chain_of_trees_each_naming_the_next_as_a_file_is_one_line(store_dir, 
     it with one line, whatever the chain's length (no walk recurses with it)."""
     store = Store.open(store_dir)
     digest = bytes.fromhex(store.put_bytes(b"leaf").digest)
-    with store.writing(), store._session() as session:  # one session: 3,000 trees in a few packs
+    with store.writing(), store.write_session() as session:  # one session: 3,000 trees in a few packs
         for _ in range(3000):
             raw = _packb({"v": 1, "entries": [TreeEntry("f", FILE, False, digest, 4).to_list()]})
             digest = tree_digest(raw)

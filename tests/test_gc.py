@@ -221,7 +221,7 @@ WRITER = textwrap.dedent("""
                 v = run.log_artifact(path, name="m", kind="checkpoint")
             store.sync()  # did gc condemn a pack this version uses while its session was open?
             digest = bytes.fromhex(v.digest)
-            manifest = store._file_manifest(digest)
+            manifest = store.file_manifest(digest)
             packs = {store.index.manifest(digest).pack_id}
             packs |= {store.index.chunk(manifest.chunk_id(i)).pack_id for i in range(len(manifest))}
             into_condemned = bool(packs & store.index.condemned_packs())

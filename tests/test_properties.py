@@ -102,7 +102,7 @@ def scratch(tmp_path_factory):
 
 def _check_manifest(store: Store, digest: str, data: bytes) -> None:
     """The file was cut exactly as the store's chunker cuts it (so it spans several chunks)."""
-    manifest = store._file_manifest(bytes.fromhex(digest))
+    manifest = store.file_manifest(bytes.fromhex(digest))
     assert list(manifest.sizes) == Chunker(SMALL).cut(data)
     note_chunks(len(manifest))
     assert manifest.size == len(data)

@@ -162,7 +162,7 @@ def _footprint(store: Store, digest_hex: str, sizes: dict) -> set:
         assert content is not None, digest_hex
         sizes[("inline", digest)] = len(content)
         return {("inline", digest)} if content else set()
-    manifest = store._manifest(digest, loc)
+    manifest = store.load_manifest(digest, loc)
     if isinstance(manifest, TreeManifest):
         return set().union(*[_footprint(store, e.digest.hex(), sizes) for e in manifest.entries if e.kind == "file"])
     ids = {manifest.chunk_id(i) for i in range(len(manifest))}

@@ -84,7 +84,7 @@ def test_folder_into_existing_empty_dir_and_refusal_without_force(cli, tmp_path,
 def _store_tree(store: Store, entries) -> str:
     """Write a hand-made (possibly hostile) tree manifest into the store, as an attacker could."""
     tree = TreeManifest(tuple(entries))
-    with store._session() as session:
+    with store.write_session() as session:
         session.add_manifest(TREE_MANIFEST, tree.digest(), tree.to_bytes(), 0)
     return tree.digest().hex()
 

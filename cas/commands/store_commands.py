@@ -80,7 +80,7 @@ def cmd_cat(args, uri, as_json) -> int:
     import shutil
     import tempfile
     store = open_store(uri)
-    store._require()
+    store.require()
     os.makedirs(store.cache_dir, exist_ok=True)
     with tempfile.SpooledTemporaryFile(max_size=64 << 20, dir=store.cache_dir) as spool:
         store.stream(args.ref, spool.write)
