@@ -247,7 +247,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
               "condemned_packs": len(plan.condemn), "deleted_packs": 0, "deleted_bytes": 0, "freed_bytes": 0,
               "waiting_packs": len(plan.waiting), "aborted_uploads": 0, "expired_sessions": 0,
               "repack_threshold": repack_threshold, **_partly_dead_report(plan.partly_dead)}
-    stored_before = None if dry_run else _stored_bytes(backend)
+    stored_before = 0 if dry_run else _stored_bytes(backend)  # used by a real run only
     if dry_run:
         would = set(plan.delete)
         if grace == 0:  # a real run would condemn and delete in one go, unless writers are live

@@ -100,7 +100,8 @@ def usage(reach: Reach, roots: dict[str, bytes], focus: list[str], *, strict: bo
         owners.update(reach.footprint(digest).chunks)
     # two roots naming the same digest share everything: count roots, not digests
     per_digest = Counter(roots.values())
-    rows, union = [], set()
+    rows: list[dict] = []
+    union: set[bytes] = set()
     for name in focus:
         fp = reach.footprint(roots[name])
         alone = [c for c in fp.chunks if owners[c] == 1 and per_digest[roots[name]] == 1]

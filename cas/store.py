@@ -91,10 +91,11 @@ class Store:
     @property
     def index(self) -> Index:
         """The local index, opened and synced with the store on first use."""
-        if self._index is None:
-            self._open_index()
+        index = self._index
+        if index is None:
+            index = self._open_index()
             self.sync()
-        return self._index
+        return index
 
     def _open_index(self) -> Index:
         if self._index is None:
@@ -160,7 +161,10 @@ class Store:
         list reads again, this cache lets writers deduplicate against nothing (reads are unaffected).
         """
         from .gc import decode_list
-        lists, condemned, deleted, unreadable = {}, set(), set(), []
+        lists: dict[str, list[bytes]] = {}
+        condemned: set[bytes] = set()
+        deleted: set[bytes] = set()
+        unreadable: list[str] = []
         for key, _ in self.backend.list(layout.GC):
             if not key.startswith((layout.GC_CONDEMNED, layout.GC_DELETED)):
                 continue
@@ -267,7 +271,10 @@ class Store:
             raise NotFound(f"unknown reference: {ref} (`cas pins` and `cas runs` list what is stored)", subject=ref)
         if len(found) > 1:
             raise AmbiguousReference(f"ambiguous reference {ref}: matches several objects", subject=ref)
-        return found[0], self.index.object_location(found[0])
+        loc = self.index.object_location(found[0])
+        if loc is None:  # gone between the two lookups (a sync in another thread)
+            raise NotFound(f"unknown reference: {ref}", subject=ref)
+        return found[0], loc
 
     def _pinned(self, label: str) -> str:
         """The digest a pin label names."""
@@ -276,7 +283,10 @@ class Store:
         except InvalidInput:
             raise InvalidInput(f"not a reference: {label!r}", subject=label) from None
         try:
-            return refs.get_pin(self.backend, label).digest
+            digest = refs.get_pin(self.backend, label).digest
+            if digest is None:  # get_pin returns live pins only
+                raise NotFound(f"no pin labelled {label!r}", subject=label)
+            return digest
         except NotFound:
             short = " (a digest prefix needs at least 8 hex characters)" if re.fullmatch(r"[0-9a-fA-F]+", label) else ""
             raise NotFound(f"unknown reference: {label!r} is not a digest, a runs:/ reference or a pin label"
@@ -332,8 +342,8 @@ class Store:
     def write_session(self, on_progress: Progress | None = None):
         """A put session: blobs added to it are durable and indexed when the block ends (call under
         writing(), which holds the lease a ref needs)."""
-        self.init()
-        spool = self.backend.spool_dir() or os.path.join(self.cache_dir, self.config.store_id, "spool")
+        config = self.init()
+        spool = self.backend.spool_dir() or os.path.join(self.cache_dir, config.store_id, "spool")
         session = PutSession(backend=self.backend, index=self.index, config=self.config, spool_dir=spool,
                              on_progress=on_progress, warn=self.on_warning, read_manifest=self.file_manifest)
         try:
@@ -345,7 +355,7 @@ class Store:
             session.close()
         self._hints.update(session.seen)
         if written:
-            self._index.mark_index_objects(written)
+            self.index.mark_index_objects(written)
             self._merge_index_objects()
 
     def _put(self, store: Callable[[PutSession], tuple[bytes, int]], on_progress: Progress | None):
@@ -367,7 +377,7 @@ class Store:
         if len(keys) > pack_index.MERGE_AT:
             merged = pack_index.merge(self.backend, keys)
             if merged is not None:
-                self._index.mark_index_objects({merged[0]: merged[1]})
+                self.index.mark_index_objects({merged[0]: merged[1]})
 
     def put_file(self, path: str | os.PathLike, *, pin: str | None = None,
                  on_progress: Progress | None = None) -> PutResult:
@@ -553,11 +563,11 @@ class Store:
     def roots(self) -> dict[str, bytes]:
         """Everything that keeps data alive: live run versions (by runs:/ URI) and pins (by pin:<label>)."""
         roots = {v.uri: bytes.fromhex(v.digest) for v in self.records.all_versions() if v.digest}
-        roots.update((f"pin:{p.label}", bytes.fromhex(p.digest)) for p in self.pins())
+        roots.update((f"pin:{p.label}", bytes.fromhex(p.digest)) for p in self.pins() if p.digest)
         return roots
 
     # ---- reports ----------------------------------------------------------------------------
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | bool | str]:
         index = self.index
         self.open_records()  # learn content kept inline in run records
         logical = files = 0
@@ -587,8 +597,9 @@ class Store:
     def temp_folders(self) -> list[str]:
         """Where this machine's writers keep temp files for this store: its folder if local, and the spool."""
         folders = [os.path.join(self.cache_dir, self.require().store_id, "spool")]
-        if self.backend.local_root() is not None:
-            folders.append(self.backend.local_root())
+        root = self.backend.local_root()
+        if root is not None:
+            folders.append(root)
         return folders
 
     def verify(self, *, read_data: bool = False, on_progress: Progress | None = None):

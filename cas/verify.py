@@ -108,7 +108,7 @@ def _roots(store) -> dict[str, bytes]:
     """Live run versions and pins, as `Store.roots` names them; damaged pins are reported by _check_pins."""
     roots = {v.uri: bytes.fromhex(v.digest) for v in store.records.all_versions() if v.digest}
     roots.update((f"pin:{p.label}", bytes.fromhex(p.digest))
-                 for p in refs.list_pins(store.backend, on_damaged=lambda exc: None))
+                 for p in refs.list_pins(store.backend, on_damaged=lambda exc: None) if p.digest)
     return roots
 
 
@@ -237,6 +237,6 @@ def _check_objects(backend, listed: list[tuple[str, int]], load, report: VerifyR
             _problem(report, exc)
 
 
-def _problem(report: VerifyReport, exc: Exception) -> None:
+def _problem(report: VerifyReport, exc: Exception | str) -> None:
     if str(exc) not in report.problems:  # the same object may be met twice (a live pin is also an event)
         report.problems.append(str(exc))

@@ -119,15 +119,17 @@ class Walk:
         store, index = self.store, self.store.index
         loc = index.object_location(digest)
         if loc is None:
-            return self._fail(digest, IntegrityError(f"{via} names {digest.hex()}, which is not in the store",
-                                                     subject=digest.hex()))
+            self._fail(digest, IntegrityError(f"{via} names {digest.hex()}, which is not in the store",
+                                              subject=digest.hex()))
+            return None
         if loc.kind == INLINE:
             return Node(INLINE, loc.size)
         try:
             manifest = store.load_manifest(digest, loc)
         except CasError as exc:
             gone = self.packs is not None and loc.pack_id not in self.packs
-            return self._fail(digest, exc, frozenset([loc.pack_id]) if gone else frozenset())
+            self._fail(digest, exc, frozenset([loc.pack_id]) if gone else frozenset())
+            return None
         if loc.kind == TREE_MANIFEST:
             files = []
             for entry in manifest.entries:
@@ -147,9 +149,10 @@ class Walk:
         return node
 
     def _check_chunks(self, digest: bytes, chunks: tuple[bytes, ...]) -> None:
+        listed = self.packs or frozenset()
         homes = self.store.index.chunks_at(list(dict.fromkeys(chunks)))
         unknown = sum(1 for loc in homes if loc is None)
-        gone = [loc.pack_id for loc in homes if loc is not None and loc.pack_id not in self.packs]
+        gone = [loc.pack_id for loc in homes if loc is not None and loc.pack_id not in listed]
         if not unknown and not gone:
             return
         parts = [f"{unknown} chunks are missing"] if unknown else []
