@@ -114,8 +114,9 @@ class Store:
         """The cache named a pack the store does not have: find every such pack, never trust them again,
         and relearn where each blob lives from the index objects (another pack may hold a copy)."""
         index = self._open_index()
+        known = set(index.pack_ids())  # before listing: a pack cached by now is durable, so listed below
         listed = {pid for key, _ in self.backend.list(layout.PACKS) if (pid := layout.pack_id_from_key(key))}
-        index.mark_missing(set(index.pack_ids()) - listed)
+        index.mark_missing(known - listed)
         index.forget_packs()
         self.sync()
 

@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 
 from cas import Store
+from cas.digest import hash_bytes
 
 MiB = 1 << 20
 
@@ -225,3 +226,24 @@ def test_a_forged_file_manifest_hands_out_no_byte(cli, store_dir, tmp_path, caps
     assert not os.path.exists(tmp_path / "out.bin")
     report = store.verify(read_data=True)
     assert any(genuine.hex() in p for p in report.problems), report.problems
+
+
+def test_relearning_never_marks_a_pack_cached_after_its_listing_as_missing(store_dir, tmp_path, monkeypatch):
+    """relearn() reads what the cache knows before it lists the store: a pack another process caches in
+    between is durable, so it is listed, and is never taken for missing (it would then be unreadable)."""
+    store = Store.open(store_dir)
+    store.put_bytes(_floats(MiB, seed=30))
+    late = Store.open(store_dir)
+    listing = store.backend.list
+
+    def list_then_a_put_lands(prefix):
+        keys = list(listing(prefix))
+        if prefix == "packs/":
+            late.put_bytes(_floats(MiB, seed=31))  # durable and cached after the listing was taken
+        return iter(keys)
+    monkeypatch.setattr(store.backend, "list", list_then_a_put_lands)
+    store.relearn()
+    monkeypatch.undo()
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))
+    digest = hash_bytes(_floats(MiB, seed=31)).hex()
+    assert Store.open(store_dir).read_bytes(digest) == _floats(MiB, seed=31)
