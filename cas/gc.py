@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 
 from . import framing, layout, pack_index, temps
 from .errors import IntegrityError, InvalidInput, NotFound, StorageError
-from .index import Location
 from .leases import backend_now, expired_sessions, lease_seconds, live_sessions
-from .pack import read_pack_entries
+from .pack import Location, read_pack_entries
 from .pack_index import PackRecord
 from .walk import RAISE, Walk
 
@@ -209,7 +208,7 @@ def _catalog(store, read: dict[str, list[PackRecord]] | None = None) -> tuple[di
     for key, size in store.backend.list(layout.PACKS):
         pid = layout.pack_id_from_key(key)
         if pid is not None and pid not in packs:  # a crash left it unnamed (or a writer is still uploading)
-            packs[pid] = PackRecord(pid, size, tuple(read_pack_entries(store.backend, key, size, name=pid.hex())))
+            packs[pid] = PackRecord(pid, size, tuple(read_pack_entries(store.backend, pid, size)))
     listed = {layout.pack_id_from_key(k) for k, _ in store.backend.list(layout.PACKS)}
     return {pid: rec for pid, rec in packs.items() if pid in listed}, keys
 
@@ -334,17 +333,16 @@ def _clean_temps(store, grace: float, report: dict, *, dry_run: bool) -> None:
     report["removed_temp_bytes"] = sum(t.size for t in stale) if dry_run else temps.remove(stale)
 
 
-def _repack(store, supplies: dict[bytes, list], victims: list[bytes], on_progress) -> None:
+def _repack(store, supplies: dict[bytes, list[Location]], victims: list[bytes], on_progress) -> None:
     """Copy the blobs partly dead packs are the home of, still compressed, into new packs (durable and indexed).
 
     Only those: a reachable blob of a victim that another kept pack supplies stays there, else every
     repack would copy duplicates along and gc would never stop finding partly dead packs.
-    Each victim is read once and every blob is verified before it is copied.
+    Each blob is verified as it is read, in coalesced ranges.
     """
+    reader = store.chunk_reader()
     with store.write_session() as session:
         for pid in victims:
-            data = memoryview(store.backend.get(layout.pack_key(pid)))
-            for e in supplies[pid]:
-                loc = Location(pid, e.offset, e.stored_len, e.raw_len, e.codec, e.check, e.kind, e.size)
-                session.copy_blob(e.key, loc, data[e.offset:e.offset + e.stored_len], force=True)
-            on_progress(len(data))
+            for loc, stored in reader.stored_blobs(supplies[pid]):
+                session.copy_blob(loc, stored, force=True)
+                on_progress(loc.stored_len)

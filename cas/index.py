@@ -9,13 +9,12 @@ import shutil
 import struct
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import lmdb
 
 from . import lmdb_check
 from .errors import StorageError
-from .pack import CHUNK, PackEntry
+from .pack import CHUNK, Location
 
 _LOC = struct.Struct("<32sQIIB")        # pack id, offset, stored len, raw len, codec
 _MAN = struct.Struct("<32sQIIB32sBQ")   # ... plus check, kind, logical size
@@ -31,16 +30,14 @@ _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.
            lmdb.IncompatibleError, lmdb.BadTxnError, struct.error)
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
-    pack_id: bytes
-    offset: int
-    stored_len: int
-    raw_len: int
-    codec: int
-    check: bytes
-    kind: int = CHUNK
-    size: int = 0  # logical size (manifests: the file or tree size)
+def _chunk_location(chunk_id: bytes, raw) -> Location:
+    pack_id, offset, stored_len, raw_len, codec = _LOC.unpack(raw)
+    return Location(pack_id, CHUNK, chunk_id, offset, stored_len, raw_len, codec, chunk_id)
+
+
+def _manifest_location(digest: bytes, raw) -> Location:
+    pack_id, offset, stored_len, raw_len, codec, check, kind, size = _MAN.unpack(raw)
+    return Location(pack_id, kind, digest, offset, stored_len, raw_len, codec, check, size)
 
 
 def _environment(path: str, *, fresh: bool = False) -> lmdb.Environment:
@@ -215,7 +212,7 @@ class Index:
                 txn.put(e.key, _MAN.pack(pack_id, e.offset, e.stored_len, e.raw_len, e.codec, e.check,
                                          e.kind, e.size), db=self.manifests)
 
-    def add_pack(self, pack_id: bytes, size: int, entries: list[PackEntry]) -> None:
+    def add_pack(self, pack_id: bytes, size: int, entries: list[Location]) -> None:
         self._write(lambda txn: self._put_pack(txn, pack_id, size, entries))
 
     def add_index_object(self, key: str, records) -> int:
@@ -394,7 +391,7 @@ class Index:
             out = []
             for chunk_id in ids:
                 raw = txn.get(chunk_id, db=self.chunks)
-                out.append(None if raw is None else Location(*_LOC.unpack(raw), chunk_id))
+                out.append(None if raw is None else _chunk_location(chunk_id, raw))
             return out
         return self._read(fn)
 
@@ -409,7 +406,7 @@ class Index:
     def manifest(self, digest: bytes) -> Location | None:
         def fn(txn):
             raw = txn.get(digest, db=self.manifests)
-            return None if raw is None else Location(*_MAN.unpack(raw))
+            return None if raw is None else _manifest_location(digest, raw)
         return self._read(fn)
 
     def manifests_with_prefix(self, prefix_hex: str, limit: int = 2) -> list[bytes]:
@@ -438,7 +435,7 @@ class Index:
         if loc is None:
             content = self.inline_content(digest)
             if content is not None:
-                loc = Location(INLINE_PACK, 0, len(content), len(content), 0, digest, INLINE, len(content))
+                loc = Location(INLINE_PACK, INLINE, digest, 0, len(content), len(content), 0, digest, len(content))
         return loc
 
     def pack_ids(self) -> dict[bytes, int]:
@@ -478,14 +475,14 @@ class Index:
         """(chunk id, Location) for every chunk; one read transaction."""
         with self._reading() as txn:
             for key, raw in txn.cursor(db=self.chunks):
-                pack_id, off, slen, rlen, cod = _LOC.unpack(raw)
-                yield bytes(key), Location(pack_id, off, slen, rlen, cod, bytes(key))
+                chunk_id = bytes(key)
+                yield chunk_id, _chunk_location(chunk_id, raw)
 
     def iter_manifests(self):
         with self._reading() as txn:
             for key, raw in txn.cursor(db=self.manifests):
-                pack_id, off, slen, rlen, cod, check, kind, size = _MAN.unpack(raw)
-                yield bytes(key), Location(pack_id, off, slen, rlen, cod, check, kind, size)
+                digest = bytes(key)
+                yield digest, _manifest_location(digest, raw)
 
     def counts(self) -> dict[str, int]:
         def fn(txn):

@@ -17,9 +17,8 @@ from .chunker import Chunker
 from .digest import file_hasher, hash_bytes
 from .errors import CasError, ChangedWhileReading, InvalidInput, NotFound, PackMissing, StorageError
 from .manifest import DIR, FILE, LINK, FileManifest, TreeEntry, TreeManifest
-from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, PackWriter
+from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, Location, PackWriter
 from .pack_index import PackRecord
-from .restore import verified_blob
 
 DEPTH = 3  # segments in flight per stage
 PACKS_PER_INDEX_OBJECT = 256  # a long put writes one index object per this many packs
@@ -210,18 +209,16 @@ class PutSession:
         codec_id, stored = codec.compress(raw, self.config.level)
         self._add(kind, key, stored, len(raw), codec_id, hash_bytes(raw), size)
 
-    def copy_blob(self, key: bytes, loc, stored, *, force: bool = False) -> None:
-        """Store a blob again as it was stored at `loc` (gc's repack, reviving condemned data).
-
-        The stored bytes are verified against loc first, so no unchecked blob is ever copied. With
-        force, copy it even if the index knows it (repack moves blobs out of packs still indexed).
+    def copy_blob(self, loc: Location, stored, *, force: bool = False) -> None:
+        """Store a blob again as it was stored at `loc` (gc's repack, reviving condemned data), from the
+        stored bytes ChunkReader.stored_blobs handed out (verified there: no unchecked blob is copied).
+        With force, copy it even if the index knows it (repack moves blobs out of packs still indexed).
         """
-        verified_blob(loc, stored, what=f"blob {key.hex()}")
-        if (loc.kind, key) in self.pending or (not force and self.index.usable(loc.kind, key)):
+        if (loc.kind, loc.key) in self.pending or (not force and self.index.usable(loc.kind, loc.key)):
             return
         if loc.kind == CHUNK:
             self.new_bytes += loc.raw_len
-        self._add(loc.kind, key, bytes(stored), loc.raw_len, loc.codec, loc.check, loc.size)
+        self._add(loc.kind, loc.key, bytes(stored), loc.raw_len, loc.codec, loc.check, loc.size)
 
     # ---- files ------------------------------------------------------------------------------
     def put_stream(self, stream, size_hint: int | None = None) -> tuple[bytes, int]:

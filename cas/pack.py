@@ -7,7 +7,7 @@ import secrets
 import struct
 from collections import deque
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgpack
 import zstandard
@@ -17,6 +17,7 @@ from .backends.local import storage_error
 from .config import MAX_CHUNK_SIZE
 from .digest import file_hasher, hash_bytes
 from .errors import IntegrityError
+from .layout import pack_key
 
 HEADER = b"CASPACK1"
 TRAILER_MAGIC = b"CASPEND1"
@@ -34,10 +35,19 @@ TREE_MANIFEST = 2
 MAX_RAW = {CHUNK: MAX_CHUNK_SIZE, FILE_MANIFEST: MAX_MANIFEST, TREE_MANIFEST: MAX_MANIFEST}  # by blob kind
 
 
-@dataclass(frozen=True, slots=True)
-class PackEntry:
-    """One blob in a pack. `key` names it (chunk id or manifest digest); `check` is BLAKE3 of its raw bytes."""
+UNNAMED = b""  # the pack id of a blob whose pack is still being written (its id is the hash of its bytes)
 
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where one blob lives and how to check it: the one blob-location type.
+
+    A pack's footer and an index object list a pack's blobs in this form (without the pack id, which
+    names the list), the local cache answers with it, and every read takes it. `key` names the blob
+    (chunk id or manifest digest); `check` is BLAKE3 of its raw bytes (a chunk's key is its check).
+    """
+
+    pack_id: bytes
     kind: int
     key: bytes
     offset: int
@@ -48,12 +58,13 @@ class PackEntry:
     size: int = 0  # manifests: logical size of the file or tree they describe
 
     def to_list(self) -> list:
+        """The entry as a footer or index object holds it (the pack id is the list's)."""
         check = b"" if self.kind == CHUNK else self.check  # a chunk's key is its check
         return [self.kind, self.key, self.offset, self.stored_len, self.raw_len, self.codec, check, self.size]
 
     @classmethod
-    def from_list(cls, row) -> PackEntry:
-        """An entry as a footer or index object holds it; ValueError unless every field is in bounds."""
+    def from_list(cls, row, pack_id: bytes) -> Location:
+        """A blob of pack_id as a footer or index object lists it; ValueError unless every field is in bounds."""
         if type(row) is not list or len(row) != 8:
             raise ValueError("a pack entry is not an array of 8")
         kind, key, offset, slen, rlen, cod, check, size = row
@@ -65,13 +76,13 @@ class PackEntry:
             raise ValueError("bad manifest checksum")
         if type(cod) is not int or cod not in (codec.RAW, codec.ZSTD):
             raise ValueError(f"unknown codec {cod!r:.40}")
-        entry = cls(kind, key, framing.integer(offset, "offset", len(HEADER)),
-                    framing.integer(slen, "stored length", 0, MAX_STORED),
-                    framing.integer(rlen, "raw length", 0, MAX_RAW[kind]), cod, key if kind == CHUNK else check,
-                    framing.integer(size, "size"))
+        loc = cls(pack_id, kind, key, framing.integer(offset, "offset", len(HEADER)),
+                  framing.integer(slen, "stored length", 0, MAX_STORED),
+                  framing.integer(rlen, "raw length", 0, MAX_RAW[kind]), cod, key if kind == CHUNK else check,
+                  framing.integer(size, "size"))
         if cod == codec.RAW and slen != rlen:
             raise ValueError(f"raw blob of {slen} bytes declares {rlen}")
-        return entry
+        return loc
 
 
 class PackWriter:
@@ -96,7 +107,7 @@ class PackWriter:
         self._batch: list = []
         self._batched = 0
         self._writes: deque[Future] = deque()
-        self.entries: list[PackEntry] = []
+        self.entries: list[Location] = []  # pack id UNNAMED until finish() names the pack
         self.size = 0
         self._write(HEADER)
 
@@ -127,14 +138,14 @@ class PackWriter:
             self._writes.popleft().result()
 
     def add(self, kind: int, key: bytes, stored, raw_len: int, codec_id: int, check: bytes,
-            size: int = 0) -> PackEntry:
-        entry = PackEntry(kind, key, self.size, len(stored), raw_len, codec_id, check, size)
+            size: int = 0) -> Location:
+        entry = Location(UNNAMED, kind, key, self.size, len(stored), raw_len, codec_id, check, size)
         self._write(stored)
         self.entries.append(entry)
         return entry
 
     def finish(self) -> tuple[bytes, str, int]:
-        """Write footer and trailer, close. Returns (pack id, spool path, size).
+        """Write footer and trailer, close, and name the entries' pack. Returns (pack id, spool path, size).
 
         Durability is the backend's job in put_file, on the uploading thread, off the write path.
         """
@@ -149,7 +160,9 @@ class PackWriter:
         self._write(TRAILER.pack(offset, len(footer), len(raw), hash_bytes(footer), TRAILER_MAGIC))
         self._settle()
         self._file.close()
-        return self._hasher.digest(), self.path, self.size
+        pack_id = self._hasher.digest()
+        self.entries = [replace(e, pack_id=pack_id) for e in self.entries]
+        return pack_id, self.path, self.size
 
     def abort(self) -> None:
         """Drop the spool file. Never raises: it runs while an error (a full disk, often) is on its way out."""
@@ -183,8 +196,8 @@ def parse_trailer(tail: bytes, pack_size: int, *, name: str) -> tuple[int, int, 
     return offset, slen, rlen, check
 
 
-def parse_footer(footer: bytes, rlen: int, check: bytes, *, name: str) -> list[PackEntry]:
-    """The entries of a pack footer, verified against its checksum and read with size limits."""
+def parse_footer(footer: bytes, rlen: int, check: bytes, pack_id: bytes, *, name: str) -> list[Location]:
+    """The blobs a pack footer lists, verified against its checksum and read with size limits."""
     if hash_bytes(footer) != check:
         raise IntegrityError(f"pack {name} has a damaged index footer (checksum mismatch)", subject=name)
     raw = codec.decompress(codec.ZSTD, footer, rlen, name=f"pack {name} footer")
@@ -193,7 +206,7 @@ def parse_footer(footer: bytes, rlen: int, check: bytes, *, name: str) -> list[P
     try:
         if type(doc) is not dict or doc.get("v") != PACK_FORMAT or type(doc["v"]) is not int:
             raise ValueError("unknown footer format")
-        return entries_of(doc["entries"])
+        return entries_of(doc["entries"], pack_id)
     except (ValueError, KeyError) as exc:
         raise framing.damaged(what, name, exc) from None
 
@@ -203,23 +216,30 @@ def entry_limits(raw_len: int) -> framing.Limits:
     return framing.Limits(bin=64, str=64, array=raw_len, map=8)
 
 
-def entries_of(rows) -> list[PackEntry]:
-    """The entries of a footer or index object; ValueError if any is malformed."""
+def entries_of(rows, pack_id: bytes) -> list[Location]:
+    """The blobs of pack_id a footer or index object lists; ValueError if any is malformed."""
     if type(rows) is not list:
         raise ValueError("entries are not an array")
-    return [PackEntry.from_list(row) for row in rows]
+    return [Location.from_list(row, pack_id) for row in rows]
 
 
-def read_pack_entries(backend, key: str, size: int, *, name: str) -> list[PackEntry]:
-    """Read a pack's own index from its tail (one ranged read in the common case)."""
+def read_pack_entries(backend, pack_id: bytes, size: int, *, data=None) -> list[Location]:
+    """The blobs a pack lists in its footer, each checked to lie inside the pack's blob area: one
+    ranged read of its tail in the common case, none with `data` (the whole pack, already read).
+    """
+    key = pack_key(pack_id)
+    name = pack_id.hex()
+
+    def read(start: int, end: int):
+        return backend.get(key, start, end) if data is None else memoryview(data)[start:end]
     start = max(0, size - 65536)
-    tail = backend.get(key, start, size)
+    tail = read(start, size)
     offset, slen, rlen, check = parse_trailer(tail, size, name=name)
     if offset >= start:
         footer = tail[offset - start: offset - start + slen]
     else:
-        footer = backend.get(key, offset, offset + slen)
-    entries = parse_footer(footer, rlen, check, name=name)
+        footer = read(offset, offset + slen)
+    entries = parse_footer(footer, rlen, check, pack_id, name=name)
     for e in entries:
         if e.offset < len(HEADER) or e.offset + e.stored_len > offset:
             raise IntegrityError(f"pack {name} index points outside the pack", subject=name)

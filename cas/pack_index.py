@@ -16,7 +16,7 @@ import msgpack
 from . import codec, framing, layout
 from .digest import hash_bytes
 from .errors import IntegrityError, NotFound
-from .pack import HEADER as PACK_HEADER, MAX_INDEX_RATIO, TRAILER, PackEntry, entries_of, entry_limits
+from .pack import HEADER as PACK_HEADER, MAX_INDEX_RATIO, TRAILER, Location, entries_of, entry_limits
 
 MAGIC = b"CASIDX01"
 HEADER = struct.Struct("<8sQB")  # magic, raw (uncompressed msgpack) length, codec
@@ -31,7 +31,7 @@ class PackRecord:
 
     pack_id: bytes
     size: int
-    entries: tuple[PackEntry, ...]
+    entries: tuple[Location, ...]
 
 
 def encode(packs: list[PackRecord]) -> bytes:
@@ -78,7 +78,7 @@ def _pack_record(row) -> PackRecord:
     if type(pack_id) is not bytes or len(pack_id) != 32:
         raise ValueError("bad pack id")
     framing.integer(size, "pack size", len(PACK_HEADER) + TRAILER.size)
-    entries = tuple(entries_of(rows))
+    entries = tuple(entries_of(rows, pack_id))
     if any(e.offset + e.stored_len > size - TRAILER.size for e in entries):
         raise ValueError(f"pack {pack_id.hex()} has an entry outside it")
     return PackRecord(pack_id, size, entries)

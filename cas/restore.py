@@ -10,7 +10,7 @@ import secrets
 import shutil
 import stat
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from . import codec, layout
@@ -18,8 +18,9 @@ from .backends.local import fsync_dir, storage_error
 from .digest import file_hasher, hash_bytes
 from .errors import IntegrityError, InvalidInput, NotFound, PackMissing, StorageError
 from .handoff import quick_handoffs
-from .index import INLINE, Location
+from .index import INLINE
 from .manifest import DIR, FILE, LINK, FileManifest, TreeManifest, check_safe, locate
+from .pack import CHUNK, Location
 
 MAX_READ = 8 << 20  # largest coalesced ranged read
 FETCH_AHEAD = 4  # runs being fetched and verified ahead of the writer
@@ -62,49 +63,71 @@ class ChunkReader:
         return loc
 
     def blob(self, loc: Location, *, what: str) -> bytes:
-        if loc.kind == INLINE:
-            return verified_blob(loc, self.index.inline_content(loc.check) or b"", what=what)
-        key = layout.pack_key(loc.pack_id)
-        try:
-            stored = self.backend.get(key, loc.offset, loc.offset + loc.stored_len)
-        except NotFound:
-            raise PackMissing(f"pack {loc.pack_id.hex()} holding {what} is missing", subject=key) from None
-        return verified_blob(loc, stored, what=what)
+        """One blob's raw bytes, verified."""
+        return verified_blob(loc, self._read_run([(loc, 0)])[0], what=what)
 
     def chunk(self, chunk_id: bytes) -> bytes:
         return self.blob(self.location(chunk_id), what=f"chunk {chunk_id.hex()}")
 
     def read_runs(self, manifest: FileManifest) -> Iterator[list[tuple[Location, int]]]:
         """Group a file's chunks into runs that one ranged read of one pack serves."""
-        run: list[tuple[Location, int]] = []
-        for start in range(0, len(manifest), LOOKUP_BATCH):
-            ids = [manifest.chunk_id(i) for i in range(start, min(start + LOOKUP_BATCH, len(manifest)))]
-            for i, (chunk_id, known) in enumerate(zip(ids, self.index.chunks_at(ids)), start):
-                loc = self._placed(chunk_id, known)
-                if run:
-                    first, last = run[0][0], run[-1][0]
-                    gap = loc.offset - (last.offset + last.stored_len)
-                    near = (loc.pack_id == first.pack_id and 0 <= gap <= MAX_GAP
-                            and loc.offset + loc.stored_len - first.offset <= MAX_READ)
-                    if not near:
-                        yield run
-                        run = []
-                run.append((loc, i))
-        if run:
-            yield run
+        def placed() -> Iterator[tuple[Location, int]]:
+            for start in range(0, len(manifest), LOOKUP_BATCH):
+                ids = [manifest.chunk_id(i) for i in range(start, min(start + LOOKUP_BATCH, len(manifest)))]
+                for i, (chunk_id, known) in enumerate(zip(ids, self.index.chunks_at(ids)), start):
+                    yield self._placed(chunk_id, known), i
+        return _runs(placed())
 
     def fetch_run(self, run: list[tuple[Location, int]]) -> list[bytes]:
+        """The raw bytes of a run's blobs, each verified."""
+        return [verified_blob(loc, stored, what=_what(loc)) for (loc, _), stored in zip(run, self._read_run(run))]
+
+    def stored_blobs(self, locs: list[Location], *, whole=None) -> Iterator[tuple[Location, memoryview]]:
+        """The stored (still compressed) bytes of blobs in packs, each verified before it is handed out,
+        read in coalesced ranges in pack order: how repack and revive copy blobs as they are stored.
+        whole: the bytes of the one pack all locs are in, already read (verify reads it whole)."""
+        ordered = sorted(locs, key=lambda loc: (loc.pack_id, loc.offset))
+        for run in _runs((loc, 0) for loc in ordered):
+            for (loc, _), stored in zip(run, self._read_run(run, whole)):
+                verified_blob(loc, stored, what=_what(loc))
+                yield loc, stored
+
+    def _read_run(self, run: list[tuple[Location, int]], whole=None) -> list:
+        """The stored bytes of each blob of a run (one ranged read of one pack, or a slice of `whole`),
+        unverified: each is exactly as long as its location says or verified_blob refuses it."""
         first, last = run[0][0], run[-1][0]
         if first.kind == INLINE:
-            return [self.blob(loc, what=f"inline content {loc.check.hex()}") for loc, _ in run]
+            return [self.index.inline_content(loc.check) or b"" for loc, _ in run]
+        start, end = first.offset, last.offset + last.stored_len
         key = layout.pack_key(first.pack_id)
         try:
-            data = self.backend.get(key, first.offset, last.offset + last.stored_len)
+            data = self.backend.get(key, start, end) if whole is None else memoryview(whole)[start:end]
         except NotFound:
-            raise PackMissing(f"pack {first.pack_id.hex()} is missing", subject=key) from None
+            raise PackMissing(f"pack {first.pack_id.hex()} holding {_what(first)} is missing", subject=key) from None
         view = memoryview(data)
-        return [verified_blob(loc, view[loc.offset - first.offset: loc.offset - first.offset + loc.stored_len],
-                               what=f"chunk {loc.check.hex()}") for loc, _ in run]
+        return [view[loc.offset - first.offset: loc.offset - first.offset + loc.stored_len] for loc, _ in run]
+
+
+def _what(loc: Location) -> str:
+    return {INLINE: "inline content", CHUNK: "chunk"}.get(loc.kind, "manifest") + " " + loc.key.hex()
+
+
+def _runs(placed: Iterable[tuple[Location, int]]) -> Iterator[list[tuple[Location, int]]]:
+    """Group blobs, in the order given, into runs that one ranged read of one pack serves (inline
+    content: one blob per run)."""
+    run: list[tuple[Location, int]] = []
+    for loc, i in placed:
+        if run:
+            first, last = run[0][0], run[-1][0]
+            gap = loc.offset - (last.offset + last.stored_len)
+            near = (loc.kind != INLINE and loc.pack_id == first.pack_id and 0 <= gap <= MAX_GAP
+                    and loc.offset + loc.stored_len - first.offset <= MAX_READ)
+            if not near:
+                yield run
+                run = []
+        run.append((loc, i))
+    if run:
+        yield run
 
 
 def stream_file(reader: ChunkReader, manifest: FileManifest, write: Callable[[bytes], object], *,

@@ -20,11 +20,11 @@ from .config import StoreConfig, create_or_load_config, load_config
 from .digest import hash_bytes, looks_like_digest, parse_ref
 from .errors import AlreadyExists, AmbiguousReference, IntegrityError, InvalidInput, NotFound, PackMissing, StorageError
 from .handoff import quick_handoffs
-from .index import INLINE, Index, Location
+from .index import INLINE, Index
 from .ingest import PutResult, PutSession
 from .leases import WriterLease
 from .manifest import FileManifest, TreeManifest
-from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, read_pack_entries
+from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, Location, read_pack_entries
 from .records import RecordBook
 from .restore import (
     ChunkReader,
@@ -229,7 +229,7 @@ class Store:
 
         def footer(item):
             pid, size = item
-            return pid, size, read_pack_entries(self.backend, layout.pack_key(pid), size, name=pid.hex())
+            return pid, size, read_pack_entries(self.backend, pid, size)
         workers = max(1, self.backend.read_concurrency)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cas-reindex") as pool:
             for pid, size, entries in pool.map(footer, listed):
@@ -545,12 +545,11 @@ class Store:
         for kind, key in Walk(self, policy=RAISE).reach({digest.hex(): digest}):
             loc = self.index.chunk(key) if kind == CHUNK else self.index.manifest(key)
             if loc is not None and (everything or loc.pack_id in condemned):
-                blobs.append((kind, key, loc))
+                blobs.append(loc)
         if blobs:
             with self.write_session() as session:
-                for _, key, loc in blobs:
-                    stored = self.backend.get(layout.pack_key(loc.pack_id), loc.offset, loc.offset + loc.stored_len)
-                    session.copy_blob(key, loc, stored)  # the index location carries the kind
+                for loc, stored in self.chunk_reader().stored_blobs(blobs):
+                    session.copy_blob(loc, stored)
         return len(blobs)
 
     def unpin(self, label: str) -> refs.Pin:

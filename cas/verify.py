@@ -9,9 +9,8 @@ from . import layout, pack_index, records, refs
 from .digest import hash_bytes
 from .errors import CasError, IntegrityError, NotFound
 from .gc import decode_list, decode_sessions
-from .index import Location
-from .pack import CHUNK, FILE_MANIFEST, HEADER, TRAILER, PackEntry, parse_footer, parse_trailer, read_pack_entries
-from .restore import verified_blob
+from .pack import FILE_MANIFEST, HEADER, read_pack_entries
+from .restore import ChunkReader
 from .walk import REPORT, Walk
 
 
@@ -72,26 +71,20 @@ def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyR
 
 
 def _check_pack(backend, pid: bytes, size: int, *, read_data: bool, report: VerifyReport) -> None:
-    key = layout.pack_key(pid)
-    name = pid.hex()
+    """A pack's footer reads back; with read_data, its bytes match its id and every blob its checksum
+    (read whole, once, then through the same footer checks and blob reads as any other)."""
     if not read_data:
-        read_pack_entries(backend, key, size, name=name)
+        read_pack_entries(backend, pid, size)
         return
-    data = backend.get(key)
+    data = backend.get(layout.pack_key(pid))
     report.bytes_read += len(data)
+    name = pid.hex()
     if len(data) != size or hash_bytes(data) != pid:
         raise IntegrityError(f"pack {name} is damaged: its content does not match its id", subject=name)
     if not data.startswith(HEADER):
         raise IntegrityError(f"pack {name} has a bad header", subject=name)
-    offset, slen, rlen, check = parse_trailer(data[-TRAILER.size:], size, name=name)
-    entries = parse_footer(data[offset:offset + slen], rlen, check, name=name)
-    for e in entries:
-        loc = Location(pid, e.offset, e.stored_len, e.raw_len, e.codec, e.check, e.kind)
-        verified_blob(loc, memoryview(data)[e.offset:e.offset + e.stored_len], what=_what(e))
-
-
-def _what(e: PackEntry) -> str:
-    return f"chunk {e.key.hex()}" if e.kind == CHUNK else f"manifest {e.key.hex()}"
+    for _ in ChunkReader(backend, None).stored_blobs(read_pack_entries(backend, pid, size, data=data), whole=data):
+        pass  # each blob is verified as it is handed out
 
 
 def _check_records(store, report: VerifyReport) -> None:

@@ -38,12 +38,14 @@ from cas.config import StoreConfig
 from cas.digest import hash_bytes, tree_digest
 from cas.errors import FormatError, IntegrityError
 from cas.gc import decode_list, decode_sessions, encode_list, encode_sessions
+from cas.layout import pack_key
 from cas.manifest import DIR, FILE, LINK, MAX_DEPTH, FileManifest, TreeEntry, TreeManifest, check_safe
 from cas.pack import CHUNK, FILE_MANIFEST, TRAILER, TREE_MANIFEST, PackWriter, read_pack_entries
 
 EXAMPLES = int(os.environ.get("CAS_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 MiB = 1 << 20
+PACK_ID = bytes(range(32))  # the id the fuzzed pack is read under (its bytes change with every example)
 DIGEST = "720df0d9cb0a6dea718d429a6056041a4b3a4c0db0336a03e6c65d56188c8643"
 PIN_KEY = layout.pin_key("hello.txt", "01795699815446570752-2398a5ce3179")
 
@@ -102,17 +104,13 @@ def _pack_seed() -> tuple[Seed, list]:
         return blobs + footer + TRAILER.pack(len(blobs), len(footer), len(_packb(doc)), hash_bytes(footer), b"CASPEND1")
     doc = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(data[offset:offset + slen]), raw=False)
     assert wrap(doc) == data
-    return Seed(doc, wrap), read_pack_entries(_backend(data), "p", len(data), name="p")
-
-
-def _backend(data: bytes) -> MemoryBackend:
-    backend = MemoryBackend()
-    backend.put("p", data)
-    return backend
+    return Seed(doc, wrap), _decode_pack(data)
 
 
 def _decode_pack(data: bytes):
-    return read_pack_entries(_backend(data), "p", len(data), name="p")
+    backend = MemoryBackend()
+    backend.put(pack_key(PACK_ID), data)
+    return read_pack_entries(backend, PACK_ID, len(data))
 
 
 def _index_wrap(doc) -> bytes:
@@ -513,10 +511,12 @@ def test_an_index_object_of_many_duplicate_packs_is_written_so_readers_accept_it
     """Racing puts of one file each write a pack with the same entries: merged, they compress far
     beyond the ratio readers accept, so the writer stores such an object uncompressed."""
     from cas import pack_index
-    from cas.pack import CHUNK, PackEntry
-    entries = tuple(PackEntry(CHUNK, bytes([i]) * 32, 8 + 100 * i, 100, 100, 0, bytes([i]) * 32)
-                    for i in range(50))
-    packs = [pack_index.PackRecord(bytes([n]) * 32, 8 + 100 * 50 + 64, entries) for n in range(200)]
+    from cas.pack import CHUNK, Location
+
+    def entries(pack_id):
+        return tuple(Location(pack_id, CHUNK, bytes([i]) * 32, 8 + 100 * i, 100, 100, 0, bytes([i]) * 32)
+                     for i in range(50))
+    packs = [pack_index.PackRecord(bytes([n]) * 32, 8 + 100 * 50 + 64, entries(bytes([n]) * 32)) for n in range(200)]
     data = pack_index.encode(packs)
     back = pack_index.decode(data, name=hash_bytes(data).hex())
     assert [(p.pack_id, p.size, [e.key for e in p.entries]) for p in back] == \

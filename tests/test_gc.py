@@ -37,7 +37,7 @@ from cas.backends.memory import MemoryBackend
 from cas.config import ChunkerParams, StoreConfig, load_config
 from cas.errors import IntegrityError
 from cas.gc import Condemnation, execute_gc, plan_gc
-from cas.pack import CHUNK, PackEntry
+from cas.pack import CHUNK, Location
 from cas.pack_index import PackRecord
 from cas.reach import Reach
 
@@ -628,7 +628,7 @@ def _pack(n: int, *blobs: tuple[int, int], overhead: int = 100) -> PackRecord:
     """Pack n holding chunks (key number, stored length) back to back after an 8-byte header."""
     entries, offset = [], 8
     for key, length in blobs:
-        entries.append(PackEntry(CHUNK, _id(key), offset, length, length, 0, _id(key)))
+        entries.append(Location(_id(n), CHUNK, _id(key), offset, length, length, 0, _id(key)))
         offset += length
     return PackRecord(_id(n), offset + overhead, tuple(entries))
 
