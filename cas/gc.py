@@ -1,4 +1,8 @@
-"""Garbage collection in two phases without a lock on the write path: `plan_gc` decides (pure), `execute_gc` acts.
+"""Garbage collection in two phases without a lock on the write path: collect, plan, execute the plan.
+
+`_Reader.collect` reads the store's metadata, `plan_gc` decides from it alone (a pure function: a
+dry run prints its plan), `_execute` carries the plan out, confirming each deletion against the
+store as it is then.
 
 Phase 1 condemns packs no root needs (writing gc/condemned/<stamp>, then gc/sessions/<stamp> with the
 writer sessions live once the condemnation was durable); writers that start later see it and store
@@ -97,6 +101,7 @@ class GcPlan:
     void: list[str] = field(default_factory=list)  # condemnations without a sessions list
     waiting: set[bytes] = field(default_factory=set)  # condemned, not yet deletable
     partly_dead: dict[bytes, tuple[int, float]] = field(default_factory=dict)  # kept as is: dead bytes, share
+    condemn_now_deletes: bool = False  # grace 0, no writer live: `delete` holds what this run condemns too
 
 
 def _needed(packs: dict[bytes, PackRecord], reachable: set, condemned: set[bytes]) -> tuple[set, dict]:
@@ -128,7 +133,11 @@ def _needed(packs: dict[bytes, PackRecord], reachable: set, condemned: set[bytes
 
 def plan_gc(packs: dict[bytes, PackRecord], reachable: set, condemnations: list[Condemnation],
             live: set[str], now: float, grace: float, repack_threshold: float = REPACK_THRESHOLD) -> GcPlan:
-    """What to repack, condemn and delete; a pure function of the store's metadata."""
+    """What to repack, condemn and delete; a pure function of the store's metadata (`collect` reads it).
+
+    With grace 0 the packs this run condemns are deleted in the same run if no writer is live; the
+    execution confirms that no writer was live once the condemnation was durable (else they wait).
+    """
     plan = GcPlan()
     condemned = {p for c in condemnations for p in c.packs}
     plan.keep, plan.supplies = _needed(packs, reachable, condemned)
@@ -142,6 +151,9 @@ def plan_gc(packs: dict[bytes, PackRecord], reachable: set, condemnations: list[
             plan.partly_dead[pid] = (blobs - supplied, share)
     dead = set(packs) - plan.keep
     plan.condemn = (dead | set(plan.repack)) - condemned
+    if grace == 0:  # condemned and deleted in this run, unless a writer is live (then it waits for them)
+        (plan.waiting if live else plan.delete).update(plan.condemn)
+        plan.condemn_now_deletes = not live
     for c in condemnations:
         if c.sessions is None:
             plan.void.append(c.stamp)
@@ -155,17 +167,80 @@ def plan_gc(packs: dict[bytes, PackRecord], reachable: set, condemnations: list[
     return plan
 
 
-# ---- running it -----------------------------------------------------------------------------------
-def _reachable(walk: Walk, roots: dict[str, bytes]) -> set:
-    """(kind, key) of every blob the roots need that `walk` had not reached yet: manifests and chunks,
-    from manifests only, so a later call in the same gc run reads only the manifests of new roots.
+# ---- collect, then execute the plan -----------------------------------------------------------------
+@dataclass
+class Collected:
+    """What gc read of a store (all it plans from): pack catalog, reachable blobs, condemnations, writers."""
 
-    The walk's policy is RAISE: a root whose content is missing or damaged stops gc before it deletes.
-    """
-    try:
-        return walk.reach(roots)
-    except IntegrityError as exc:
-        raise type(exc)(f"gc stopped: {exc}; nothing was deleted (run cas verify)", subject=exc.subject) from None
+    packs: dict[bytes, PackRecord]
+    index_keys: list[str]
+    reachable: set
+    condemnations: list[Condemnation]
+    live: set[str]
+    now: float
+
+
+class _Reader:
+    """Reads the store for one gc run, each manifest and index object once (both are immutable)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.walk = Walk(store, policy=RAISE)  # memoized: later passes read only the manifests of new roots
+        self.reached: set = set()
+        self.index_objects: dict[str, list[PackRecord]] = {}
+
+    def reachable(self) -> set:
+        """(kind, key) of every blob the roots as they are now need, and those earlier calls found:
+        manifests and chunks, from manifests only. The walk's policy is RAISE: a root whose content is
+        missing or damaged stops gc before it deletes. The roots are read first, and only then the
+        index: a root's data was indexed before the root was written, so the sync makes it known."""
+        store = self.store
+        store.records.sync()
+        roots = store.roots()
+        store.sync()
+        try:
+            self.reached |= self.walk.reach(roots)
+        except IntegrityError as exc:
+            raise type(exc)(f"gc stopped: {exc}; nothing was deleted (run cas verify)", subject=exc.subject) from None
+        return set(self.reached)
+
+    def catalog(self) -> tuple[dict[bytes, PackRecord], list[str]]:
+        """Every pack of the store with its entries (from index objects, plus the footers of packs none
+        names), and the index object keys.
+
+        An index object a writer merged away while we read sends us back to list again (the merged
+        object names its packs). Packs are listed once, after the index objects: a pack an index object
+        names but the listing does not is gone.
+        """
+        backend = self.store.backend
+        for _ in range(LIST_PASSES):
+            keys = pack_index.list_keys(backend)
+            got, vanished = pack_index.read_present(backend, [k for k in keys if k not in self.index_objects])
+            self.index_objects.update(got)
+            if not vanished:
+                break
+        else:
+            raise StorageError("the store's index objects kept changing while gc read them; nothing was changed: "
+                               "run gc again", subject=layout.INDEXES)
+        listed = {pid: size for key, size in backend.list(layout.PACKS)
+                  if (pid := layout.pack_id_from_key(key)) is not None}
+        packs: dict[bytes, PackRecord] = {}
+        for key in keys:
+            for rec in self.index_objects[key]:
+                if rec.pack_id in listed:
+                    packs.setdefault(rec.pack_id, rec)
+        for pid, size in listed.items():
+            if pid not in packs:  # a crash left it unnamed (or a writer is still uploading)
+                packs[pid] = PackRecord(pid, size, tuple(read_pack_entries(backend, pid, size)))
+        return packs, keys
+
+    def collect(self, *, dry_run: bool) -> Collected:
+        backend = self.store.backend
+        _condemnations(backend)  # a damaged gc list stops gc here, before anything else is read
+        reachable = self.reachable()
+        packs, keys = self.catalog()
+        now = time.time() if dry_run else backend_now(backend)  # a dry run writes nothing, not even a clock probe
+        return Collected(packs, keys, reachable, _condemnations(backend), set(live_sessions(backend, now)), now)
 
 
 def _condemnations(backend) -> list[Condemnation]:
@@ -184,121 +259,28 @@ def _condemnations(backend) -> list[Condemnation]:
     return out
 
 
-def _catalog(store, read: dict[str, list[PackRecord]] | None = None) -> tuple[dict[bytes, PackRecord], list[str]]:
-    """Every pack of the store with its entries: from index objects, plus footers of packs none names.
-
-    `read` keeps the index objects read so far (immutable and named by their content), so a second
-    catalog in the same gc run reads only the new ones. An index object a writer merged away while
-    we read sends us back to list again (the merged object names its packs).
-    """
-    read = {} if read is None else read
-    for _ in range(LIST_PASSES):
-        keys = pack_index.list_keys(store.backend)
-        got, vanished = pack_index.read_present(store.backend, [k for k in keys if k not in read])
-        read.update(got)
-        if not vanished:
-            break
-    else:
-        raise StorageError("the store's index objects kept changing while gc read them; nothing was changed: "
-                           "run gc again", subject=layout.INDEXES)
-    packs: dict[bytes, PackRecord] = {}
-    for key in keys:
-        for rec in read[key]:
-            packs.setdefault(rec.pack_id, rec)
-    for key, size in store.backend.list(layout.PACKS):
-        pid = layout.pack_id_from_key(key)
-        if pid is not None and pid not in packs:  # a crash left it unnamed (or a writer is still uploading)
-            packs[pid] = PackRecord(pid, size, tuple(read_pack_entries(store.backend, pid, size)))
-    listed = {layout.pack_id_from_key(k) for k, _ in store.backend.list(layout.PACKS)}
-    return {pid: rec for pid, rec in packs.items() if pid in listed}, keys
-
-
 def _stamp(now: float) -> str:
     return f"{int(now * 1e3):015d}-{secrets.token_hex(4)}"
 
 
-def _current_roots(store) -> dict[str, bytes]:
-    """The roots as they are now, and only then the index: a root's data was indexed before the root was
-    written, so every digest these roots name is known once the sync below has run."""
-    store.records.sync()
-    roots = store.roots()
-    store.sync()
-    return roots
-
-
 def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
                repack_threshold: float = REPACK_THRESHOLD, on_progress=None) -> dict:
-    """Run gc (see the module docstring); on_progress(n) counts the bytes of packs read to repack."""
-    backend = store.backend
+    """Collect, plan, and (unless dry_run) execute the plan; returns the report (the plan's, for a dry
+    run). on_progress(n) counts the stored bytes copied out of partly dead packs."""
     store.require()
-    _condemnations(backend)  # a damaged gc list stops gc here, before anything is read or written
-    roots = _current_roots(store)
-    walk = Walk(store, policy=RAISE)  # memoized: later passes read only the manifests of new roots
-    index_objects: dict[str, list[PackRecord]] = {}
-    reachable = _reachable(walk, roots)
-    packs, index_keys = _catalog(store, index_objects)
-    now = time.time() if dry_run else backend_now(backend)
-    condemnations = _condemnations(backend)
-    live = set(live_sessions(backend, now))
-    plan = plan_gc(packs, reachable, condemnations, live, now, grace, repack_threshold)
-    report = {"dry_run": dry_run, "packs": len(packs), "reachable_blobs": len(reachable),
-              "repacked_packs": len(plan.repack), "repacked_bytes": sum(packs[p].size for p in plan.repack),
-              "condemned_packs": len(plan.condemn), "deleted_packs": 0, "deleted_bytes": 0, "freed_bytes": 0,
-              "waiting_packs": len(plan.waiting), "aborted_uploads": 0, "expired_sessions": 0,
-              "repack_threshold": repack_threshold, **_partly_dead_report(plan.partly_dead)}
-    stored_before = 0 if dry_run else _stored_bytes(backend)  # used by a real run only
+    reader = _Reader(store)
+    seen = reader.collect(dry_run=dry_run)
+    plan = plan_gc(seen.packs, seen.reachable, seen.condemnations, seen.live, seen.now, grace, repack_threshold)
+    report = _planned(plan, seen, dry_run=dry_run, repack_threshold=repack_threshold)
+    backend = store.backend
     if dry_run:
-        would = set(plan.delete)
-        if grace == 0:  # a real run would condemn and delete in one go, unless writers are live
-            if live:
-                report["waiting_packs"] += len(plan.condemn)
-            else:
-                would |= plan.condemn
-        report["deleted_packs"] = len(would)
-        report["deleted_bytes"] = report["freed_bytes"] = sum(packs[p].size for p in would)
         report["aborted_uploads"] = backend.abort_stale_uploads(max(grace, 2 * lease_seconds()), dry_run=True)
         _clean_temps(store, grace, report, dry_run=True)
         return report
-    with store.writing():
-        if plan.repack:
-            _repack(store, plan.supplies, plan.repack, on_progress or (lambda n: None))
-        if plan.condemn:
-            stamp = _stamp(now)
-            backend.put(layout.condemned_key(stamp), encode_list(plan.condemn, now), create_only=True)
-            # listed only now that the condemnation is durable: a writer missing from this list started
-            # after it, and saw it when its session began
-            own = store.lease.key  # gc's own session: it commits no refs
-            sessions = sorted(set(live_sessions(backend, backend_now(backend))) - {own})
-            backend.put(layout.gc_sessions_key(stamp), encode_sessions(sessions), create_only=True)
-            if grace == 0:  # condemn and delete in one run, still waiting for the writers listed
-                roots = _current_roots(store)  # before the catalog: it lists every pack these roots need
-                condemnations = _condemnations(backend)
-                now = backend_now(backend)
-                packs, index_keys = _catalog(store, index_objects)
-                live = set(live_sessions(backend, now)) - {own}
-                reachable |= _reachable(walk, roots)
-                plan2 = plan_gc(packs, reachable, condemnations, live, now, 0.0, repack_threshold=2.0)
-                plan.delete, plan.finished, plan.void = plan2.delete, plan2.finished, plan2.void
-                report["waiting_packs"] = len(plan2.waiting)
-    if plan.delete:
-        # a writer may have committed a ref to a condemned pack before it learned of the condemnation;
-        # blobs of packs written since we read the catalog are not our concern (we delete none of those)
-        # (the blobs of roots seen earlier in this run count too: a superset only spares more packs)
-        still = reachable | _reachable(walk, _current_roots(store))
-        still &= {(e.kind, e.key) for rec in packs.values() for e in rec.entries}
-        keep, _ = _needed(packs, still, {p for c in _condemnations(backend) for p in c.packs})
-        plan.delete -= keep
-    if plan.delete:
-        stamp = _stamp(now)
-        backend.put(layout.deleted_key(stamp), encode_list(plan.delete, now), create_only=True)
-        backend.delete([layout.pack_key(p) for p in sorted(plan.delete)])
-        remaining = [rec for pid, rec in sorted(packs.items()) if pid not in plan.delete]
-        merged = pack_index.write(backend, remaining) if remaining else None
-        backend.delete([k for k in index_keys if k != merged])
-        report["deleted_packs"] = len(plan.delete)
-        report["deleted_bytes"] = sum(packs[p].size for p in plan.delete)
-    backend.delete([k for stamp in plan.finished + plan.void
-                    for k in (layout.condemned_key(stamp), layout.gc_sessions_key(stamp))])
+    stored_before = _stored_bytes(backend)
+    _execute(store, plan, seen, reader, on_progress or (lambda n: None))
+    report.update(deleted_packs=len(plan.delete), deleted_bytes=sum(seen.packs[p].size for p in plan.delete),
+                  waiting_packs=len(plan.waiting))
     report["aborted_uploads"] = backend.abort_stale_uploads(max(grace, 2 * lease_seconds()))
     stale = expired_sessions(backend, backend_now(backend))
     backend.delete(stale)
@@ -307,6 +289,61 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     store.sync()
     report["freed_bytes"] = stored_before - _stored_bytes(backend)  # the drop in stored_bytes, all told
     return report
+
+
+def _planned(plan: GcPlan, seen: Collected, *, dry_run: bool, repack_threshold: float) -> dict:
+    """The report of a plan before it runs: what a dry run prints, and what a real run starts from."""
+    deleted = sum(seen.packs[p].size for p in plan.delete)
+    return {"dry_run": dry_run, "packs": len(seen.packs), "reachable_blobs": len(seen.reachable),
+            "repacked_packs": len(plan.repack), "repacked_bytes": sum(seen.packs[p].size for p in plan.repack),
+            "condemned_packs": len(plan.condemn), "deleted_packs": len(plan.delete), "deleted_bytes": deleted,
+            "freed_bytes": deleted, "waiting_packs": len(plan.waiting), "aborted_uploads": 0, "expired_sessions": 0,
+            "repack_threshold": repack_threshold, **_partly_dead_report(plan.partly_dead)}
+
+
+def _execute(store, plan: GcPlan, seen: Collected, reader: _Reader, on_progress) -> None:
+    """Repack, condemn, then delete what the plan says, each deletion confirmed against the store as it
+    is now; `plan` is narrowed to what was done."""
+    backend = store.backend
+    with store.writing():
+        if plan.repack:
+            _repack(store, plan.supplies, plan.repack, on_progress)
+        if plan.condemn:
+            stamp = _stamp(seen.now)
+            backend.put(layout.condemned_key(stamp), encode_list(plan.condemn, seen.now), create_only=True)
+            # listed only now that the condemnation is durable: a writer missing from this list started
+            # after it, and saw it when its session began (gc's own session commits no refs)
+            sessions = sorted(set(live_sessions(backend, backend_now(backend))) - {store.lease.key})
+            backend.put(layout.gc_sessions_key(stamp), encode_sessions(sessions), create_only=True)
+            if plan.condemn_now_deletes and sessions:  # a writer began before the condemnation was durable
+                plan.delete -= plan.condemn
+                plan.waiting |= plan.condemn
+            elif plan.condemn_now_deletes:
+                plan.finished.append(stamp)
+    if plan.delete:
+        _confirm(store, plan, seen, reader)
+    if plan.delete:
+        now = backend_now(backend)
+        backend.put(layout.deleted_key(_stamp(now)), encode_list(plan.delete, now), create_only=True)
+        backend.delete([layout.pack_key(p) for p in sorted(plan.delete)])
+        remaining = [rec for pid, rec in sorted(seen.packs.items()) if pid not in plan.delete]
+        merged = pack_index.write(backend, remaining) if remaining else None
+        backend.delete([k for k in seen.index_keys if k != merged])
+    backend.delete([k for stamp in plan.finished + plan.void
+                    for k in (layout.condemned_key(stamp), layout.gc_sessions_key(stamp))])
+
+
+def _confirm(store, plan: GcPlan, seen: Collected, reader: _Reader) -> None:
+    """Spare every pack of plan.delete some root needs now: a writer may have committed a ref to a
+    condemned pack before it learned of the condemnation. Roots seen earlier in this run count too
+    (a superset only spares more packs). The catalog is read again when this run repacked (the
+    repacked blobs' new homes are what let the victims go); blobs only in packs written since are
+    not our concern, as we delete none of those."""
+    still = reader.reachable()
+    packs = reader.catalog()[0] if plan.repack else seen.packs
+    still &= {(e.kind, e.key) for rec in packs.values() for e in rec.entries}
+    keep, _ = _needed(packs, still, {p for c in _condemnations(store.backend) for p in c.packs})
+    plan.delete -= keep  # its condemnation ends with this run: the pack is live again
 
 
 def _stored_bytes(backend) -> int:

@@ -197,6 +197,11 @@ def test_dry_runs_change_nothing(any_store, tmp_path):
         assert _ok(store, "forget", "r", "--all", "--dry-run", env=env)["count"] >= 2
         assert _snapshot(store) == before
     assert [v["step"] for v in _ok(store, "log", "r", "--name", "weights")] == [4, 5]
+    # the dry run printed the plan the real run then carries out (no writer is live here)
+    done = _ok(store, "gc", "--grace", "0")
+    same = ("packs", "reachable_blobs", "repacked_packs", "repacked_bytes", "condemned_packs", "deleted_packs",
+            "deleted_bytes", "waiting_packs", "partly_dead_packs", "reclaimable_bytes")
+    assert {k: done[k] for k in same} == {k: plan[k] for k in same}, (plan, done)
 
 
 # ---- 3. gc looping with a short grace beside a writer that re-logs forgotten content ---------------
@@ -647,11 +652,23 @@ def _ids(*numbers: int) -> set[bytes]:
 
 def test_plan_condemns_dead_packs_and_keeps_the_needed_ones():
     packs = _packs(_pack(1, (10, 100)), _pack(2, (20, 100)), _pack(3, (30, 100), (31, 100)))
-    plan = plan_gc(packs, _reach(10, 30, 31), [], set(), now=1000.0, grace=0.0)
+    plan = plan_gc(packs, _reach(10, 30, 31), [], set(), now=1000.0, grace=60.0)
     assert plan.keep == _ids(1, 3) and plan.condemn == _ids(2)
     assert plan.delete == set() and plan.repack == [] and plan.finished == [] and plan.void == []
-    everything_dead = plan_gc(packs, set(), [], set(), now=1000.0, grace=0.0)
+    everything_dead = plan_gc(packs, set(), [], set(), now=1000.0, grace=60.0)
     assert everything_dead.condemn == _ids(1, 2, 3) and everything_dead.keep == set()
+
+
+def test_plan_with_grace_0_deletes_what_it_condemns_unless_a_writer_is_live():
+    """The dry run prints this plan: with grace 0 a real run condemns and deletes in one go, and only
+    a writer live now (it may have deduplicated against the pack) makes the pack wait."""
+    packs = _packs(_pack(1, (10, 100)), _pack(2, (20, 100)), _pack(3, (30, 70), (31, 30)))
+    plan = plan_gc(packs, _reach(10, 30), [], set(), now=1000.0, grace=0.0)
+    assert plan.condemn == _ids(2, 3) and plan.repack == [_id(3)]  # 30 % dead: repacked, then condemned
+    assert plan.delete == _ids(2, 3) and plan.waiting == set() and plan.condemn_now_deletes
+    busy = plan_gc(packs, _reach(10, 30), [], {"sessions/w"}, now=1000.0, grace=0.0)
+    assert busy.condemn == _ids(2, 3) and busy.delete == set() and busy.waiting == _ids(2, 3)
+    assert not busy.condemn_now_deletes
 
 
 @pytest.mark.parametrize("now, grace, live, deleted", [
