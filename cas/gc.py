@@ -195,8 +195,7 @@ class _Reader:
         missing or damaged stops gc before it deletes. The roots are read first, and only then the
         index: a root's data was indexed before the root was written, so the sync makes it known."""
         store = self.store
-        store.records.sync()
-        roots = store.roots()
+        roots = store.roots(fresh=True)
         store.sync()
         try:
             self.reached |= self.walk.reach(roots)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import time
 import unicodedata
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -326,6 +327,28 @@ class RecordBook:
                 raise NotFound(f"unknown run {run!r} in {ref}", subject=ref)
             raise NotFound(f"unknown reference: {ref}", subject=ref)
         return versions[-1]
+
+
+class RunRoots:
+    """The run records as a root provider (cas/roots.py): live versions by runs:/ URI, and the
+    resolver of runs:/ references. `book` opens the store's RecordBook (synced on first use)."""
+
+    scheme: str | None = "runs:/"
+
+    def __init__(self, book: Callable[..., RecordBook]):
+        self.book = book
+
+    def roots(self, *, on_damaged=None) -> dict[str, bytes]:
+        return {v.uri: bytes.fromhex(v.digest) for v in self.book(on_damaged=on_damaged).all_versions() if v.digest}
+
+    def refresh(self) -> None:
+        self.book().sync()
+
+    def resolve(self, ref: str) -> str:
+        version = self.book().resolve(ref)
+        if version.digest is None:
+            raise InvalidInput(f"{ref} is a reference to {version.ref_uri}; nothing is stored", subject=ref)
+        return version.digest
 
 
 def parse_runs_ref(ref: str) -> tuple[str, str, int | None]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import shutil
 import stat
 import time
@@ -25,7 +24,7 @@ from .ingest import PutResult, PutSession
 from .leases import WriterLease
 from .manifest import FileManifest, TreeManifest
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, Location, read_pack_entries
-from .records import RecordBook
+from .records import RecordBook, RunRoots
 from .restore import (
     ChunkReader,
     FileReader,
@@ -35,6 +34,7 @@ from .restore import (
     write_file,
     write_tree,
 )
+from .roots import PinRoots, RootProvider, registered as registered_providers
 
 Progress = Callable[[int], None]
 SYNC_PASSES = 50  # listings of index objects before giving up on a store that keeps merging them
@@ -52,6 +52,8 @@ class Store:
         self.cache_dir = cache_dir or default_cache_dir()
         self._index: Index | None = None
         self._records: RecordBook | None = None
+        self._pins = PinRoots(backend)
+        self._providers: list[RootProvider] | None = None
         self._lease: WriterLease | None = None
         self._hints: dict[bytes, bytes] = {}  # re-put hints of this lease's puts, remembered once acknowledged
         self.warnings: list[str] = []
@@ -246,17 +248,15 @@ class Store:
     # ---- references -------------------------------------------------------------------------
     def resolve(self, ref: str) -> tuple[bytes, Location]:
         """The digest and location named by a reference: a digest, a prefix of at least 8 hex characters,
-        cas://<digest>, runs:/<run>/<name>[@<step>], or a pin label (a label that looks like a digest
-        is read as a digest)."""
+        cas://<digest>, a reference a root provider's scheme claims (runs:/<run>/<name>[@<step>]), or a
+        pin label (a label that looks like a digest is read as a digest)."""
         if not isinstance(ref, str):
             raise InvalidInput(f"not a reference: {ref!r}", subject=str(ref))
-        if ref.startswith("runs:/"):
-            version = self.records.resolve(ref)
-            if version.digest is None:
-                raise InvalidInput(f"{ref} is a reference to {version.ref_uri}; nothing is stored", subject=ref)
-            ref = version.digest
+        provider = next((p for p in self.root_providers if p.scheme and ref.startswith(p.scheme)), None)
+        if provider is not None:
+            ref = provider.resolve(ref)
         elif not looks_like_digest(ref):
-            ref = self._pinned(ref)
+            ref = self._pins.resolve(ref)
         text = parse_ref(ref)
         if self._records is None and not self._knows(text):
             self.open_records()  # small content lives inline in run records: learn them, then look again
@@ -276,22 +276,6 @@ class Store:
         if loc is None:  # gone between the two lookups (a sync in another thread)
             raise NotFound(f"unknown reference: {ref}", subject=ref)
         return found[0], loc
-
-    def _pinned(self, label: str) -> str:
-        """The digest a pin label names."""
-        try:
-            refs.check_label(label)
-        except InvalidInput:
-            raise InvalidInput(f"not a reference: {label!r}", subject=label) from None
-        try:
-            digest = refs.get_pin(self.backend, label).digest
-            if digest is None:  # get_pin returns live pins only
-                raise NotFound(f"no pin labelled {label!r}", subject=label)
-            return digest
-        except NotFound:
-            short = " (a digest prefix needs at least 8 hex characters)" if re.fullmatch(r"[0-9a-fA-F]+", label) else ""
-            raise NotFound(f"unknown reference: {label!r} is not a digest, a runs:/ reference or a pin label"
-                           f"{short} (`cas pins` lists the labels)", subject=label) from None
 
     def _knows(self, hex_text: str) -> bool:
         if len(hex_text) == 64:
@@ -560,10 +544,23 @@ class Store:
         self.require()
         return refs.list_pins(self.backend)
 
-    def roots(self) -> dict[str, bytes]:
-        """Everything that keeps data alive: live run versions (by runs:/ URI) and pins (by pin:<label>)."""
-        roots = {v.uri: bytes.fromhex(v.digest) for v in self.records.all_versions() if v.digest}
-        roots.update((f"pin:{p.label}", bytes.fromhex(p.digest)) for p in self.pins() if p.digest)
+    @property
+    def root_providers(self) -> list[RootProvider]:
+        """Who names the roots (cas/roots.py): pins, run records, then any registered provider."""
+        if self._providers is None:
+            self._providers = [self._pins, RunRoots(self.open_records), *registered_providers(self)]
+        return self._providers
+
+    def roots(self, *, fresh: bool = False, on_damaged=None) -> dict[str, bytes]:
+        """Everything that keeps data alive, by name: live run versions (runs:/ URIs), pins (pin:<label>)
+        and what registered providers name. fresh: read them from the store again first (gc);
+        on_damaged takes each damaged root object instead of raising (verify)."""
+        self.require()
+        roots: dict[str, bytes] = {}
+        for provider in self.root_providers:
+            if fresh:
+                provider.refresh()
+            roots.update(provider.roots(on_damaged=on_damaged))
         return roots
 
     # ---- reports ----------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyR
             gone.setdefault(loc.pack_id, [0, 0])[0] += 1
     _check_records(store, report)
     walk = Walk(store, policy=REPORT, packs=listed)
-    walk.reach(_roots(store))
+    walk.reach(store.roots(on_damaged=lambda exc: None))  # damaged pins and records are reported below
     _check_manifests(store, listed, walk, gone, report)
     if read_data:
         _check_file_digests(store, report, on_progress)
@@ -95,14 +95,6 @@ def _check_records(store, report: VerifyReport) -> None:
     listed = [(k, n) for k, n in store.backend.list(layout.RUNS) if layout.is_record_key(k)]
     _check_objects(store.backend, listed, lambda key, _: records.decode(store.backend.get(key), key=key), report)
     report.versions += len(store.records.all_versions())  # the walk checks their content
-
-
-def _roots(store) -> dict[str, bytes]:
-    """Live run versions and pins, as `Store.roots` names them; damaged pins are reported by _check_pins."""
-    roots = {v.uri: bytes.fromhex(v.digest) for v in store.records.all_versions() if v.digest}
-    roots.update((f"pin:{p.label}", bytes.fromhex(p.digest))
-                 for p in refs.list_pins(store.backend, on_damaged=lambda exc: None) if p.digest)
-    return roots
 
 
 def _report_damage(walk: Walk, gone: dict[bytes, list[int]], report: VerifyReport) -> None:
