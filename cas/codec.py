@@ -1,7 +1,18 @@
-"""Chunk compression: zstd at the store's level, raw when compression does not pay; bounded decompression."""
+"""Chunk compression: zstd at the store's level, raw when compression does not pay; float tensors by byte
+plane (PLANES); bounded decompression.
+
+A PLANES blob holds a chunk of floats of `width` bytes each, split into its byte planes (byte i of every
+element together): the exponent bytes, which compress well, apart from the mantissa bytes, which
+mostly do not. Elements are first rotated left by one bit, so the sign leaves the exponent's byte and
+the exponent fills one byte. Each plane is stored raw or as one zstd frame, whichever is smaller.
+The frame, byte by byte (docs/format.md): version 1, width (2, 4 or 8), transform (1: rotate left
+by one bit), a zero byte, then per plane its coder (0 raw, 1 zstd) and stored length (u32 LE), then
+the planes in order. numpy does the splitting and joining (imported on first use).
+"""
 
 from __future__ import annotations
 
+import struct
 import threading
 
 import zstandard
@@ -10,6 +21,14 @@ from .errors import IntegrityError
 
 RAW = 0
 ZSTD = 1
+PLANES = 2
+CODECS = (RAW, ZSTD, PLANES)
+PLANES_VERSION = 1
+PLANE_CODERS = {0: "raw", 1: "zstd"}
+ROTATE = 1
+_PLANES_HEAD = struct.Struct("<BBBB")
+_PLANE = struct.Struct("<BI")
+_UINT = {2: "<u2", 4: "<u4", 8: "<u8"}
 
 _local = threading.local()
 
@@ -40,6 +59,59 @@ def compress(data, level: int) -> tuple[int, bytes]:
     return RAW, bytes(data)
 
 
+def compress_planes(data, width: int, level: int) -> tuple[int, bytes]:
+    """(codec, stored bytes) of a chunk of `width`-byte floats: PLANES, or RAW if that is no smaller."""
+    import numpy as np
+    if width not in _UINT or len(data) % width or not data:
+        return compress(data, level)
+    values = np.frombuffer(data, dtype=_UINT[width])
+    bits = np.array(8 * width - 1, dtype=values.dtype)
+    rotated = (values << np.array(1, dtype=values.dtype)) | (values >> bits)
+    planes = rotated.view(np.uint8).reshape(-1, width).T
+    head = [_PLANES_HEAD.pack(PLANES_VERSION, width, ROTATE, 0)]
+    bodies = []
+    for plane in planes:
+        raw = np.ascontiguousarray(plane).data
+        packed = _compressor(level).compress(raw)
+        coder, body = (1, packed) if len(packed) < len(raw) else (0, bytes(raw))
+        head.append(_PLANE.pack(coder, len(body)))
+        bodies.append(body)
+    stored = b"".join(head + bodies)
+    if len(stored) >= len(data):
+        return RAW, bytes(data)
+    return PLANES, stored
+
+
+def _decompress_planes(stored, raw_len: int, *, name: str) -> bytes:
+    import numpy as np
+    stored = memoryview(stored)
+    if len(stored) < _PLANES_HEAD.size:
+        raise IntegrityError(f"truncated plane frame in {name}", subject=name)
+    version, width, transform, _ = _PLANES_HEAD.unpack_from(stored)
+    if version != PLANES_VERSION or width not in _UINT or transform != ROTATE or raw_len % width:
+        raise IntegrityError(f"unknown plane frame (version {version}, width {width}) in {name}", subject=name)
+    n = raw_len // width
+    pos = _PLANES_HEAD.size + width * _PLANE.size
+    if len(stored) < pos:
+        raise IntegrityError(f"truncated plane frame in {name}", subject=name)
+    out = np.empty((n, width), dtype=np.uint8)
+    for i in range(width):
+        coder, length = _PLANE.unpack_from(stored, _PLANES_HEAD.size + i * _PLANE.size)
+        body = stored[pos:pos + length]
+        if len(body) != length:
+            raise IntegrityError(f"truncated plane frame in {name}", subject=name)
+        if coder not in PLANE_CODERS:
+            raise IntegrityError(f"plane {i} of {name} uses coder {coder}, which this cas cannot decode: upgrade cas",
+                                 subject=name)
+        out[:, i] = np.frombuffer(decompress(coder, body, n, name=f"plane {i} of {name}"), dtype=np.uint8)
+        pos += length
+    if pos != len(stored):
+        raise IntegrityError(f"plane frame of {name} has {len(stored) - pos} extra bytes", subject=name)
+    rotated = out.reshape(-1).view(_UINT[width])
+    bits = np.array(8 * width - 1, dtype=rotated.dtype)
+    return ((rotated >> np.array(1, dtype=rotated.dtype)) | (rotated << bits)).tobytes()
+
+
 def decompress(codec: int, stored, raw_len: int, *, name: str) -> bytes:
     """The raw bytes, never more than raw_len of output; IntegrityError if the shape is wrong.
 
@@ -52,6 +124,8 @@ def decompress(codec: int, stored, raw_len: int, *, name: str) -> bytes:
         if len(stored) != raw_len:
             raise IntegrityError(f"size mismatch in {name}: {len(stored)} bytes, expected {raw_len}", subject=name)
         return bytes(stored)
+    if codec == PLANES:
+        return _decompress_planes(stored, raw_len, name=name)
     if codec != ZSTD:
         raise IntegrityError(f"unknown codec {codec!r} in {name}", subject=name)
     try:

@@ -10,7 +10,11 @@ from dataclasses import asdict, dataclass, field
 from . import layout
 from .errors import FormatError, NotFound
 
-FORMAT_VERSION = 2  # 2: pins, records and gc lists carry a BLAKE3 seal (format 1 stores still read)
+# 2: pins, records and gc lists carry a BLAKE3 seal (format 1 stores still read)
+# 3: new writes cut tensors at fixed offsets and store float chunks by byte plane (codec 2); a format 2
+#    store keeps writing as before, so the cas versions that share it can all read what it holds
+FORMAT_VERSION = 3
+TENSORS_FROM = 3  # the first format whose writers cut tensors and use the plane codec
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -53,6 +57,11 @@ class StoreConfig:
             conditional_writes: bool = True) -> StoreConfig:
         return cls(store_id=secrets.token_hex(16), level=level, chunker=chunker or ChunkerParams(),
                    conditional_writes=conditional_writes)
+
+    @property
+    def tensors(self) -> bool:
+        """New writes cut checkpoint tensors at fixed offsets and store floats by byte plane."""
+        return self.format_version >= TENSORS_FROM
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"

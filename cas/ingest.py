@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 from . import codec, layout, pack_index
 from .backends.local import storage_error
-from .chunker import Chunker
+from .chunker import TENSOR_MIN, Chunker, tensor_regions
 from .digest import file_hasher, hash_bytes
 from .errors import CasError, ChangedWhileReading, InvalidInput, NotFound, PackMissing, StorageError
 from .manifest import DIR, FILE, LINK, FileManifest, TreeEntry, TreeManifest
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, Location, PackWriter
 from .pack_index import PackRecord
+from .tensorfiles import read_layout
 
 DEPTH = 3  # segments in flight per stage
 PACKS_PER_INDEX_OBJECT = 256  # a long put writes one index object per this many packs
@@ -54,8 +55,9 @@ def missing_packs(backend, pack_ids: set[bytes]) -> set[bytes]:
     return {pid for pid, size in zip(ids, sizes) if size is None}
 
 
-def _compress_all(parts: list[memoryview], level: int) -> list[tuple[int, bytes]]:
-    return [codec.compress(p, level) for p in parts]
+def _compress_all(parts: list[tuple[memoryview, int]], level: int) -> list[tuple[int, bytes]]:
+    """(codec, stored) of each (chunk, float width): by byte plane where the width says floats."""
+    return [codec.compress_planes(p, width, level) if width else codec.compress(p, level) for p, width in parts]
 
 
 class PutSession:
@@ -221,8 +223,9 @@ class PutSession:
         self._add(loc.kind, loc.key, bytes(stored), loc.raw_len, loc.codec, loc.check, loc.size)
 
     # ---- files ------------------------------------------------------------------------------
-    def put_stream(self, stream, size_hint: int | None = None) -> tuple[bytes, int]:
+    def put_stream(self, stream, size_hint: int | None = None, regions=None) -> tuple[bytes, int]:
         """Chunk, hash, dedup, compress and pack a stream. Returns (file digest, size).
+        regions: the tensors to cut at fixed offsets (cas/chunker.py), from the file's layout.
 
         A segment flows through: the file digest (one thread, in order) and chunk ids (the pool),
         then dedup here, compression (the pool), packing here, and back to the chunker's buffer pool.
@@ -232,7 +235,7 @@ class PutSession:
         hashing: deque = deque()
         packing: deque = deque()
         size = 0
-        for seg in self.chunker.segments(stream, size_hint=size_hint):
+        for seg in self.chunker.segments(stream, size_hint=size_hint, regions=regions):
             size += len(seg.fresh)
             digesting = self.digester.submit(hasher.update, seg.fresh)
             hashing.append((seg, digesting, self.pool.submit(_hash_chunks, seg.data, seg.lengths)))
@@ -259,21 +262,22 @@ class PutSession:
         homes = self.index.chunk_homes(ids)
         self.relied.update(h for h in homes if h is not None)
         new, pos = [], 0
-        for chunk_id, n, home in zip(ids, seg.lengths, homes):
+        widths = seg.widths or [0] * len(ids)
+        for chunk_id, n, home, width in zip(ids, seg.lengths, homes, widths):
             ids_out += chunk_id
             sizes_out.append(n)
             if home is None and (CHUNK, chunk_id) not in self.pending:
                 self.pending.add((CHUNK, chunk_id))
-                new.append((chunk_id, seg.data[pos:pos + n]))
+                new.append((chunk_id, seg.data[pos:pos + n], width))
             pos += n
         half = (len(new) + 1) // 2
-        futures = [self.pool.submit(_compress_all, [v for _, v in part], self.config.level)
+        futures = [self.pool.submit(_compress_all, [(v, w) for _, v, w in part], self.config.level)
                    for part in (new[:half], new[half:]) if part]
         return seg, digesting, new, futures
 
     def _pack_segment(self, seg, digesting, new, futures) -> None:
         compressed = [c for f in futures for c in f.result()]
-        for (chunk_id, view), (codec_id, stored) in zip(new, compressed):
+        for (chunk_id, view, _), (codec_id, stored) in zip(new, compressed):
             self.new_bytes += len(view)
             self._add(CHUNK, chunk_id, stored, len(view), codec_id, chunk_id)
         digesting.result()
@@ -293,7 +297,8 @@ class PutSession:
             before = os.fstat(f.fileno())
             identity = _identity(path, before)
             try:
-                digest, size = self._put_unchanged(f, identity) or self.put_stream(f, before.st_size)
+                digest, size = self._put_unchanged(f, identity) or \
+                    self.put_stream(f, before.st_size, self._tensor_regions(f, before.st_size))
             except OSError as exc:
                 raise storage_error(exc, f"reading {path}") from exc
             after = os.fstat(f.fileno())
@@ -307,6 +312,15 @@ class PutSession:
         if identity is not None:
             self.seen[identity] = digest
         return digest, size
+
+    def _tensor_regions(self, f, size: int) -> list[tuple[int, int, int]] | None:
+        """Where the file's tensors are, if the store cuts tensors (format 3) and the file is a checkpoint
+        whose header describes it; read with pread, so the stream's position is untouched."""
+        if not self.config.tensors or size < TENSOR_MIN:
+            return None
+        fd = f.fileno()
+        layout = read_layout(lambda start, end: os.pread(fd, end - start, start), size)
+        return tensor_regions(layout) if layout is not None else None
 
     def _put_unchanged(self, f, identity: bytes | None) -> tuple[bytes, int] | None:
         """The fast path for a file stored before: hash all its bytes (on every core) and, if they still

@@ -74,7 +74,7 @@ class Location:
             raise ValueError("bad blob key")
         if kind != CHUNK and len(check) != 32:
             raise ValueError("bad manifest checksum")
-        if type(cod) is not int or cod not in (codec.RAW, codec.ZSTD):
+        if type(cod) is not int or cod not in codec.CODECS:
             raise ValueError(f"unknown codec {cod!r:.40}")
         loc = cls(pack_id, kind, key, framing.integer(offset, "offset", len(HEADER)),
                   framing.integer(slen, "stored length", 0, MAX_STORED),

@@ -1,0 +1,228 @@
+"""Tensor-aware checkpoints: layouts read from real files, chunks aligned to tensors, the plane codec,
+and files whose headers lie, which are stored byte for byte by content and nothing in them is run."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import struct
+import zipfile
+
+import blake3
+import numpy as np
+import pytest
+import torch
+import zstandard
+from safetensors.numpy import save_file as save_numpy_safetensors
+from safetensors.torch import save_file
+
+from cas import Store, codec
+from cas.config import StoreConfig
+from cas.errors import IntegrityError
+from cas.tensorfiles import read_layout
+
+MiB = 1 << 20
+
+
+def _layout(path):
+    data = open(path, "rb").read()
+    return data, read_layout(lambda a, b: data[a:b], len(data))
+
+
+def _flat(obj, path=""):
+    if isinstance(obj, torch.Tensor):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flat(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _flat(v, f"{path}.{i}" if path else str(i))
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _trained_checkpoint():
+    """A tiny model trained for three AdamW steps: its state dict and the optimizer's."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64))
+    opt = torch.optim.AdamW(model.parameters())
+    for _ in range(3):
+        model(torch.randn(8, 64)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    return {"model": model.state_dict(), "optim": opt.state_dict(), "step": 3, "note": "hello"}
+
+
+# ---- layouts of real files ----------------------------------------------------------------------
+
+def test_torch_save_layout_names_every_tensor_where_its_bytes_are(tmp_path):
+    ckpt = _trained_checkpoint()
+    ckpt["views"] = {"t": torch.randn(4, 6).t(), "half": torch.randn(3, dtype=torch.bfloat16)}
+    path = tmp_path / "ckpt.pt"
+    torch.save(ckpt, path)
+    data, layout = _layout(path)
+    want = dict(_flat(torch.load(path)))
+    assert layout.format == "torch"
+    assert {t.name for t in layout.tensors} == set(want)
+    assert "model.0.weight" in want and "optim.state.0.exp_avg_sq" in want
+    for t in layout.tensors:
+        assert t.shape == tuple(want[t.name].shape), t.name
+        assert t.dtype == {torch.float32: "F32", torch.bfloat16: "BF16"}[want[t.name].dtype]
+        if t.contiguous:
+            assert data[t.offset:t.end] == _tensor_bytes(want[t.name]), t.name
+    assert not next(t for t in layout.tensors if t.name == "views.t").contiguous
+
+
+def test_safetensors_npy_and_npz_layouts(tmp_path):
+    tensors = {"b": torch.randn(7, dtype=torch.float16), "a": torch.randn(3, 5, dtype=torch.bfloat16)}
+    save_file(tensors, tmp_path / "m.safetensors", metadata={"k": "v"})
+    data, layout = _layout(tmp_path / "m.safetensors")
+    assert layout.format == "safetensors"
+    assert {(t.name, t.dtype, t.shape) for t in layout.tensors} == {("b", "F16", (7,)), ("a", "BF16", (3, 5))}
+    for t in layout.tensors:
+        assert data[t.offset:t.end] == _tensor_bytes(tensors[t.name])
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.save(tmp_path / "a.npy", arr)
+    data, layout = _layout(tmp_path / "a.npy")
+    (t,) = layout.tensors
+    assert (layout.format, t.dtype, t.shape) == ("npy", "F32", (3, 4)) and data[t.offset:t.end] == arr.tobytes()
+    np.savez(tmp_path / "z.npz", x=np.ones(5, np.float16), y=np.zeros((2, 2), np.int64))
+    data, layout = _layout(tmp_path / "z.npz")
+    assert layout.format == "npz" and {(t.name, t.dtype, t.shape) for t in layout.tensors} == \
+        {("x", "F16", (5,)), ("y", "I64", (2, 2))}
+    np.savez_compressed(tmp_path / "c.npz", x=np.ones(5))
+    assert _layout(tmp_path / "c.npz")[1] is None  # compressed members: only bytes
+
+
+# ---- headers that lie, pickles that would run code ------------------------------------------------
+
+def _safetensors(header: dict, body: bytes, *, length: int | None = None) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw) if length is None else length) + raw + body
+
+
+class _Evil:
+    def __init__(self, target: str):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def _lying_files(tmp_path) -> dict[str, bytes]:
+    body = np.random.default_rng(1).standard_normal(70_000).astype(np.float32).tobytes()
+    f32 = {"dtype": "F32", "shape": [70_000], "data_offsets": [0, len(body)]}
+    pwned = tmp_path / "pwned"
+    evil = io.BytesIO()
+    with zipfile.ZipFile(evil, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": _Evil(str(pwned))}, protocol=2))
+        z.writestr("archive/data/0", body)
+        z.writestr("archive/version", "3\n")
+    overlapping = {"a": f32, "b": {**f32, "data_offsets": [4, len(body) + 4]}}
+    return {
+        "header length 2^40": _safetensors({"a": f32}, body, length=1 << 40),
+        "offsets past the end": _safetensors({"a": {**f32, "data_offsets": [0, len(body) * 2]},}, body),
+        "overlapping tensors": _safetensors(overlapping, body + b"\0" * 4),
+        "size does not match shape": _safetensors({"a": {**f32, "shape": [3]}}, body),
+        "header is not JSON": struct.pack("<Q", 5) + b"{nope" + body,
+        "negative offsets": _safetensors({"a": {**f32, "data_offsets": [-8, len(body) - 8]}}, body),
+        "npy with a bad shape": b"\x93NUMPY\x01\x00" + struct.pack("<H", 54)
+                                + b"{'descr': '<f4', 'fortran_order': False, 'shape': (9,), }".ljust(54) + body,
+        "npy header calling code": b"\x93NUMPY\x01\x00" + struct.pack("<H", 40)
+                                   + b"{'descr': __import__('os').getcwd()}".ljust(40) + body,
+        "zip cut short": evil.getvalue()[:-30],
+        "evil pickle": evil.getvalue(),
+    }
+
+
+def test_lying_headers_and_evil_pickles_are_stored_byte_for_byte_and_nothing_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))
+    store = Store.open(str(tmp_path / "store"))
+    for name, data in _lying_files(tmp_path).items():
+        path = tmp_path / "in.bin"
+        path.write_bytes(data)
+        layout = read_layout(lambda a, b, d=data: d[a:b], len(data))
+        assert layout is None or not layout.tensors, name  # nothing believed (the evil pickle holds no tensor)
+        result = store.put_file(path)
+        assert result.digest == blake3.blake3(data).hexdigest(), name
+        assert store.read_bytes(result.digest) == data, name
+    assert not (tmp_path / "pwned").exists()  # the pickle's os.system was never called
+
+
+# ---- chunks aligned to tensors, the plane codec ----------------------------------------------------
+
+def _random_tensors(rng, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    return {name: (rng.standard_normal(n) * 0.02).astype(np.float32) for name, n in sizes.items()}
+
+
+def test_a_tensor_added_at_the_front_restores_only_it_and_the_header(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(3)
+    tensors = _random_tensors(rng, {f"layer.{i}.weight": 300_000 + 1_000 * i for i in range(8)})
+    save_numpy_safetensors(tensors, str(tmp_path / "v1.safetensors"))
+    new = {"aaa.first": (rng.standard_normal(100_000) * 0.02).astype(np.float32)}  # sorts first: every offset moves
+    save_numpy_safetensors({**new, **tensors}, str(tmp_path / "v2.safetensors"))
+    v1, v2 = (open(tmp_path / f"v{i}.safetensors", "rb").read() for i in (1, 2))
+    assert v1[-1_000_000:] == v2[-1_000_000:] and v1[:200_000] != v2[:200_000]  # shifted
+    store = Store.open(str(tmp_path / "store"))
+    store.put_file(tmp_path / "v1.safetensors")
+    again = store.put_file(tmp_path / "v2.safetensors")
+    header = len(v2) - sum(a.nbytes for a in {**new, **tensors}.values())
+    assert again.new_bytes <= new["aaa.first"].nbytes + header, (again.new_bytes, header)
+    assert store.read_bytes(again.digest) == v2
+
+
+def test_float_chunks_are_stored_by_byte_plane_smaller_than_zstd(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "ckpt.pt"
+    torch.manual_seed(1)
+    torch.save({"w": torch.randn(1024, 1024) * 0.02, "h": (torch.randn(512, 1024) * 0.02).to(torch.bfloat16)}, path)
+    data = path.read_bytes()
+    store = Store.open(str(tmp_path / "store"))
+    result = store.put_file(path)
+    stored = store.stats()["stored_bytes"]
+    zstd3 = len(zstandard.ZstdCompressor(level=3).compress(data))
+    assert stored <= 0.94 * zstd3, (stored, zstd3)
+    codecs = {loc.codec for _, loc in store.index.iter_chunks()}
+    assert codec.PLANES in codecs
+    fresh = Store.open(str(tmp_path / "store"), cache_dir=str(tmp_path / "cache2"))
+    assert fresh.read_bytes(result.digest) == data and fresh.verify(read_data=True).ok
+
+
+def test_a_format_2_store_keeps_writing_what_older_cas_reads(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))
+    uri = str(tmp_path / "store")
+    old = StoreConfig.new()
+    old = StoreConfig(**{**{f: getattr(old, f) for f in old.__dataclass_fields__}, "format_version": 2})
+    os.makedirs(uri)
+    with open(os.path.join(uri, "config"), "wb") as f:
+        f.write(old.to_bytes())
+    path = tmp_path / "ckpt.pt"
+    torch.save({"w": torch.randn(512, 512)}, path)
+    store = Store.open(uri)
+    assert not store.require().tensors
+    result = store.put_file(path)
+    assert {loc.codec for _, loc in store.index.iter_chunks()} <= {codec.RAW, codec.ZSTD}
+    assert store.read_bytes(result.digest) == path.read_bytes()
+
+
+def test_plane_frames_refuse_damage_and_name_an_unknown_coder():
+    data = (np.random.default_rng(0).standard_normal(10_000) * 0.02).astype(np.float32).tobytes()
+    kind, stored = codec.compress_planes(data, 4, 1)
+    assert kind == codec.PLANES and codec.decompress(kind, stored, len(data), name="c") == data
+    unknown = bytearray(stored)
+    unknown[4] = 9  # plane 0's coder
+    with pytest.raises(IntegrityError, match="coder 9, which this cas cannot decode"):
+        codec.decompress(kind, bytes(unknown), len(data), name="c")
+    for cut in (3, 10, len(stored) - 1):
+        with pytest.raises(IntegrityError):
+            codec.decompress(kind, stored[:cut], len(data), name="c")
+    with pytest.raises(IntegrityError):
+        codec.decompress(kind, stored + b"x", len(data), name="c")
+    with pytest.raises(IntegrityError):
+        codec.decompress(kind, stored, len(data) - 4, name="c")
