@@ -90,10 +90,17 @@ def _content_commands(cmd) -> None:
                    help="where to restore: a path, or a folder to restore into (existing, or ending in /), "
                         "e.g. -o restored/")
     c.add_argument("--force", action="store_true", help="replace what exists at DEST")
-    c = cmd("cat", "write a stored file to stdout",
-            _examples("cas cat runs:/exp-1/notes.md", "cas cat e0e84f09 > model.bin", forms=REF_FORMS))
+    c = cmd("cat", "write a stored file, or one tensor of a stored checkpoint, to stdout",
+            _examples("cas cat runs:/exp-1/notes.md", "cas cat e0e84f09 > model.bin",
+                      "cas cat ckpt.pt --tensor model.lm_head.weight > head.bin   # its raw bytes",
+                      forms=REF_FORMS))
     c.add_argument("ref", metavar="REF", help=f"the file to write (not a folder): {REF_HELP}")
-    c = cmd("diff", "bytes shared and changed between two stored files or folders",
+    c.add_argument("--tensor", metavar="NAME", help="write only this tensor's raw bytes (names: `cas show REF`)")
+    c = cmd("show", "the format and tensors of a stored checkpoint (safetensors, torch.save, .npy, .npz)",
+            _examples("cas show model.safetensors", "cas --json show runs:/exp-1/model@300", forms=REF_FORMS))
+    c.add_argument("ref", metavar="REF", help=f"the stored file: {REF_HELP}")
+    c = cmd("diff", "bytes shared and changed between two stored files or folders; tensors changed between "
+                    "two checkpoints",
             _examples("cas diff runs:/exp-1/model@100 runs:/exp-1/model@300", forms=REF_FORMS))
     c.add_argument("ref_a", metavar="REF", help="the first file or folder, e.g. runs:/exp-1/model@100")
     c.add_argument("ref_b", metavar="REF", help="the second, e.g. runs:/exp-1/model@300")

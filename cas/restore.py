@@ -375,6 +375,12 @@ class FileReader(io.RawIOBase):
         self.size = manifest.size
         self._hasher, self._hashed = file_hasher(), 0  # bytes [0, _hashed) went into the running hash
 
+    @property
+    def chunks(self) -> list[tuple[int, int, bytes]]:
+        """(start, end, chunk id) of each chunk of the file, in order."""
+        offsets, m = self._offsets, self._manifest
+        return [(offsets[i], offsets[i + 1], m.chunk_id(i)) for i in range(len(m))]
+
     def readable(self) -> bool:
         return True
 

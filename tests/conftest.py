@@ -36,6 +36,7 @@ class Result:
     code: int
     out: str
     err: str
+    raw: bytes = b""  # stdout as bytes
 
     def json(self):
         return json.loads(self.out)
@@ -48,7 +49,7 @@ def cli(store_dir, capsysbinary):
         argv = (["--store", store] if store else []) + list(args)
         code = main(argv)
         cap = capsysbinary.readouterr()
-        return Result(code, cap.out.decode(errors="replace"), cap.err.decode(errors="replace"))
+        return Result(code, cap.out.decode(errors="replace"), cap.err.decode(errors="replace"), cap.out)
     return run
 
 

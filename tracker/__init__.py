@@ -11,8 +11,9 @@ from __future__ import annotations
 from cas.records import Version, check_fields, check_name
 
 from .run import Run, RunInfo, _open_store, generate_run_name, run_info
+from .tensors import load_tensor, safe_open
 
-__all__ = ["init", "download", "open", "get_run", "forget", "Run", "RunInfo", "Version"]
+__all__ = ["init", "download", "open", "get_run", "forget", "load_tensor", "safe_open", "Run", "RunInfo", "Version"]
 
 
 def init(name: str | None = None, *, store=None, config: dict | None = None, metadata: dict | None = None) -> Run:

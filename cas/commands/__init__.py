@@ -19,6 +19,7 @@ COMMANDS: dict[str, Command] = {
     "put": store_commands.cmd_put,
     "get": store_commands.cmd_get,
     "cat": store_commands.cmd_cat,
+    "show": store_commands.cmd_show,
     "stats": store_commands.cmd_stats,
     "verify": store_commands.cmd_verify,
     "reindex": store_commands.cmd_reindex,

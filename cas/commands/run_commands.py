@@ -67,15 +67,33 @@ def cmd_du(args, uri, as_json) -> int:
 
 
 def cmd_diff(args, uri, as_json) -> int:
+    from ..pack import TREE_MANIFEST
     from ..reach import Reach, diff
     store = open_store(uri)
-    a, _ = store.resolve(args.ref_a)
-    b, _ = store.resolve(args.ref_b)
+    a, la = store.resolve(args.ref_a)
+    b, lb = store.resolve(args.ref_b)
     result = diff(Reach(store), a, b)
-    emit(result, as_json, f"shared {human(result['shared_bytes'])} ({result['shared_chunks']} chunks); "
-                          f"only in {args.ref_a}: {human(result['only_a_bytes'])}; "
-                          f"only in {args.ref_b}: {human(result['only_b_bytes'])}")
+    lines = [f"shared {human(result['shared_bytes'])} ({result['shared_chunks']} chunks); "
+             f"only in {args.ref_a}: {human(result['only_a_bytes'])}; "
+             f"only in {args.ref_b}: {human(result['only_b_bytes'])}"]
+    if la.kind != TREE_MANIFEST and lb.kind != TREE_MANIFEST:
+        from ..tensorfiles.stored import open_checkpoint, tensor_diff
+        first, second = open_checkpoint(store, a.hex()), open_checkpoint(store, b.hex())
+        if first.layout is not None and second.layout is not None:
+            result["tensors"] = tensor_diff(first, second)
+            lines += _tensor_lines(result["tensors"], len(second.tensors))
+    emit(result, as_json, "\n".join(lines))
     return 0
+
+
+def _tensor_lines(changes: list[dict], count: int) -> list[str]:
+    """The tensors that changed, with the share of their bytes that did."""
+    lines = [f"{len(changes)} of {count} tensors differ" if changes else f"all {count} tensors are the same"]
+    for c in changes:
+        share = f"{c['changed_bytes'] / c['size']:.1%} of {human(c['size'])} changed" if c["status"] == "changed" \
+            else human(c["size"])
+        lines.append(f"  {c['status']:<8} {c['name']}  {share}")
+    return lines
 
 
 def cmd_forget(args, uri, as_json) -> int:

@@ -83,11 +83,32 @@ def cmd_cat(args, uri, as_json) -> int:
     store.require()
     os.makedirs(store.cache_dir, exist_ok=True)
     with tempfile.SpooledTemporaryFile(max_size=64 << 20, dir=store.cache_dir) as spool:
-        store.stream(args.ref, spool.write)
+        if args.tensor is not None:
+            from ..tensorfiles.stored import open_checkpoint
+            spool.write(open_checkpoint(store, args.ref).tensor_bytes(args.tensor))  # verified chunk by chunk
+        else:
+            store.stream(args.ref, spool.write)
         spool.seek(0)
         out = sys.stdout.buffer
         shutil.copyfileobj(spool, out, 1 << 20)
         out.flush()
+    return 0
+
+
+def cmd_show(args, uri, as_json) -> int:
+    from ..tensorfiles.stored import open_checkpoint
+    ckpt = open_checkpoint(open_store(uri), args.ref)
+    result = {"format": ckpt.layout.format if ckpt.layout else None, "size": ckpt.reader.size,
+              "tensors": [t.to_dict() for t in ckpt.tensors]}
+    if ckpt.layout is None:
+        text = f"{args.ref}: not a checkpoint cas reads tensors of (stored as bytes, {human(ckpt.reader.size)})"
+    else:
+        width = max((len(t.name) for t in ckpt.tensors), default=4)
+        rows = [f"{t.name:<{width}}  {t.dtype:<5} {str(list(t.shape)):<18} {human(t.size):>10}" for t in ckpt.tensors]
+        total = sum(t.size for t in ckpt.tensors)
+        text = "\n".join([f"{args.ref}: {result['format']}, {len(rows)} tensors, {human(total)} of "
+                          f"{human(ckpt.reader.size)}", *rows])
+    emit(result, as_json, text)
     return 0
 
 
