@@ -76,6 +76,7 @@ def cmd_diff(args, uri, as_json) -> int:
     lines = [f"shared {human(result['shared_bytes'])} ({result['shared_chunks']} chunks); "
              f"only in {args.ref_a}: {human(result['only_a_bytes'])}; "
              f"only in {args.ref_b}: {human(result['only_b_bytes'])}"]
+    result["tensors"] = None  # not two checkpoints
     if la.kind != TREE_MANIFEST and lb.kind != TREE_MANIFEST:
         from ..tensorfiles.stored import open_checkpoint, tensor_diff
         first, second = open_checkpoint(store, a.hex()), open_checkpoint(store, b.hex())
