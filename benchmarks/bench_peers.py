@@ -115,7 +115,11 @@ def bench_series(kind: str, args, tools: dict, work: Path) -> dict:
     steps, scale = int(per_kind(args.steps, kind)), per_kind(args.scale, kind)
     try:
         files = series.generate(kind, work / "data", steps, scale, args.seed)
-        return bench_tools(kind, files, args, tools, work) | {"scale": scale}
+        out = bench_tools(kind, files, args, tools, work) | {"scale": scale}
+        if kind == "bf16" and "cas" in tools:
+            log(f"{kind}: one tensor against the whole file")
+            out["tensor_read"] = tensor_read(args.cmds, files[-1], work)
+        return out
     finally:
         shutil.rmtree(work / "data", ignore_errors=True)
 
@@ -151,6 +155,26 @@ def bench_big(scale: float, args, work: Path) -> dict:
         return {"file_bytes": files[0].stat().st_size, "error": str(exc)[:500]}
     finally:
         shutil.rmtree(work / "data")
+
+
+TENSOR = "h.5.mlp.c_fc.weight"  # a large tensor of the bf16 model (768 x 3072 at scale 4: 4.7 MB of 249 MB)
+
+
+def tensor_read(cmds: peers.Commands, path: Path, work: Path, reps: int = 3) -> dict:
+    """`cas cat --tensor` of one tensor against `cas cat` of the whole file (both to /dev/null, median of
+    reps, whole processes), and `cas show`: seconds each."""
+    tool = peers.Cas(work / "tensor-read", cmds)
+    try:
+        _, digest = tool.put(path)
+        base = " ".join(shlex.quote(str(c)) for c in [*cmds.cas, "--store", tool.repo])
+
+        def timed(command: str) -> float:
+            return statistics.median(run(["sh", "-c", f"{base} {command} > /dev/null"], tool.env).seconds
+                                     for _ in range(reps))
+        return {"tensor": TENSOR, "whole_s": timed(f"cat {digest}"),
+                "tensor_s": timed(f"cat {digest} --tensor {TENSOR}"), "show_s": timed(f"show {digest}")}
+    finally:
+        shutil.rmtree(work / "tensor-read", ignore_errors=True)
 
 
 def bench_s3(args, work: Path) -> tuple[dict | None, str]:
