@@ -1,8 +1,10 @@
 """Where a put's and a get's CPU time goes: each stage of the pipeline alone, on one core, on one checkpoint.
 
-Runs every stage of `cas put` single-threaded over the same bytes (read from the page cache, chunk
-with FastCDC, BLAKE3 of each chunk, BLAKE3 of the file, zstd of each chunk at the store's level,
-BLAKE3 of the pack bytes) and of `cas get` (zstd decompression, the two BLAKE3 checks), then times
+Runs every stage of `cas put` single-threaded over the same bytes (read from the page cache, read the
+checkpoint's layout from its header, cut chunks as a format 3 store does: tensors at fixed offsets,
+the rest with FastCDC; BLAKE3 of each chunk, BLAKE3 of the file, compression of each chunk at the
+store's level: byte planes for float tensor chunks, zstd for the others; BLAKE3 of the pack bytes)
+and of `cas get` (decompression, the two BLAKE3 checks), then times
 whole `cas put` / `cas get` processes of the same file (wall, user and system CPU). The sum of the
 stages over the cores, plus start-up, is the floor for the pipeline on this machine.
 
@@ -22,14 +24,16 @@ import time
 from pathlib import Path
 
 import blake3
-import zstandard
-from pyfastcdc import FastCDC
+
+from cas import codec
+from cas.chunker import Chunker, tensor_regions
+from cas.config import ChunkerParams
+from cas.tensorfiles import read_layout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import series  # noqa: E402
 from measure import cas_command  # noqa: E402
 
-CHUNKER = dict(avg_size=48 * 1024, min_size=16 * 1024, max_size=256 * 1024)  # real average 64 KiB
 LEVEL = 1  # the store's default chunk level
 
 
@@ -48,26 +52,35 @@ def _read_in_segments(path: Path, segment: int = 2 << 20) -> None:
 
 
 def stage_times(path: Path) -> tuple[int, dict[str, float]]:
-    """Single-threaded CPU seconds of each stage over the file's bytes."""
+    """Single-threaded CPU seconds of each stage over the file's bytes, with cas's own chunker and codec."""
     data = path.read_bytes()
     view = memoryview(data)
     out: dict[str, float] = {}
     out["read (page cache)"] = timed(lambda: _read_in_segments(path))
-    lengths: list[int] = []
-    out["FastCDC"] = timed(lambda: lengths.extend(c.length for c in FastCDC(**CHUNKER).cut_buf(view)))
+    layouts: list = []
+    out["layout (header)"] = timed(lambda: layouts.append(read_layout(lambda a, b: view[a:b], len(data))))
+    regions = tensor_regions(layouts[0]) if layouts[0] is not None else None
+    chunker = Chunker(ChunkerParams())
+    cut: list[tuple[list[int], list[int]]] = []
+    name = "tensor-aligned + FastCDC" if regions else "FastCDC"
+    out[name] = timed(lambda: cut.append(chunker._cut_regions(view, 0, regions) if regions
+                                         else (chunker.cut(view), [])))
+    lengths, widths = cut[0]
+    widths = widths or [0] * len(lengths)
     chunks, pos = [], 0
     for n in lengths:
         chunks.append(view[pos:pos + n])
         pos += n
+    floats = sum(len(c) for c, w in zip(chunks, widths) if w)
     out["BLAKE3 chunk ids"] = timed(lambda: [blake3.blake3(c).digest() for c in chunks])
     out["BLAKE3 file digest"] = timed(lambda: blake3.blake3(view).digest())
-    compressor = zstandard.ZstdCompressor(level=LEVEL, write_content_size=True)  # as cas writes frames
-    stored: list[bytes] = []
-    out[f"zstd {LEVEL} per chunk"] = timed(lambda: stored.extend(compressor.compress(c) for c in chunks))
-    out["BLAKE3 pack bytes"] = timed(lambda: [blake3.blake3(s).digest() for s in stored])
-    decompressor = zstandard.ZstdDecompressor()
-    out["zstd decompress"] = timed(
-        lambda: [decompressor.decompress(s, max_output_size=len(c)) for s, c in zip(stored, chunks)])
+    stored: list[tuple[int, bytes]] = []
+    out[f"compress ({floats / len(data):.0%} by byte plane, the rest zstd {LEVEL})"] = timed(
+        lambda: stored.extend(codec.compress_planes(c, w, LEVEL) if w else codec.compress(c, LEVEL)
+                              for c, w in zip(chunks, widths)))
+    out["BLAKE3 pack bytes"] = timed(lambda: [blake3.blake3(s).digest() for _, s in stored])
+    out["decompress"] = timed(
+        lambda: [codec.decompress(k, s, len(c), name="c") for (k, s), c in zip(stored, chunks)])
     return len(data), out
 
 
@@ -103,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| stage | CPU s | MB/s per core |\n|---|---|---|")
     for name, seconds in stages.items():
         print(f"| {name} | {seconds:.3f} | {mb / seconds:,.0f} |")
-    put_stages = sum(v for k, v in stages.items() if k not in ("zstd decompress",))
-    get_stages = stages["read (page cache)"] + stages["zstd decompress"] + stages["BLAKE3 chunk ids"] + \
+    put_stages = sum(v for k, v in stages.items() if k != "decompress")
+    get_stages = stages["read (page cache)"] + stages["decompress"] + stages["BLAKE3 chunk ids"] + \
         stages["BLAKE3 file digest"]
     print(f"\nput stages {put_stages:.2f} CPU s, get stages {get_stages:.2f} CPU s; "
           f"`cas --version` {start['wall']:.2f} s\n")
