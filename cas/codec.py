@@ -25,6 +25,7 @@ PLANES = 2
 CODECS = (RAW, ZSTD, PLANES)
 PLANES_VERSION = 1
 PLANE_CODERS = {0: "raw", 1: "zstd"}
+MAX_PLANE_ENTROPY = 7.9  # bits per byte; a plane above it is stored raw without trying zstd
 ROTATE = 1
 _PLANES_HEAD = struct.Struct("<BBBB")
 _PLANE = struct.Struct("<BI")
@@ -85,8 +86,9 @@ def compress_planes(data, width: int, level: int) -> tuple[int, bytes]:
     head = [_PLANES_HEAD.pack(PLANES_VERSION, width, ROTATE, 0)]
     bodies = []
     for plane in planes:
-        raw = np.ascontiguousarray(plane).data
-        packed = _plane_compressor().compress(raw)
+        plane = np.ascontiguousarray(plane)
+        raw = plane.data
+        packed = _plane_compressor().compress(raw) if _compressible(plane) else raw
         coder, body = (1, packed) if len(packed) < len(raw) else (0, bytes(raw))
         head.append(_PLANE.pack(coder, len(body)))
         bodies.append(body)
@@ -94,6 +96,15 @@ def compress_planes(data, width: int, level: int) -> tuple[int, bytes]:
     if len(stored) >= len(data):
         return RAW, bytes(data)
     return PLANES, stored
+
+
+def _compressible(plane) -> bool:
+    """Whether zstd may shrink a plane: no, when its bytes are near uniform (low mantissa bytes), for
+    zstd's literal coder cannot go below their order-0 entropy; such a plane is stored raw untried."""
+    import numpy as np
+    counts = np.bincount(plane, minlength=256)
+    p = counts[counts > 0] / len(plane)
+    return float(-(p * np.log2(p)).sum()) < MAX_PLANE_ENTROPY
 
 
 def _decompress_planes(stored, raw_len: int, *, name: str) -> bytes:
