@@ -84,12 +84,12 @@ def compress_planes(data, width: int, level: int) -> tuple[int, bytes]:
     rotated = (values << np.array(1, dtype=values.dtype)) | (values >> bits)
     planes = rotated.view(np.uint8).reshape(-1, width).T
     head = [_PLANES_HEAD.pack(PLANES_VERSION, width, ROTATE, 0)]
-    bodies = []
+    bodies: list[bytes] = []
     for plane in planes:
         plane = np.ascontiguousarray(plane)
-        raw = plane.data
+        raw = plane.tobytes()
         packed = _plane_compressor().compress(raw) if _compressible(plane) else raw
-        coder, body = (1, packed) if len(packed) < len(raw) else (0, bytes(raw))
+        coder, body = (1, packed) if len(packed) < len(raw) else (0, raw)
         head.append(_PLANE.pack(coder, len(body)))
         bodies.append(body)
     stored = b"".join(head + bodies)
