@@ -26,6 +26,7 @@ CODECS = (RAW, ZSTD, PLANES)
 PLANES_VERSION = 1
 PLANE_CODERS = {0: "raw", 1: "zstd"}
 MAX_PLANE_ENTROPY = 7.9  # bits per byte; a plane above it is stored raw without trying zstd
+ENTROPY_STRIDE = 16  # the entropy is estimated on every 16th byte (a uniform plane then reads ~7.97 bits)
 ROTATE = 1
 _PLANES_HEAD = struct.Struct("<BBBB")
 _PLANE = struct.Struct("<BI")
@@ -76,34 +77,45 @@ def compress(data, level: int) -> tuple[int, bytes]:
 def compress_planes(data, width: int, level: int) -> tuple[int, bytes]:
     """(codec, stored bytes) of a chunk of `width`-byte floats: PLANES, or RAW if that is no smaller
     (`level` is for chunks that are not floats after all)."""
+    return compress_planes_many([data], width, level)[0]
+
+
+def compress_planes_many(chunks: list, width: int, level: int) -> list[tuple[int, bytes]]:
+    """compress_planes of each chunk, the numpy work done once for them all: their elements are rotated
+    and split into planes in one pass, and each chunk's plane is a slice of the whole plane."""
     import numpy as np
-    if width not in _UINT or len(data) % width or not data:
-        return compress(data, level)
-    values = np.frombuffer(data, dtype=_UINT[width])
-    bits = np.array(8 * width - 1, dtype=values.dtype)
-    rotated = (values << np.array(1, dtype=values.dtype)) | (values >> bits)
-    planes = rotated.view(np.uint8).reshape(-1, width).T
-    head = [_PLANES_HEAD.pack(PLANES_VERSION, width, ROTATE, 0)]
-    bodies: list[bytes] = []
-    for plane in planes:
-        plane = np.ascontiguousarray(plane)
-        raw = plane.tobytes()
-        packed = _plane_compressor().compress(raw) if _compressible(plane) else raw
-        coder, body = (1, packed) if len(packed) < len(raw) else (0, raw)
-        head.append(_PLANE.pack(coder, len(body)))
-        bodies.append(body)
-    stored = b"".join(head + bodies)
-    if len(stored) >= len(data):
-        return RAW, bytes(data)
-    return PLANES, stored
+    whole = [c for c in chunks if width in _UINT and len(c) % width == 0 and len(c)]
+    if len(whole) != len(chunks):
+        return [compress_planes_many([c], width, level)[0] if c in whole else compress(c, level) for c in chunks]
+    uint = np.dtype(_UINT[width]).type
+    values = np.frombuffer(b"".join(chunks), dtype=uint) if len(chunks) > 1 else np.frombuffer(chunks[0], dtype=uint)
+    rotated = np.left_shift(values, uint(1))
+    np.bitwise_or(rotated, values >> uint(8 * width - 1), out=rotated)
+    planes = [(rotated >> uint(8 * i) if i else rotated).astype(np.uint8) for i in range(width)]
+    out, start = [], 0
+    for chunk in chunks:
+        n = len(chunk) // width
+        head = [_PLANES_HEAD.pack(PLANES_VERSION, width, ROTATE, 0)]
+        bodies: list = []
+        for whole_plane in planes:
+            plane = whole_plane[start:start + n]
+            packed = _plane_compressor().compress(plane) if _compressible(plane) else None
+            coder, body = (1, packed) if packed is not None and len(packed) < n else (0, plane)
+            head.append(_PLANE.pack(coder, len(body)))
+            bodies.append(body)
+        start += n
+        stored = b"".join(head + bodies)
+        out.append((PLANES, stored) if len(stored) < len(chunk) else (RAW, bytes(chunk)))
+    return out
 
 
 def _compressible(plane) -> bool:
     """Whether zstd may shrink a plane: no, when its bytes are near uniform (low mantissa bytes), for
     zstd's literal coder cannot go below their order-0 entropy; such a plane is stored raw untried."""
     import numpy as np
-    counts = np.bincount(plane, minlength=256)
-    p = counts[counts > 0] / len(plane)
+    sample = plane[::ENTROPY_STRIDE] if len(plane) >= 256 * ENTROPY_STRIDE else plane  # 8K bytes of a 128 KiB plane
+    counts = np.bincount(sample, minlength=256)
+    p = counts[counts > 0] / len(sample)
     return float(-(p * np.log2(p)).sum()) < MAX_PLANE_ENTROPY
 
 
@@ -119,7 +131,7 @@ def _decompress_planes(stored, raw_len: int, *, name: str) -> bytes:
     pos = _PLANES_HEAD.size + width * _PLANE.size
     if len(stored) < pos:
         raise IntegrityError(f"truncated plane frame in {name}", subject=name)
-    out = np.empty((n, width), dtype=np.uint8)
+    planes = []
     for i in range(width):
         coder, length = _PLANE.unpack_from(stored, _PLANES_HEAD.size + i * _PLANE.size)
         body = stored[pos:pos + length]
@@ -128,13 +140,18 @@ def _decompress_planes(stored, raw_len: int, *, name: str) -> bytes:
         if coder not in PLANE_CODERS:
             raise IntegrityError(f"plane {i} of {name} uses coder {coder}, which this cas cannot decode: upgrade cas",
                                  subject=name)
-        out[:, i] = np.frombuffer(decompress(coder, body, n, name=f"plane {i} of {name}"), dtype=np.uint8)
+        if coder == RAW and length != n:
+            raise IntegrityError(f"size mismatch in plane {i} of {name}: {length} bytes, expected {n}", subject=name)
+        plane = body if coder == RAW else decompress(coder, body, n, name=f"plane {i} of {name}")
+        planes.append(np.frombuffer(plane, dtype=np.uint8))
         pos += length
     if pos != len(stored):
         raise IntegrityError(f"plane frame of {name} has {len(stored) - pos} extra bytes", subject=name)
-    rotated = out.reshape(-1).view(_UINT[width])
-    bits = np.array(8 * width - 1, dtype=rotated.dtype)
-    return ((rotated >> np.array(1, dtype=rotated.dtype)) | (rotated << bits)).tobytes()
+    uint = np.dtype(_UINT[width]).type
+    rotated = np.stack(planes, axis=1).view(uint).reshape(-1)  # plane i back as byte i of each element
+    values = np.right_shift(rotated, uint(1))
+    np.bitwise_or(values, rotated << uint(8 * width - 1), out=values)
+    return values.tobytes()
 
 
 def decompress(codec: int, stored, raw_len: int, *, name: str) -> bytes:

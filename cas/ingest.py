@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import groupby
 
 from . import codec, layout, pack_index
 from .backends.local import storage_error
@@ -56,8 +57,13 @@ def missing_packs(backend, pack_ids: set[bytes]) -> set[bytes]:
 
 
 def _compress_all(parts: list[tuple[memoryview, int]], level: int) -> list[tuple[int, bytes]]:
-    """(codec, stored) of each (chunk, float width): by byte plane where the width says floats."""
-    return [codec.compress_planes(p, width, level) if width else codec.compress(p, level) for p, width in parts]
+    """(codec, stored) of each (chunk, float width): by byte plane where the width says floats, each
+    run of chunks of one width in one numpy pass."""
+    out: list[tuple[int, bytes]] = []
+    for width, run in groupby(parts, key=lambda part: part[1]):
+        views = [view for view, _ in run]
+        out += codec.compress_planes_many(views, width, level) if width else [codec.compress(v, level) for v in views]
+    return out
 
 
 class PutSession:
