@@ -124,6 +124,13 @@ def _lying_files(tmp_path) -> dict[str, bytes]:
         z.writestr("archive/data.pkl", pickle.dumps({"w": _Evil(str(pwned))}, protocol=2))
         z.writestr("archive/data/0", body)
         z.writestr("archive/version", "3\n")
+    pwned2 = str(tmp_path / "pwned2")
+    evil0 = io.BytesIO()  # protocol 0: GLOBAL builtins.eval, then INST and OBJ of os.system
+    with zipfile.ZipFile(evil0, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", (f"cbuiltins\neval\n(Vopen({pwned2!r}, 'w')\ntR"
+                                        f"(Vtouch {pwned2}\nios\nsystem\n"
+                                        f"(cos\nsystem\nVtouch {pwned2}\no.").encode())
+        z.writestr("archive/data/0", body)
     overlapping = {"a": f32, "b": {**f32, "data_offsets": [4, len(body) + 4]}}
     return {
         "header length 2^40": _safetensors({"a": f32}, body, length=1 << 40),
@@ -138,6 +145,7 @@ def _lying_files(tmp_path) -> dict[str, bytes]:
                                    + b"{'descr': __import__('os').getcwd()}".ljust(40) + body,
         "zip cut short": evil.getvalue()[:-30],
         "evil pickle": evil.getvalue(),
+        "evil pickle, protocol 0 (eval, INST, OBJ)": evil0.getvalue(),
     }
 
 
@@ -152,7 +160,7 @@ def test_lying_headers_and_evil_pickles_are_stored_byte_for_byte_and_nothing_run
         result = store.put_file(path)
         assert result.digest == blake3.blake3(data).hexdigest(), name
         assert store.read_bytes(result.digest) == data, name
-    assert not (tmp_path / "pwned").exists()  # the pickle's os.system was never called
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()  # nothing was called
 
 
 # ---- chunks aligned to tensors, the plane codec ----------------------------------------------------

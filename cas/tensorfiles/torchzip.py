@@ -1,18 +1,18 @@
-"""torch.save zip archives (PyTorch >= 1.6): which tensor lives where, from the pickle's opcodes.
+"""torch.save zip archives (PyTorch >= 1.6): which tensor lives where, from the pickle.
 
-`data.pkl` is walked by a small stack machine over `pickletools.genops`, which decodes opcodes and
-runs none of them. It builds dicts, lists, tuples and plain values; a GLOBAL is only a name; a
-REDUCE of `torch._utils._rebuild_tensor_v2` (or `_rebuild_parameter`) makes a tensor record from
-its arguments; a REDUCE of OrderedDict makes a dict; any other call makes an opaque object that
-is never called. Each storage is the zip member `<archive>/data/<key>`; each tensor is a view of a
-storage (offset, shape, strides), named by its key path in the pickled object
+`data.pkl` is read by the C unpickler with every global replaced (`find_class` never imports):
+`torch._utils._rebuild_tensor_v2` (and `_rebuild_parameter`) by a stand-in that makes a tensor
+record from its arguments, OrderedDict by a dict, and anything else by a name whose calls make an
+opaque object; nothing the pickle names is imported or called. Each storage is the zip member
+`<archive>/data/<key>`; each tensor is a view of a storage (offset, shape, strides), named by its
+key path in the pickled object
 (`model.encoder.layer.0.attention.self.query.weight`, `optim.state.3.exp_avg`).
 """
 
 from __future__ import annotations
 
 import io
-import pickletools
+import pickle
 from dataclasses import dataclass
 
 from . import zipdir
@@ -25,14 +25,25 @@ STORAGE_DTYPES = {"FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage"
 REBUILD_TENSOR = ("torch._utils", "_rebuild_tensor_v2")
 REBUILD_PARAMETER = {("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state")}
 ORDERED_DICT = ("collections", "OrderedDict")
-MAX_OPS = 50_000_000
 MAX_DEPTH = 1000
 
 
 @dataclass(frozen=True)
 class _Global:
+    """A global the pickle names: never imported; calling it (REDUCE, NEWOBJ) makes an _Opaque."""
+
     module: str
     name: str
+
+    def __call__(self, *args, **kwargs):
+        return _Opaque()
+
+    def __new__(cls, *args, **kwargs):  # NEWOBJ calls cls.__new__(cls, ...) on what find_class returned
+        return object.__new__(cls)
+
+
+class _Dict(dict):
+    """OrderedDict's stand-in: a dict that BUILD may give attributes (a state dict's _metadata)."""
 
 
 @dataclass(frozen=True)
@@ -53,15 +64,14 @@ class _TensorRef:
 class _Opaque:
     """An object the pickle would build by a call we never make; its BUILD state is kept (it may hold tensors)."""
 
-    def __init__(self):
+    def __init__(self, *args, **kwargs):
         self.state = None
 
+    def __call__(self, *args, **kwargs):
+        return _Opaque()
 
-class _Mark:
-    pass
-
-
-_MARK = _Mark()
+    def __setstate__(self, state):
+        self.state = state
 
 
 def looks_like(head: bytes) -> bool:
@@ -128,125 +138,35 @@ def _tensors(root):
                 todo.append((f"{path}.{key}" if path else str(key), value, depth + 1))
 
 
+class _Unpickler(pickle.Unpickler):
+    """The C unpickler with every global replaced: the tensor-rebuild functions and OrderedDict by
+    stand-ins of this module that only record their arguments, anything else by _Opaque, which
+    accepts any call and any state and does nothing (the pattern of the pickle module's own
+    "restricting globals" recipe). Persistent ids become _Storage records."""
+
+    def find_class(self, module, name):
+        called = (module, name)
+        if called == REBUILD_TENSOR:
+            return _rebuild_tensor
+        if called in REBUILD_PARAMETER:
+            return _rebuild_parameter
+        if called == ORDERED_DICT:
+            return _Dict
+        return _Global(module, name)
+
+    def persistent_load(self, pid):
+        return _storage(pid)
+
+
 def _unpickle(data: bytes):
     """The object a torch pickle describes, built without running any of it (see the module docstring)."""
-    stack: list = []
-    memo: dict = {}
-    ops = 0
     try:
-        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
-            ops += 1
-            if ops > MAX_OPS:
-                raise NotALayout("pickle too long")
-            name = op.name
-            if name in ("PROTO", "FRAME"):
-                continue
-            if name == "STOP":
-                return stack.pop()
-            if name == "MARK":
-                stack.append(_MARK)
-            elif name in ("EMPTY_DICT",):
-                stack.append({})
-            elif name in ("EMPTY_LIST",):
-                stack.append([])
-            elif name == "EMPTY_TUPLE":
-                stack.append(())
-            elif name in ("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "BININT", "BININT1",
-                          "BININT2", "LONG1", "LONG4", "BINFLOAT", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8",
-                          "INT", "LONG", "FLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING"):
-                stack.append(arg)
-            elif name == "NONE":
-                stack.append(None)
-            elif name == "NEWTRUE":
-                stack.append(True)
-            elif name == "NEWFALSE":
-                stack.append(False)
-            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-                n = int(name[-1])
-                items = stack[-n:]
-                del stack[-n:]
-                stack.append(tuple(items))
-            elif name in ("TUPLE", "LIST"):
-                items = _pop_mark(stack)
-                stack.append(tuple(items) if name == "TUPLE" else list(items))
-            elif name == "DICT":
-                items = _pop_mark(stack)
-                stack.append(dict(zip(items[::2], items[1::2])))
-            elif name == "SETITEM":
-                value, key = stack.pop(), stack.pop()
-                _setitem(stack[-1], key, value)
-            elif name == "SETITEMS":
-                items = _pop_mark(stack)
-                for key, value in zip(items[::2], items[1::2]):
-                    _setitem(stack[-1], key, value)
-            elif name == "APPEND":
-                value = stack.pop()
-                _append(stack[-1], [value])
-            elif name == "APPENDS":
-                _append(stack[-1] if stack else None, _pop_mark(stack))
-            elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-                memo[arg] = stack[-1]
-            elif name == "MEMOIZE":
-                memo[len(memo)] = stack[-1]
-            elif name in ("BINGET", "LONG_BINGET", "GET"):
-                stack.append(memo[arg])
-            elif name == "GLOBAL":
-                module, _, attr = str(arg).partition(" ")
-                stack.append(_Global(module, attr))
-            elif name == "STACK_GLOBAL":
-                attr, module = stack.pop(), stack.pop()
-                stack.append(_Global(str(module), str(attr)))
-            elif name == "BINPERSID":
-                stack.append(_storage(stack.pop()))
-            elif name == "REDUCE":
-                args, func = stack.pop(), stack.pop()
-                stack.append(_reduce(func, args))
-            elif name in ("NEWOBJ", "NEWOBJ_EX"):
-                if name == "NEWOBJ_EX":
-                    stack.pop()
-                stack.pop()
-                stack.pop()
-                stack.append(_Opaque())
-            elif name == "BUILD":
-                state = stack.pop()
-                target = stack[-1]
-                if isinstance(target, _Opaque):
-                    target.state = state
-                elif isinstance(target, dict) and isinstance(state, dict):
-                    target.update(state)
-            elif name == "POP":
-                stack.pop()
-            elif name == "POP_MARK":
-                _pop_mark(stack)
-            elif name == "DUP":
-                stack.append(stack[-1])
-            else:
-                raise NotALayout(f"pickle opcode {name} is not read")
-    except (IndexError, KeyError, TypeError, ValueError) as exc:
-        raise NotALayout(f"not a torch pickle: {exc}") from None
-    raise NotALayout("pickle has no STOP")
-
-
-def _pop_mark(stack: list) -> list:
-    for i in range(len(stack) - 1, -1, -1):
-        if stack[i] is _MARK:
-            items = stack[i + 1:]
-            del stack[i:]
-            return items
-    raise NotALayout("pickle MARK missing")
-
-
-def _setitem(target, key, value) -> None:
-    if isinstance(target, dict):
-        try:
-            target[key] = value
-        except TypeError:  # an unhashable key: not a state dict we name tensors in
-            pass
-
-
-def _append(target, values) -> None:
-    if isinstance(target, list):
-        target.extend(values)
+        return _Unpickler(io.BytesIO(data)).load()
+    except NotALayout:
+        raise
+    except (pickle.UnpicklingError, EOFError, IndexError, KeyError, TypeError, ValueError, AttributeError,
+            OverflowError, MemoryError, RecursionError, UnicodeDecodeError) as exc:
+        raise NotALayout(f"not a torch pickle: {type(exc).__name__}") from None
 
 
 def _storage(pid):
@@ -263,17 +183,14 @@ def _ints(value, what: str) -> tuple[int, ...]:
     return value
 
 
-def _reduce(func, args):
-    if not isinstance(func, _Global) or not isinstance(args, tuple):
+def _rebuild_tensor(storage=None, offset=None, size=None, stride=None, *rest):
+    if not isinstance(storage, _Storage) or type(offset) is not int:
         return _Opaque()
-    called = (func.module, func.name)
-    if called == REBUILD_TENSOR and len(args) >= 4 and isinstance(args[0], _Storage) and type(args[1]) is int:
-        shape, stride = _ints(args[2], "shape"), _ints(args[3], "stride")
-        if len(shape) != len(stride):
-            raise NotALayout("tensor shape and stride differ in length")
-        return _TensorRef(args[0], args[1], shape, stride)
-    if called in REBUILD_PARAMETER and args and isinstance(args[0], _TensorRef):
-        return args[0]
-    if called == ORDERED_DICT:
-        return {}
-    return _Opaque()
+    shape, stride = _ints(size, "shape"), _ints(stride, "stride")
+    if len(shape) != len(stride):
+        raise NotALayout("tensor shape and stride differ in length")
+    return _TensorRef(storage, offset, shape, stride)
+
+
+def _rebuild_parameter(data=None, *rest):
+    return data if isinstance(data, _TensorRef) else _Opaque()
