@@ -82,6 +82,10 @@ def _content_commands(cmd) -> None:
     c.add_argument("--label", metavar="L", help="pin under L instead of the path as typed (one PATH only), "
                                                 "e.g. --label weights/best")
     c.add_argument("--no-pin", action="store_true", help="store without pinning (gc deletes what nothing references)")
+    c.add_argument("--parent", metavar="REF", help="an earlier version of the checkpoint: its tensor chunks may "
+                                                   "be stored as deltas against the parent's (default: the "
+                                                   "version the label pins now)")
+    c.add_argument("--no-delta", action="store_true", help="store without deltas")
     c = cmd("get", "restore a stored file or folder",
             _examples("cas get e0e84f09 -o model.bin", "cas get runs:/exp-1/model@200 -o restored/   # into restored/",
                       "cas get weights/best -o model.bin --force", forms=REF_FORMS))

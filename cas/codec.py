@@ -22,7 +22,13 @@ from .errors import IntegrityError
 RAW = 0
 ZSTD = 1
 PLANES = 2
-CODECS = (RAW, ZSTD, PLANES)
+DELTA = 3
+CODECS = (RAW, ZSTD, PLANES, DELTA)
+MAX_DELTA_DEPTH = 3  # a chunk decodes through at most this many bases
+DELTA_GAIN = 0.9  # a delta is kept only when at most this share of the chunk stored alone
+DELTA_VERSION = 1
+SUB, XOR = 1, 2  # delta transforms: integer difference of bit patterns (zigzag), or XOR
+_DELTA_HEAD = struct.Struct("<BBBB32sB")  # version, transform, width, depth, base id, inner codec
 PLANES_VERSION = 1
 PLANE_CODERS = {0: "raw", 1: "zstd"}
 MAX_PLANE_ENTROPY = 7.9  # bits per byte; a plane above it is stored raw without trying zstd
@@ -154,6 +160,50 @@ def _decompress_planes(stored, raw_len: int, *, name: str) -> bytes:
     return values.tobytes()
 
 
+def encode_delta(data, base_raw: bytes, base_id: bytes, base_depth: int, width: int, level: int,
+                 plain_len: int) -> bytes | None:
+    """A DELTA frame of `data` against the chunk base_raw (same length), or None if it does not pay:
+    the integer difference of each element's bit pattern from the base's, zigzag-coded (small moves
+    give small numbers whatever their sign), then stored by byte plane. plain_len: the size of the
+    chunk stored alone."""
+    import numpy as np
+    if base_depth >= MAX_DELTA_DEPTH or len(base_raw) != len(data) or width not in _UINT or len(data) % width:
+        return None
+    uint = np.dtype(_UINT[width]).type
+    signed = np.dtype(_UINT[width].replace("u", "i")).type
+    diff = np.frombuffer(data, dtype=uint) - np.frombuffer(base_raw, dtype=uint)  # wraps: exact both ways
+    zigzag = (diff << uint(1)) ^ (diff.view(signed) >> signed(8 * width - 1)).view(uint)
+    inner_codec, inner = compress_planes(zigzag.tobytes(), width, level)
+    frame = _DELTA_HEAD.pack(DELTA_VERSION, SUB, width, base_depth + 1, base_id, inner_codec) + inner
+    return frame if len(frame) <= DELTA_GAIN * plain_len else None
+
+
+def delta_base(stored, *, name: str) -> tuple[bytes, int]:
+    """(base id, depth) a DELTA frame names; IntegrityError if its head is not one this cas writes."""
+    if len(stored) < _DELTA_HEAD.size:
+        raise IntegrityError(f"truncated delta frame in {name}", subject=name)
+    version, transform, width, depth, base_id, inner = _DELTA_HEAD.unpack_from(stored)
+    if version != DELTA_VERSION or transform != SUB or width not in _UINT or not 1 <= depth <= MAX_DELTA_DEPTH \
+            or inner not in (RAW, ZSTD, PLANES):
+        raise IntegrityError(f"unknown delta frame (version {version}, transform {transform}, depth {depth}) in "
+                             f"{name}: upgrade cas if it is newer", subject=name)
+    return base_id, depth
+
+
+def decode_delta(stored, raw_len: int, base_raw: bytes, *, name: str) -> bytes:
+    """The chunk a DELTA frame rebuilds from its base's raw bytes (the caller checks the result's hash)."""
+    import numpy as np
+    delta_base(stored, name=name)
+    _, _, width, _, _, inner = _DELTA_HEAD.unpack_from(stored)
+    if len(base_raw) != raw_len or raw_len % width:
+        raise IntegrityError(f"delta of {name} does not fit its base", subject=name)
+    zigzag = np.frombuffer(decompress(inner, memoryview(stored)[_DELTA_HEAD.size:], raw_len, name=name),
+                           dtype=_UINT[width])
+    uint = np.dtype(_UINT[width]).type
+    diff = (zigzag >> uint(1)) ^ (uint(0) - (zigzag & uint(1)))
+    return (np.frombuffer(base_raw, dtype=uint) + diff).tobytes()
+
+
 def decompress(codec: int, stored, raw_len: int, *, name: str) -> bytes:
     """The raw bytes, never more than raw_len of output; IntegrityError if the shape is wrong.
 
@@ -168,6 +218,8 @@ def decompress(codec: int, stored, raw_len: int, *, name: str) -> bytes:
         return bytes(stored)
     if codec == PLANES:
         return _decompress_planes(stored, raw_len, name=name)
+    if codec == DELTA:  # decoded by the reader, which reads the base (cas/restore.py)
+        raise IntegrityError(f"{name} is a delta; read it through a chunk reader", subject=name)
     if codec != ZSTD:
         raise IntegrityError(f"unknown codec {codec!r} in {name}", subject=name)
     try:

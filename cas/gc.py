@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from . import framing, layout, pack_index, temps
 from .errors import IntegrityError, InvalidInput, NotFound, StorageError
 from .leases import backend_now, expired_sessions, lease_seconds, live_sessions
-from .pack import Location, read_pack_entries
+from .pack import CHUNK, Location, read_pack_entries
 from .pack_index import PackRecord
 from .walk import RAISE, Walk
 
@@ -107,8 +107,20 @@ class GcPlan:
 def _needed(packs: dict[bytes, PackRecord], reachable: set, condemned: set[bytes]) -> tuple[set, dict]:
     """Packs that must stay so every reachable blob has a home, and which blobs each one supplies.
 
-    Every blob is supplied by one pack, preferring packs not condemned, then packs mostly alive.
+    Every blob is supplied by one pack, preferring packs not condemned, then packs mostly alive. A
+    supplying delta chunk needs its base: the bases of the copies chosen are added and the choice made
+    again, until nothing new is needed.
     """
+    reachable = set(reachable)
+    while True:
+        keep, supplies = _supply(packs, reachable, condemned)
+        bases = {(CHUNK, e.base) for blobs in supplies.values() for e in blobs if e.base} - reachable
+        if not bases:
+            return keep, supplies
+        reachable |= bases
+
+
+def _supply(packs: dict[bytes, PackRecord], reachable: set, condemned: set[bytes]) -> tuple[set, dict]:
     live = {pid: [e for e in rec.entries if (e.kind, e.key) in reachable] for pid, rec in packs.items()}
 
     def order(pid):

@@ -17,6 +17,7 @@ from .errors import StorageError
 from .pack import CHUNK, Location
 
 _LOC = struct.Struct("<32sQIIB")        # pack id, offset, stored len, raw len, codec
+_DELTA_LOC = struct.Struct("<32sQIIB32s")  # ... plus the base of a delta chunk
 _MAN = struct.Struct("<32sQIIB32sBQ")   # ... plus check, kind, logical size
 _PACK = struct.Struct("<QI")            # pack size, entry count
 INITIAL_MAP = 64 << 20
@@ -31,6 +32,9 @@ _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.
 
 
 def _chunk_location(chunk_id: bytes, raw) -> Location:
+    if len(raw) == _DELTA_LOC.size:
+        pack_id, offset, stored_len, raw_len, codec, base = _DELTA_LOC.unpack(raw)
+        return Location(pack_id, CHUNK, chunk_id, offset, stored_len, raw_len, codec, chunk_id, 0, base)
     pack_id, offset, stored_len, raw_len, codec = _LOC.unpack(raw)
     return Location(pack_id, CHUNK, chunk_id, offset, stored_len, raw_len, codec, chunk_id)
 
@@ -206,7 +210,10 @@ class Index:
     def _put_pack(self, txn, pack_id: bytes, size: int, entries) -> None:
         txn.put(pack_id, _PACK.pack(size, len(entries)), db=self.packs)
         for e in entries:
-            if e.kind == CHUNK:
+            if e.kind == CHUNK and e.base:
+                txn.put(e.key, _DELTA_LOC.pack(pack_id, e.offset, e.stored_len, e.raw_len, e.codec, e.base),
+                        db=self.chunks)
+            elif e.kind == CHUNK:
                 txn.put(e.key, _LOC.pack(pack_id, e.offset, e.stored_len, e.raw_len, e.codec), db=self.chunks)
             else:
                 txn.put(e.key, _MAN.pack(pack_id, e.offset, e.stored_len, e.raw_len, e.codec, e.check,

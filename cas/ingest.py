@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import groupby
+from itertools import accumulate, groupby
 
 from . import codec, layout, pack_index
 from .backends.local import storage_error
@@ -56,14 +56,52 @@ def missing_packs(backend, pack_ids: set[bytes]) -> set[bytes]:
     return {pid for pid, size in zip(ids, sizes) if size is None}
 
 
-def _compress_all(parts: list[tuple[memoryview, int]], level: int) -> list[tuple[int, bytes]]:
-    """(codec, stored) of each (chunk, float width): by byte plane where the width says floats, each
-    run of chunks of one width in one numpy pass."""
-    out: list[tuple[int, bytes]] = []
+def _compress_all(parts: list[tuple[memoryview, int, bytes]], level: int, base_reader=None
+                  ) -> list[tuple[int, bytes, bytes]]:
+    """(codec, stored, base) of each (chunk, float width, base id or b""): by byte plane where the width
+    says floats, each run of chunks of one width in one numpy pass; then, for a chunk with a base, as a
+    delta against it if that pays (base_reader(id) gives the base's raw bytes and depth)."""
+    plain: list[tuple[int, bytes]] = []
     for width, run in groupby(parts, key=lambda part: part[1]):
-        views = [view for view, _ in run]
-        out += codec.compress_planes_many(views, width, level) if width else [codec.compress(v, level) for v in views]
+        views = [view for view, _, _ in run]
+        plain += codec.compress_planes_many(views, width, level) if width else [codec.compress(v, level) for v in views]
+    out = []
+    for (view, width, base_id), (codec_id, stored) in zip(parts, plain):
+        if base_id and base_reader is not None:
+            try:
+                base_raw, depth = base_reader(base_id)
+            except CasError:  # a base that cannot be read now is no base: the chunk is stored alone
+                out.append((codec_id, stored, b""))
+                continue
+            frame = codec.encode_delta(view, base_raw, base_id, depth, width, level, len(stored))
+            if frame is not None:
+                out.append((codec.DELTA, frame, base_id))
+                continue
+        out.append((codec_id, stored, b""))
     return out
+
+
+def delta_bases(layout, regions, parent, step: int) -> dict[int, bytes]:
+    """Offset of each tensor chunk → the parent's chunk at the same place of the same tensor: a tensor
+    of the same name, dtype and size that is a whole region in both files, and a parent chunk that
+    starts at the same offset from the tensor's start and has the same length."""
+    if parent.layout is None:
+        return {}
+    starts = {start: (end, chunk_id) for start, end, chunk_id in parent.chunks}
+    parent_regions = {start: end for start, end, _ in parent.layout.regions}
+    ours = {start: end for start, end, _ in regions}
+    theirs = {t.name: t for t in parent.layout.tensors if parent_regions.get(t.offset) == t.end}
+    bases: dict[int, bytes] = {}
+    for t in layout.tensors:
+        p = theirs.get(t.name)
+        if p is None or ours.get(t.offset) != t.end or (p.dtype, p.size) != (t.dtype, t.size):
+            continue
+        for k in range(0, t.size, step):
+            length = min(step, t.size - k)
+            end, chunk_id = starts.get(p.offset + k, (None, b""))
+            if end == p.offset + k + length:
+                bases[t.offset + k] = chunk_id
+    return bases
 
 
 class PutSession:
@@ -71,8 +109,9 @@ class PutSession:
 
     def __init__(self, *, backend, index, config, spool_dir: str, on_progress: Callable[[int], None] | None = None,
                  warn: Callable[[str], None] | None = None,
-                 read_manifest: Callable[[bytes], FileManifest] | None = None):
+                 read_manifest: Callable[[bytes], FileManifest] | None = None, base_reader=None):
         self.backend, self.index, self.config = backend, index, config
+        self.base_reader = base_reader  # chunk id → (raw bytes, delta depth), verified: for delta chunks
         self.spool_dir = spool_dir
         self.chunker = Chunker(config.chunker)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-put")
@@ -98,11 +137,11 @@ class PutSession:
         self.warn = warn or (lambda msg: None)
 
     # ---- packs ------------------------------------------------------------------------------
-    def _add(self, kind, key, stored, raw_len, codec_id, check, size=0) -> None:
+    def _add(self, kind, key, stored, raw_len, codec_id, check, size=0, base=b"") -> None:
         if self.pack is None:
             self.pack = PackWriter(self.spool_dir, self.packer)
         try:
-            self.pack.add(kind, key, stored, raw_len, codec_id, check, size)
+            self.pack.add(kind, key, stored, raw_len, codec_id, check, size, base)
         except OSError as exc:
             raise storage_error(exc, "writing a pack") from exc
         self.pending.add((kind, key))
@@ -226,17 +265,20 @@ class PutSession:
             return
         if loc.kind == CHUNK:
             self.new_bytes += loc.raw_len
-        self._add(loc.kind, loc.key, bytes(stored), loc.raw_len, loc.codec, loc.check, loc.size)
+        self._add(loc.kind, loc.key, bytes(stored), loc.raw_len, loc.codec, loc.check, loc.size, loc.base)
 
     # ---- files ------------------------------------------------------------------------------
-    def put_stream(self, stream, size_hint: int | None = None, regions=None) -> tuple[bytes, int]:
+    def put_stream(self, stream, size_hint: int | None = None, regions=None,
+                   bases: dict[int, bytes] | None = None) -> tuple[bytes, int]:
         """Chunk, hash, dedup, compress and pack a stream. Returns (file digest, size).
         regions: the tensors to cut at fixed offsets (cas/chunker.py), from the file's layout.
+        bases: offset in the file → the parent's chunk a chunk starting there may be a delta against.
 
         A segment flows through: the file digest (one thread, in order) and chunk ids (the pool),
         then dedup here, compression (the pool), packing here, and back to the chunker's buffer pool.
         """
         hasher = file_hasher()
+        self._bases, self._offset = bases or {}, 0
         ids_out, sizes_out = bytearray(), array("I")
         hashing: deque = deque()
         packing: deque = deque()
@@ -269,28 +311,37 @@ class PutSession:
         self.relied.update(h for h in homes if h is not None)
         new, pos = [], 0
         widths = seg.widths or [0] * len(ids)
-        for chunk_id, n, home, width in zip(ids, seg.lengths, homes, widths):
+        candidates = [self._bases.get(self._offset + start) for start in accumulate(seg.lengths, initial=0)]
+        base_homes = self.index.chunk_homes([c for c in candidates if c]) if any(candidates) else []
+        usable = {c: h for c, h in zip([c for c in candidates if c], base_homes) if h is not None}
+        for chunk_id, n, home, width, base in zip(ids, seg.lengths, homes, widths, candidates):
             ids_out += chunk_id
             sizes_out.append(n)
             if home is None and (CHUNK, chunk_id) not in self.pending:
                 self.pending.add((CHUNK, chunk_id))
-                new.append((chunk_id, seg.data[pos:pos + n], width))
+                base = base if base in usable and base != chunk_id and width else b""
+                if base:
+                    self.relied.add(usable[base])  # its pack must still be there when this put commits
+                new.append((chunk_id, seg.data[pos:pos + n], width, base))
             pos += n
+        self._offset += pos
         half = (len(new) + 1) // 2
-        futures = [self.pool.submit(_compress_all, [(v, w) for _, v, w in part], self.config.level)
-                   for part in (new[:half], new[half:]) if part]
+        futures = [self.pool.submit(_compress_all, [(v, w, b) for _, v, w, b in part], self.config.level,
+                                    self.base_reader) for part in (new[:half], new[half:]) if part]
         return seg, digesting, new, futures
 
     def _pack_segment(self, seg, digesting, new, futures) -> None:
         compressed = [c for f in futures for c in f.result()]
-        for (chunk_id, view, _), (codec_id, stored) in zip(new, compressed):
+        for (chunk_id, view, _, _), (codec_id, stored, base) in zip(new, compressed):
             self.new_bytes += len(view)
-            self._add(CHUNK, chunk_id, stored, len(view), codec_id, chunk_id)
+            self._add(CHUNK, chunk_id, stored, len(view), codec_id, chunk_id, base=base)
         digesting.result()
         self.chunker.recycle(seg)  # nothing reads its bytes any more: compressed or raw copies are in the pack
 
-    def put_file(self, path: str) -> tuple[bytes, int]:
-        """Store one regular file; fails with ChangedWhileReading if it changes under us."""
+    def put_file(self, path: str, parent=None) -> tuple[bytes, int]:
+        """Store one regular file; fails with ChangedWhileReading if it changes under us. parent: a
+        stored version of it (its `layout` and `chunks`, cas/tensorfiles/stored.py) whose tensor chunks
+        may be the bases of this one's."""
         try:
             f = open(path, "rb", buffering=0)
         except FileNotFoundError:
@@ -304,7 +355,7 @@ class PutSession:
             identity = _identity(path, before)
             try:
                 digest, size = self._put_unchanged(f, identity) or \
-                    self.put_stream(f, before.st_size, self._tensor_regions(f, before.st_size))
+                    self.put_stream(f, before.st_size, *self._tensor_plan(f, before.st_size, parent))
             except OSError as exc:
                 raise storage_error(exc, f"reading {path}") from exc
             after = os.fstat(f.fileno())
@@ -319,14 +370,18 @@ class PutSession:
             self.seen[identity] = digest
         return digest, size
 
-    def _tensor_regions(self, f, size: int) -> list[tuple[int, int, int]] | None:
-        """Where the file's tensors are, if the store cuts tensors (format 3) and the file is a checkpoint
-        whose header describes it; read with pread, so the stream's position is untouched."""
+    def _tensor_plan(self, f, size: int, parent=None) -> tuple[list | None, dict[int, bytes] | None]:
+        """Where the file's tensors are (the regions cut at fixed offsets), if the store cuts tensors
+        (format 3) and the file is a checkpoint whose header describes it, and which parent chunk each
+        tensor chunk may be a delta against. Read with pread: the stream's position is untouched."""
         if not self.config.tensors or size < TENSOR_MIN:
-            return None
+            return None, None
         fd = f.fileno()
         layout = read_layout(lambda start, end: os.pread(fd, end - start, start), size)
-        return tensor_regions(layout) if layout is not None else None
+        if layout is None:
+            return None, None
+        regions = tensor_regions(layout)
+        return regions, (delta_bases(layout, regions, parent, self.config.chunker.max_size) if parent else None)
 
     def _put_unchanged(self, f, identity: bytes | None) -> tuple[bytes, int] | None:
         """The fast path for a file stored before: hash all its bytes (on every core) and, if they still

@@ -56,10 +56,12 @@ class Location:
     codec: int
     check: bytes
     size: int = 0  # manifests: logical size of the file or tree they describe
+    base: bytes = b""  # a delta chunk (codec DELTA): the id of the chunk it is a delta against
 
     def to_list(self) -> list:
-        """The entry as a footer or index object holds it (the pack id is the list's)."""
-        check = b"" if self.kind == CHUNK else self.check  # a chunk's key is its check
+        """The entry as a footer or index object holds it (the pack id is the list's). A chunk's check
+        slot is empty (its key is its check), or holds the base of a delta chunk."""
+        check = (self.base if self.codec == codec.DELTA else b"") if self.kind == CHUNK else self.check
         return [self.kind, self.key, self.offset, self.stored_len, self.raw_len, self.codec, check, self.size]
 
     @classmethod
@@ -74,12 +76,15 @@ class Location:
             raise ValueError("bad blob key")
         if kind != CHUNK and len(check) != 32:
             raise ValueError("bad manifest checksum")
-        if type(cod) is not int or cod not in codec.CODECS:
+        if type(cod) is not int or cod not in codec.CODECS or (cod == codec.DELTA and kind != CHUNK):
             raise ValueError(f"unknown codec {cod!r:.40}")
+        delta = cod == codec.DELTA
+        if delta and len(check) != 32:
+            raise ValueError("bad delta base")
         loc = cls(pack_id, kind, key, framing.integer(offset, "offset", len(HEADER)),
                   framing.integer(slen, "stored length", 0, MAX_STORED),
                   framing.integer(rlen, "raw length", 0, MAX_RAW[kind]), cod, key if kind == CHUNK else check,
-                  framing.integer(size, "size"))
+                  framing.integer(size, "size"), check if delta else b"")
         if cod == codec.RAW and slen != rlen:
             raise ValueError(f"raw blob of {slen} bytes declares {rlen}")
         return loc
@@ -138,8 +143,8 @@ class PackWriter:
             self._writes.popleft().result()
 
     def add(self, kind: int, key: bytes, stored, raw_len: int, codec_id: int, check: bytes,
-            size: int = 0) -> Location:
-        entry = Location(UNNAMED, kind, key, self.size, len(stored), raw_len, codec_id, check, size)
+            size: int = 0, base: bytes = b"") -> Location:
+        entry = Location(UNNAMED, kind, key, self.size, len(stored), raw_len, codec_id, check, size, base)
         self._write(stored)
         self.entries.append(entry)
         return entry

@@ -31,12 +31,22 @@ TEMP_BASE = 96  # bytes of the destination's name kept in a temp name, so the te
 _TEMP = re.compile(r"\..*\.cas-tmp-(\d+)-(\d+)-[0-9a-f]{8}", re.S)  # .<name>.cas-tmp-<pid>-<start>-<token>
 
 
-def verified_blob(loc: Location, stored, *, what: str) -> bytes:
-    """Decompress a stored blob (bounded by its recorded size) and check it against its hash."""
+def verified_blob(loc: Location, stored, *, what: str, base: Callable[[bytes, int], bytes] | None = None,
+                  depth: int = codec.MAX_DELTA_DEPTH) -> bytes:
+    """Decompress a stored blob (bounded by its recorded size) and check it against its hash. A delta
+    chunk is rebuilt from its base, which base(base id, the depth it may have) reads and verifies;
+    `depth` is how many bases this blob may still decode through."""
     name = f"{what} in pack {loc.pack_id.hex()}"
     if len(stored) != loc.stored_len:
         raise IntegrityError(f"{name} is truncated", subject=loc.pack_id.hex())
-    raw = codec.decompress(loc.codec, stored, loc.raw_len, name=name)
+    if loc.codec == codec.DELTA:
+        base_id, frame_depth = codec.delta_base(stored, name=name)
+        if base_id != loc.base or frame_depth > depth or base is None:
+            raise IntegrityError(f"{name} is damaged: its delta frame does not match its location",
+                                 subject=loc.pack_id.hex())
+        raw = codec.decode_delta(stored, loc.raw_len, base(base_id, frame_depth - 1), name=name)
+    else:
+        raw = codec.decompress(loc.codec, stored, loc.raw_len, name=name)
     if hash_bytes(raw) != loc.check:
         raise IntegrityError(f"{name} fails its checksum (pack {loc.pack_id.hex()} is damaged)",
                              subject=loc.pack_id.hex())
@@ -62,9 +72,24 @@ class ChunkReader:
             raise IntegrityError(f"chunk {chunk_id.hex()} is missing from the store", subject=chunk_id.hex())
         return loc
 
-    def blob(self, loc: Location, *, what: str) -> bytes:
-        """One blob's raw bytes, verified."""
-        return verified_blob(loc, self._read_run([(loc, 0)])[0], what=what)
+    def blob(self, loc: Location, *, what: str, depth: int = codec.MAX_DELTA_DEPTH) -> bytes:
+        """One blob's raw bytes, verified (a delta through at most `depth` bases)."""
+        return verified_blob(loc, self._read_run([(loc, 0)])[0], what=what, base=self._base, depth=depth)
+
+    def raw_and_depth(self, chunk_id: bytes) -> tuple[bytes, int]:
+        """A chunk's raw bytes, verified, and how many bases it decodes through (0: stored alone)."""
+        loc = self.location(chunk_id)
+        stored = self._read_run([(loc, 0)])[0]
+        depth = codec.delta_base(stored, name=f"chunk {chunk_id.hex()}")[1] if loc.codec == codec.DELTA else 0
+        return verified_blob(loc, stored, what=f"chunk {chunk_id.hex()}", base=self._base), depth
+
+    def _base(self, chunk_id: bytes, depth: int) -> bytes:
+        """The raw bytes of a delta's base, itself a delta through at most `depth` bases."""
+        loc = self.location(chunk_id)
+        if loc.codec == codec.DELTA and depth < 1:
+            raise IntegrityError(f"chunk {chunk_id.hex()} is a delta deeper than its dependants allow",
+                                 subject=chunk_id.hex())
+        return self.blob(loc, what=f"chunk {chunk_id.hex()} (a delta base)", depth=depth)
 
     def chunk(self, chunk_id: bytes) -> bytes:
         return self.blob(self.location(chunk_id), what=f"chunk {chunk_id.hex()}")
@@ -80,7 +105,8 @@ class ChunkReader:
 
     def fetch_run(self, run: list[tuple[Location, int]]) -> list[bytes]:
         """The raw bytes of a run's blobs, each verified."""
-        return [verified_blob(loc, stored, what=_what(loc)) for (loc, _), stored in zip(run, self._read_run(run))]
+        return [verified_blob(loc, stored, what=_what(loc), base=self._base)
+                for (loc, _), stored in zip(run, self._read_run(run))]
 
     def stored_blobs(self, locs: list[Location], *, whole=None) -> Iterator[tuple[Location, memoryview]]:
         """The stored (still compressed) bytes of blobs in packs, each verified before it is handed out,
@@ -89,7 +115,7 @@ class ChunkReader:
         ordered = sorted(locs, key=lambda loc: (loc.pack_id, loc.offset))
         for run in _runs((loc, 0) for loc in ordered):
             for (loc, _), stored in zip(run, self._read_run(run, whole)):
-                verified_blob(loc, stored, what=_what(loc))
+                verified_blob(loc, stored, what=_what(loc), base=self._base)
                 yield loc, stored
 
     def _read_run(self, run: list[tuple[Location, int]], whole=None) -> list:

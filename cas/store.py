@@ -17,7 +17,16 @@ from .backends import Backend, open_backend
 from .backends.local import storage_error
 from .config import StoreConfig, create_or_load_config, load_config
 from .digest import hash_bytes, looks_like_digest, parse_ref
-from .errors import AlreadyExists, AmbiguousReference, IntegrityError, InvalidInput, NotFound, PackMissing, StorageError
+from .errors import (
+    AlreadyExists,
+    AmbiguousReference,
+    CasError,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    PackMissing,
+    StorageError,
+)
 from .handoff import quick_handoffs
 from .index import INLINE, Index
 from .ingest import PutResult, PutSession
@@ -330,7 +339,8 @@ class Store:
         config = self.init()
         spool = self.backend.spool_dir() or os.path.join(self.cache_dir, config.store_id, "spool")
         session = PutSession(backend=self.backend, index=self.index, config=self.config, spool_dir=spool,
-                             on_progress=on_progress, warn=self.on_warning, read_manifest=self.file_manifest)
+                             on_progress=on_progress, warn=self.on_warning, read_manifest=self.file_manifest,
+                             base_reader=self.chunk_reader().raw_and_depth)
         try:
             with quick_handoffs():
                 yield session
@@ -364,20 +374,34 @@ class Store:
             if merged is not None:
                 self.index.mark_index_objects({merged[0]: merged[1]})
 
-    def put_file(self, path: str | os.PathLike, *, pin: str | None = None,
+    def put_file(self, path: str | os.PathLike, *, pin: str | None = None, parent: str | None = None,
                  on_progress: Progress | None = None) -> PutResult:
-        """Store a file or folder; pin it under `pin` when given. Acknowledged once this returns."""
+        """Store a file or folder; pin it under `pin` when given. Acknowledged once this returns.
+        parent: a reference to an earlier version of the file (a checkpoint): chunks of its tensors may
+        be stored as deltas against the parent's (docs/design.md, step deltas)."""
         path = os.fspath(path)
         kind = source_kind(path)
         if pin is not None:
             refs.check_label(pin)
         with self.writing():
+            base = self._parent(parent) if parent is not None and kind == "file" else None
             session, digest, size = self._put(
-                lambda s: s.put_tree(path) if kind == "tree" else s.put_file(path), on_progress)
+                lambda s: s.put_tree(path) if kind == "tree" else s.put_file(path, base), on_progress)
             result = PutResult(path, digest.hex(), size, session.new_bytes, kind)
             if pin is not None:
                 self.pin(result.digest, pin)
         return result
+
+    def _parent(self, ref: str):
+        """The stored parent checkpoint (layout and chunks, read from its header's chunks), or None when
+        it cannot be read: a parent is only a hint (gc may have taken it, or it is not a file), and the
+        put then stores the file without deltas."""
+        from .tensorfiles.stored import open_checkpoint
+        try:
+            digest, loc = self.resolve(ref)
+            return open_checkpoint(self, digest.hex()) if loc.kind == FILE_MANIFEST else None
+        except CasError:
+            return None
 
     def put_selection(self, items: list[tuple[str, str]], *, on_progress: Progress | None = None) -> PutResult:
         """Store chosen paths as one tree: (relative path in the tree, path on disk) pairs (globs, file lists)."""

@@ -10,7 +10,6 @@ from .digest import hash_bytes
 from .errors import CasError, IntegrityError, NotFound
 from .gc import decode_list, decode_sessions
 from .pack import FILE_MANIFEST, HEADER, read_pack_entries
-from .restore import ChunkReader
 from .walk import REPORT, Walk
 
 
@@ -45,7 +44,7 @@ def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyR
               if (pid := layout.pack_id_from_key(key)) is not None}
     for pid, size in listed.items():
         try:
-            _check_pack(store.backend, pid, size, read_data=read_data, report=report)
+            _check_pack(store, pid, size, read_data=read_data, report=report)
         except CasError as exc:
             report.problems.append(f"pack {pid.hex()}: {exc}")
         if on_progress:
@@ -70,9 +69,10 @@ def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyR
     return report
 
 
-def _check_pack(backend, pid: bytes, size: int, *, read_data: bool, report: VerifyReport) -> None:
+def _check_pack(store, pid: bytes, size: int, *, read_data: bool, report: VerifyReport) -> None:
     """A pack's footer reads back; with read_data, its bytes match its id and every blob its checksum
     (read whole, once, then through the same footer checks and blob reads as any other)."""
+    backend = store.backend
     if not read_data:
         read_pack_entries(backend, pid, size)
         return
@@ -83,8 +83,8 @@ def _check_pack(backend, pid: bytes, size: int, *, read_data: bool, report: Veri
         raise IntegrityError(f"pack {name} is damaged: its content does not match its id", subject=name)
     if not data.startswith(HEADER):
         raise IntegrityError(f"pack {name} has a bad header", subject=name)
-    for _ in ChunkReader(backend, None).stored_blobs(read_pack_entries(backend, pid, size, data=data), whole=data):
-        pass  # each blob is verified as it is handed out
+    for _ in store.chunk_reader().stored_blobs(read_pack_entries(backend, pid, size, data=data), whole=data):
+        pass  # each blob is verified as it is handed out (a delta through its bases, read from their packs)
 
 
 def _check_records(store, report: VerifyReport) -> None:

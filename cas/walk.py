@@ -40,10 +40,11 @@ class Damage:
 class Walk:
     """Every object (and blob) that roots reach, memoized per digest: each manifest is read once.
 
-    The edges, all of them in `_load` (a new kind of reference is added there and nowhere else):
-    root → its digest (a run version or a pin); tree → its file entries; file → its chunks; content
-    kept inline in a run record → nothing (it lives in the record). The walk is iterative, and a
-    tree's file entry that names a tree is damage (`refuse_tree_as_file`), never followed.
+    The edges, all of them in `_load` and `_bases` (a new kind of reference is added there and nowhere
+    else): root → its digest (a run version or a pin); tree → its file entries; file → its chunks;
+    delta chunk → its base chunk; content kept inline in a run record → nothing (it lives in the
+    record). The walk is iterative, and a tree's file entry that names a tree is damage
+    (`refuse_tree_as_file`), never followed.
 
     policy, for a missing or damaged object: RAISE (the error propagates: gc must stop before it
     deletes anything), REPORT (`damaged` lists it with the roots that reach it, and the walk goes
@@ -79,8 +80,19 @@ class Walk:
                 if node.kind != INLINE:
                     blobs.add((node.kind, d))
                 blobs.update((CHUNK, c) for c in node.chunks)
+                blobs.update((CHUNK, b) for b in self._bases(node.chunks))
                 todo.extend((f, f"tree {d.hex()}") for f in node.files)
         return blobs
+
+    def _bases(self, chunks: tuple[bytes, ...]) -> set[bytes]:
+        """The bases of the delta chunks among chunks, and their bases in turn (the chunk → base edge)."""
+        found: set[bytes] = set()
+        todo = list(chunks)
+        while todo:
+            locs = self.store.index.chunks_at(todo)
+            todo = [loc.base for loc in locs if loc is not None and loc.base and loc.base not in found]
+            found.update(todo)
+        return found
 
     def node(self, digest: bytes) -> Node | None:
         """The object at digest, walked if not yet (as a root of its own, named by its hex)."""

@@ -53,9 +53,13 @@ class Run:
 
     # ---- logging verbs --------------------------------------------------------------------
     def log_artifact(self, path, name: str | None = None, kind: str | None = None, step: int | None = None,
-                     metadata: dict | None = None, *, on_progress=None) -> Version:
+                     metadata: dict | None = None, *, parent: str | None = None, delta: bool = True,
+                     on_progress=None) -> Version:
         """Log a file, a folder, or every path matching a glob pattern (stored as one tree, file by file).
 
+        A checkpoint file's tensor chunks may be stored as deltas against its parent: `parent` (a
+        reference, e.g. the base model of a fine-tune), else the latest live version of this run's
+        artifact of the same name; delta=False stores it alone.
         on_progress(n) is called with the bytes read as the put advances (see `cas.progress.Progress`).
         """
         path = os.fspath(path)
@@ -71,18 +75,22 @@ class Run:
                 base = os.path.dirname(base)
             items = [(os.path.relpath(os.path.abspath(m), base).replace(os.sep, "/"), m) for m in matches]
         with self.store.writing():  # one writer lease from deduplication to the record
+            if delta and parent is None:
+                earlier = [v for v in self.records.versions(self.name, name) if v.digest] \
+                    if self.records.exists(self.name) else []
+                parent = earlier[-1].digest if earlier else None
             res = (self.store.put_selection(items, on_progress=on_progress) if globlib.has_magic(path)
-                   else self.store.put_file(path, on_progress=on_progress))
+                   else self.store.put_file(path, parent=parent if delta else None, on_progress=on_progress))
             return self.records.log_version(self.name, name, kind=kind or "artifact", digest=res.digest,
                                             size=res.size, new_bytes=res.new_bytes, step=step, metadata=metadata,
                                             object_type=res.kind)
 
     def log_model(self, path, name: str = "model", framework: str | None = None, step: int | None = None,
-                  metadata: dict | None = None) -> Version:
+                  metadata: dict | None = None, *, parent: str | None = None, delta: bool = True) -> Version:
         meta = dict(check_fields(metadata, "metadata"))
         if framework is not None:
             meta["framework"] = framework
-        return self.log_artifact(path, name=name, kind="model", step=step, metadata=meta)
+        return self.log_artifact(path, name=name, kind="model", step=step, metadata=meta, parent=parent, delta=delta)
 
     def log_text(self, text: str, artifact_file: str, step: int | None = None) -> Version:
         return self._log_bytes(formats.text_bytes(text), artifact_file, "text", step)

@@ -41,6 +41,8 @@ def cmd_init(args, uri, as_json) -> int:
 def cmd_put(args, uri, as_json) -> int:
     if args.label is not None and (len(args.paths) > 1 or args.no_pin):
         raise InvalidInput("--label takes exactly one PATH and cannot be combined with --no-pin")
+    if args.parent is not None and (len(args.paths) > 1 or args.no_delta):
+        raise InvalidInput("--parent takes exactly one PATH and cannot be combined with --no-delta")
     from ..refs import check_label
     from ..store import source_kind
     store = open_store(uri)
@@ -54,7 +56,7 @@ def cmd_put(args, uri, as_json) -> int:
     for path, label in zip(args.paths, labels, strict=True):
         name = os.path.basename(path.rstrip('/')) or path
         with progress_bar(f"put {name}", as_json, partial(_source_size, path)) as bar:
-            res = store.put_file(path, pin=label, on_progress=bar)
+            res = store.put_file(path, pin=label, parent=_parent(store, args, label), on_progress=bar)
         item = {"path": path, "digest": res.digest, "size": res.size, "new_bytes": res.new_bytes, "kind": res.kind}
         if label is not None:
             item["label"] = label
@@ -64,6 +66,18 @@ def cmd_put(args, uri, as_json) -> int:
     if as_json:
         emit(results[0] if len(results) == 1 else results, True)
     return 0
+
+
+def _parent(store, args, label: str | None) -> str | None:
+    """The version a put's deltas are against: --parent, else what the label pins now (if anything)."""
+    if args.no_delta:
+        return None
+    if args.parent is not None:
+        store.resolve(args.parent)  # one line now if it names nothing
+        return args.parent
+    if label is None or not store.exists or not store.require().tensors:
+        return None
+    return label if any(p.label == label for p in store.pins()) else None
 
 
 def cmd_get(args, uri, as_json) -> int:

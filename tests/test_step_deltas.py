@@ -1,0 +1,142 @@
+"""Step deltas: a new checkpoint's tensor chunks stored as deltas against its parent's, read back
+through at most three bases, every rebuilt chunk checked against its id, and bases kept by gc."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import one_error_line
+
+import tracker
+from cas import Store, codec
+from cas.errors import IntegrityError
+from cas.gc import _needed
+from cas.pack import CHUNK, Location
+from cas.pack_index import PackRecord
+
+SHAPES = {"layer.0.weight": (512, 512), "layer.1.weight": (512, 512), "head.weight": (256, 512)}
+
+
+def _versions(folder, count: int, seed: int = 0) -> list[str]:
+    """Checkpoints whose weights move a little from one version to the next, as in training."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = {name: torch.randn(*shape, generator=gen) * 0.02 for name, shape in SHAPES.items()}
+    paths = []
+    for k in range(count):
+        path = os.path.join(folder, f"step-{k}.pt")
+        torch.save({"model": weights, "step": k}, path)
+        paths.append(path)
+        weights = {n: w + torch.randn(*w.shape, generator=gen) * 1e-5 for n, w in weights.items()}
+    return paths
+
+
+def _delta_chunks(store: Store) -> list[Location]:
+    return [loc for _, loc in store.index.iter_chunks() if loc.codec == codec.DELTA]
+
+
+def test_puts_under_one_label_store_deltas_and_gc_keeps_their_bases(cli, store_dir, tmp_path):
+    paths = _versions(str(tmp_path), 4)
+    model = tmp_path / "model.pt"
+    sizes = []
+    for path in paths:
+        model.write_bytes(open(path, "rb").read())
+        assert cli("put", str(model), "--label", "model").code == 0
+        sizes.append(Store.open(store_dir).stats()["stored_bytes"])
+    alone = sizes[0]
+    assert sizes[-1] - sizes[-2] < 0.8 * alone, sizes  # a later version costs well under a first one
+    assert _delta_chunks(Store.open(store_dir))
+    assert cli("gc", "--grace", "0").code == 0  # the label names only the last version now
+    fresh_cache = str(tmp_path / "empty-cache")
+    os.environ["CAS_CACHE_DIR"] = fresh_cache
+    got = cli("get", "model", "-o", str(tmp_path / "restored.pt"))
+    assert got.code == 0 and (tmp_path / "restored.pt").read_bytes() == open(paths[-1], "rb").read()
+    assert cli("verify", "--read-data").code == 0
+
+
+def test_a_chunk_decodes_through_at_most_three_bases(store_dir, tmp_path):
+    paths = _versions(str(tmp_path), 6)
+    store = Store.open(store_dir)
+    parent = None
+    for path in paths:
+        parent = store.put_file(path, parent=parent).digest
+    reader = store.chunk_reader()
+    depths = [reader.raw_and_depth(loc.key)[1] for loc in _delta_chunks(store)]
+    assert depths and max(depths) == codec.MAX_DELTA_DEPTH  # the fifth version starts again from a whole chunk
+    fresh = Store.open(store_dir, cache_dir=str(tmp_path / "fresh"))
+    for path in paths:
+        data = open(path, "rb").read()
+        assert fresh.read_bytes(fresh.put_file(path).digest) == data  # already stored: nothing new, reads back
+
+
+def _chunk_ids(store: Store, digest: str) -> set[bytes]:
+    manifest = store.file_manifest(bytes.fromhex(digest))
+    return {manifest.chunk_id(i) for i in range(len(manifest))}
+
+
+def test_tracker_deltas_against_the_last_version_or_a_given_parent_or_none(store_dir, tmp_path):
+    paths = _versions(str(tmp_path), 4)
+    store = Store.open(store_dir)
+    with tracker.init("ft", store=store) as run:
+        first = run.log_model(paths[0], name="model")
+        second = run.log_model(paths[1], name="model")  # against the first, the latest version of "model"
+        after_second = {loc.key: loc.base for loc in _delta_chunks(store)}
+        run.log_model(paths[2], name="other", delta=False)
+        after_alone = {loc.key: loc.base for loc in _delta_chunks(store)}
+        chosen = run.log_model(paths[3], name="third", parent=first.uri)
+        after_chosen = {loc.key: loc.base for loc in _delta_chunks(store)}
+    assert after_second and set(after_second.values()) <= _chunk_ids(store, first.digest)
+    assert after_alone == after_second  # delta=False stored no delta
+    added = {k: b for k, b in after_chosen.items() if k not in after_second}
+    assert added and set(added.values()) <= _chunk_ids(store, first.digest)
+    for v, path in ((second, paths[1]), (chosen, paths[3])):
+        assert tracker.open(v.uri, store=store_dir).read() == open(path, "rb").read()
+
+
+def test_a_damaged_base_fails_the_child_with_one_line(cli, store_dir, tmp_path):
+    paths = _versions(str(tmp_path), 2)
+    store = Store.open(store_dir)
+    base = store.put_file(paths[0], pin="v0")
+    child = store.put_file(paths[1], parent="v0", pin="v1")
+    delta = _delta_chunks(store)[0]
+    home = store.index.chunk(delta.base)
+    pack = os.path.join(store_dir, "packs", home.pack_id.hex()[:2], home.pack_id.hex())
+    data = bytearray(open(pack, "rb").read())
+    data[home.offset + home.stored_len // 2] ^= 0xFF
+    os.chmod(pack, 0o644)
+    open(pack, "wb").write(bytes(data))
+    os.environ["CAS_CACHE_DIR"] = str(tmp_path / "other-cache")
+    got = cli("get", child.digest, "-o", str(tmp_path / "out.pt"))
+    assert got.code == 5 and one_error_line(got.err) and not (tmp_path / "out.pt").exists()
+    assert base.digest and cli("verify", "--read-data").code != 0
+
+
+def test_gc_keeps_the_base_of_a_delta_it_keeps():
+    """gc's choice of the pack that supplies each blob is closed over bases: the pack of a base no
+    manifest names is kept, and a base in no pack stops gc."""
+    def loc(pack, key, offset, base=b""):
+        return Location(pack, CHUNK, key, offset, 100, 100, codec.DELTA if base else codec.ZSTD, key, 0, base)
+    a, b, c = bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32
+    chunk, base, other = bytes([10]) * 32, bytes([11]) * 32, bytes([12]) * 32
+    packs = {a: PackRecord(a, 400, (loc(a, chunk, 8, base), loc(a, other, 108))),
+             b: PackRecord(b, 400, (loc(b, base, 8),)),
+             c: PackRecord(c, 400, (loc(c, bytes([13]) * 32, 8),))}
+    keep, supplies = _needed(packs, {(CHUNK, chunk), (CHUNK, other)}, set())
+    assert keep == {a, b} and [e.key for e in supplies[b]] == [base]
+    with pytest.raises(IntegrityError, match="in no pack"):
+        _needed({a: packs[a]}, {(CHUNK, chunk)}, set())
+
+
+def test_a_delta_frame_rebuilds_exactly_and_refuses_damage():
+    base = (np.random.default_rng(0).standard_normal(20_000) * 0.02).astype(np.float32)
+    new = base + (np.random.default_rng(1).standard_normal(20_000) * 1e-6).astype(np.float32)
+    frame = codec.encode_delta(new.tobytes(), base.tobytes(), b"b" * 32, 0, 4, 1, new.nbytes)
+    assert frame is not None and codec.decode_delta(frame, new.nbytes, base.tobytes(), name="c") == new.tobytes()
+    deep = bytearray(frame)
+    deep[3] = codec.MAX_DELTA_DEPTH + 1
+    with pytest.raises(IntegrityError, match="unknown delta frame"):
+        codec.decode_delta(bytes(deep), new.nbytes, base.tobytes(), name="c")
+    assert codec.encode_delta(new.tobytes(), base.tobytes(), b"b" * 32, codec.MAX_DELTA_DEPTH, 4, 1,
+                              new.nbytes) is None  # no deeper than three
