@@ -271,7 +271,9 @@ class Mlflow(Tool):
 
 
 class Cas(Tool):
-    """`cas put` into a fresh local store, its LMDB index in a cache folder beside it."""
+    """`cas put --label model` into a fresh local store, its LMDB index in a cache folder beside it: each
+    checkpoint of a series under one label, as a user stores versions (tensor chunks may then be
+    deltas against the version the label pinned)."""
 
     name = "cas"
     reingest_note = "`cas put` again (reads and hashes the file again)"
@@ -283,7 +285,7 @@ class Cas(Tool):
         return run([*self.cmds.cas, "--store", self.repo, *args], self.env)
 
     def put(self, src):
-        proc = self._cas("--json", "put", src)
+        proc = self._cas("--json", "put", src, "--label", "model")
         out = proc.json()
         if out.get("size") != src.stat().st_size:
             raise RuntimeError(f"cas put reported size {out.get('size')} for {src}")
@@ -294,7 +296,7 @@ class Cas(Tool):
         return self._cas("get", key, "-o", dest), dest
 
     def reput(self, src):
-        proc = self._cas("--json", "put", src)
+        proc = self._cas("--json", "put", src, "--label", "model")
         if proc.json().get("new_bytes") != 0:
             raise RuntimeError(f"cas put of an unchanged file stored new bytes: {proc.stdout.strip()}")
         return proc
