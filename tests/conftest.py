@@ -147,3 +147,26 @@ def s3_store(seaweedfs, monkeypatch):
 def moto_store(moto, monkeypatch):
     _s3_env(moto, monkeypatch)
     return f"s3://cas-moto-{os.getpid()}-{next(_bucket_counter)}/store"
+
+
+# ---- hostile bytes for the decoders' property tests ----------------------------------------------
+
+def byte_change(data: bytes):
+    """A hypothesis strategy: data with bits flipped, cut short, or a stretch replaced."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def changed(draw) -> bytes:
+        how = draw(st.sampled_from(["flip", "truncate", "splice"]))
+        if how == "flip":
+            out = bytearray(data)
+            for bit in draw(st.lists(st.integers(0, 8 * len(data) - 1), min_size=1, max_size=8)):
+                out[bit // 8] ^= 1 << (bit % 8)
+            return bytes(out)
+        if how == "truncate":
+            return data[:draw(st.integers(0, len(data) - 1))]
+        start = draw(st.integers(0, len(data)))
+        end = draw(st.integers(start, min(len(data), start + 64)))
+        return data[:start] + draw(st.binary(max_size=64)) + data[end:]
+    return changed()
+

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import msgpack
 import pytest
 import zstandard
-from conftest import cas_command, one_error_line
+from conftest import byte_change, cas_command, one_error_line
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cas import Store, codec, framing, layout, pack_index, records, refs
@@ -228,21 +228,6 @@ def field_change(draw, seed: Seed) -> bytes:
         return seed.wrap(holder[0])
     except (TypeError, ValueError, OverflowError):  # a value the framing cannot even encode
         return seed.wrap(seed.doc)
-
-
-@st.composite
-def byte_change(draw, data: bytes) -> bytes:
-    how = draw(st.sampled_from(["flip", "truncate", "splice"]))
-    if how == "flip":
-        out = bytearray(data)
-        for bit in draw(st.lists(st.integers(0, 8 * len(data) - 1), min_size=1, max_size=8)):
-            out[bit // 8] ^= 1 << (bit % 8)
-        return bytes(out)
-    if how == "truncate":
-        return data[:draw(st.integers(0, len(data) - 1))]
-    start = draw(st.integers(0, len(data)))
-    end = draw(st.integers(start, min(len(data), start + 64)))
-    return data[:start] + draw(st.binary(max_size=64)) + data[end:]
 
 
 @st.composite

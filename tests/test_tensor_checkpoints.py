@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import zstandard
+from conftest import byte_change
 from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.numpy import save_file as save_numpy_safetensors
 from safetensors.torch import save_file
@@ -243,21 +244,8 @@ FUZZ = settings(max_examples=int(os.environ.get("CAS_FUZZ_EXAMPLES", "200")), de
                 suppress_health_check=list(HealthCheck))
 
 
-@st.composite
-def _mutated(draw, data: bytes) -> bytes:
-    how = draw(st.sampled_from(["flip", "truncate", "splice", "random"]))
-    if how == "random":
-        return draw(st.binary(max_size=600))
-    if how == "flip":
-        out = bytearray(data)
-        for bit in draw(st.lists(st.integers(0, 8 * len(data) - 1), min_size=1, max_size=8)):
-            out[bit // 8] ^= 1 << (bit % 8)
-        return bytes(out)
-    if how == "truncate":
-        return data[:draw(st.integers(0, len(data) - 1))]
-    start = draw(st.integers(0, len(data)))
-    end = draw(st.integers(start, min(len(data), start + 64)))
-    return data[:start] + draw(st.binary(max_size=64)) + data[end:]
+def _mutated(data: bytes):
+    return st.one_of(byte_change(data), st.binary(max_size=600))
 
 
 _FLOATS = (np.random.default_rng(2).standard_normal(4000) * 0.02).astype(np.float32).tobytes()
