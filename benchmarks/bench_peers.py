@@ -39,7 +39,8 @@ from measure import run  # noqa: E402
 CHUNKER = dict(avg_size=48 * 1024, min_size=16 * 1024, max_size=256 * 1024)  # real average: avg + min = 64 KiB
 PRESETS = {  # mode -> defaults of --steps, --scale, --repeat, --once, --big-scale
     "full": dict(steps="10", scale="4", repeat=3, once="", big_scale=16.0),
-    "quick": dict(steps="3", scale="1,bf16=4", repeat=3, once="cp,zstd -3,DVC,MLflow", big_scale=16.0),
+    "quick": dict(steps="3", scale="1,bf16=4", repeat=3,
+                  once="cp,zstd -3,DVC,MLflow,ZipNN,ZipNN delta chain,z4ai,z4ai delta chain", big_scale=16.0),
 }
 MB = 1e6
 
@@ -133,6 +134,8 @@ def bench_tools(kind: str, files: list[Path], args, tools: dict, work: Path) -> 
     for rep in range(args.repeat):
         for name, tool_class in tools.items():
             if name in out["errors"] or (rep and name in args.once):
+                continue
+            if getattr(tool_class, "float_only", False) and kind in series.TEXT_KINDS:
                 continue
             log(f"{kind}: repetition {rep + 1}/{args.repeat}: {name}")
             try:

@@ -13,13 +13,14 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from measure import Proc, cas_command, run, tree_bytes
 
 HERE = Path(__file__).resolve().parent
 MLFLOW_SCRIPT = HERE / "mlflow_step.py"
+CODEC_SCRIPT = HERE / "codec_step.py"
 
 
 @dataclass(frozen=True)
@@ -306,6 +307,53 @@ class Cas(Tool):
         return first_line(run([*cmds.cas, "--version"]).stdout)
 
 
+class Codec(Tool):
+    """A weight codec (ZipNN, z4ai) through benchmarks/codec_step.py in this venv: seconds are the codec's
+    own work inside its process (reading, compressing, writing; imports and start-up excluded), as the
+    issue that adds them asks. Float series only."""
+
+    codec, mode = "?", "?"
+    float_only = True
+
+    def _step(self, *args) -> Proc:
+        proc = run([sys.executable, CODEC_SCRIPT, *args], self.env)
+        return replace(proc, seconds=proc.json()["seconds"])
+
+    def put(self, src):
+        proc = self._step("put", self.codec, self.mode, self.repo, src)
+        return proc, proc.json()["key"]
+
+    def get(self, key, target):
+        return self._step("get", self.codec, self.mode, self.repo, key, target), target / "restored"
+
+    @classmethod
+    def version(cls, cmds):
+        from importlib import metadata
+        try:
+            return f"{cls.codec} {metadata.version(cls.codec)}"
+        except metadata.PackageNotFoundError:
+            raise RuntimeError(f"{cls.codec} is not installed (pip install -e '.[bench]')") from None
+
+
+class ZipNNFile(Codec):
+    name, codec, mode = "ZipNN", "zipnn", "file"
+
+
+class ZipNNChain(Codec):
+    name, codec, mode = "ZipNN delta chain", "zipnn", "chain"
+
+
+class Z4aiFile(Codec):
+    name, codec, mode = "z4ai", "z4ai", "file"
+
+
+class Z4aiChain(Codec):
+    name, codec, mode = "z4ai delta chain", "z4ai", "chain"
+
+
+CODECS = (ZipNNFile, ZipNNChain, Z4aiFile, Z4aiChain)
+
+
 def link_or_copy(src: Path, dest: Path) -> None:
     try:
         os.link(src, dest)
@@ -313,7 +361,7 @@ def link_or_copy(src: Path, dest: Path) -> None:
         shutil.copyfile(src, dest)
 
 
-TOOLS: dict[str, type[Tool]] = {t.name: t for t in (Cp, Zstd, Restic, Borg, Dvc, Mlflow, Cas)}
+TOOLS: dict[str, type[Tool]] = {t.name: t for t in (Cp, Zstd, Restic, Borg, Dvc, Mlflow, *CODECS, Cas)}
 
 
 def versions(cmds: Commands, names=tuple(TOOLS)) -> tuple[dict[str, str], dict[str, str]]:

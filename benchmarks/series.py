@@ -15,6 +15,7 @@ import numpy as np
 
 FT_KINDS = ("ft-full-pt", "ft-full-st", "ft-frozen-pt", "ft-frozen-st")  # need torch (torch_series.py)
 KINDS = ("bf16", "csv", "jsonl") + FT_KINDS
+TEXT_KINDS = ("csv", "jsonl")  # the rest are float checkpoints
 SUFFIX = {"bf16": ".safetensors", "csv": ".csv", "jsonl": ".jsonl"}
 SUFFIX.update({k: ".pt" if k.endswith("-pt") else ".safetensors" for k in FT_KINDS})
 
