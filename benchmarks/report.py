@@ -79,6 +79,36 @@ def series_section(kind: str, res: dict) -> list[str]:
                     f"{ideal['unique_bytes'] / MB:.2f} MB before compression.", ""]
 
 
+CODEC_TOOLS = ("zstd -3", "ZipNN", "z4ai", "ZipNN delta chain", "z4ai delta chain", "cas")
+
+
+def codecs_section(results: dict) -> list[str]:
+    """The float series beside the weight codecs: stored % of raw (all, first file, mean of the later
+    ones), and MB/s of raw bytes in (all checkpoints) and out (the last one restored)."""
+    rows = []
+    for kind, res in results["series"].items():
+        sizes = res["file_bytes"]
+        for name in CODEC_TOOLS:
+            fig = res["median"].get(name)
+            if fig is None or not any(n in res["median"] for n in CODEC_TOOLS[1:5]):
+                continue
+            stored = fig["cumulative_bytes"]
+            later = [(stored[i] - stored[i - 1]) / sizes[i] for i in range(1, len(stored))]
+            rows.append([kind, name, f"{100 * stored[-1] / sum(sizes):.1f}", f"{100 * stored[0] / sizes[0]:.1f}",
+                         f"{100 * sum(later) / len(later):.1f}" if later else "–",
+                         f"{sum(sizes) / sum(fig['ingest_s']) / MB:.0f}",
+                         f"{sizes[-1] / fig['restore_s'] / MB:.0f}" if fig.get("restore_s") else "–"])
+    if not rows:
+        return []
+    return (["### Float series beside the weight codecs", "",
+             "Stored bytes as % of raw (lower is better); MB/s of raw bytes per second of ingest (every "
+             "checkpoint) and of restoring the last one (for a delta chain, through the whole chain). cas "
+             "and zstd are whole processes; the codecs' seconds are their own work inside their process "
+             "(benchmarks/codec_step.py).", ""]
+            + table(["series", "tool", "stored %", "first file %", "later files, mean %", "ingest MB/s",
+                     "restore MB/s"], rows))
+
+
 def targets_section(rows: list[dict]) -> list[str]:
     """One row per target, one column per series: the measured value, marked pass or FAIL."""
     names = list(dict.fromkeys(r["target"] for r in rows))
@@ -108,6 +138,7 @@ def markdown(results: dict, image: str) -> str:
     lines += [f"- **{kind}** not run: {why}" for kind, why in results["skipped_series"].items()]
     if results["skipped_series"]:
         lines.append("")
+    lines += codecs_section(results)
     lines += targets_section(results["targets"])
     if "error" in (results.get("big") or {}):
         lines += [f"The one-file memory check failed: {results['big']['error']}", ""]

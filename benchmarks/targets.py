@@ -56,6 +56,17 @@ def series_targets(kind: str, res: dict) -> list[dict]:
                         _faster(median, "reingest_s", ("restic",)))
     rows += _time_ratio("restore ≤ 0.5 × restic", kind, cas, "restore_s", 0.5,
                         _faster(median, "restore_s", ("restic",)))
+    codecs = [median[n] for n in ("ZipNN", "z4ai") if n in median]
+    if codecs:
+        best = min(c["cumulative_bytes"][0] for c in codecs)
+        one = cas["cumulative_bytes"][0]
+        rows.append(_row("first file ≤ the better of ZipNN, z4ai", kind, one / best, 1.0,
+                         f"cas {one / 1e6:.2f} MB / best codec {best / 1e6:.2f} MB"))
+    chains = [median[n] for n in ("ZipNN delta chain", "z4ai delta chain") if n in median]
+    if chains:
+        best = min(c["stored_bytes"] for c in chains)
+        rows.append(_row("all versions ≤ 0.95 × the smaller delta chain", kind, cas["stored_bytes"] / best, 0.95,
+                         f"cas {cas['stored_bytes'] / 1e6:.2f} MB / best chain {best / 1e6:.2f} MB"))
     read = res.get("tensor_read")
     if read:
         rows.append(_row(f"cat --tensor ≤ {TENSOR_READ_LIMIT:g} × cat of the whole file", kind,
