@@ -228,13 +228,15 @@ WRITER = textwrap.dedent("""
             digest = bytes.fromhex(v.digest)
             manifest = store.file_manifest(digest)
             packs = {store.index.manifest(digest).pack_id}
-            packs |= {store.index.chunk(manifest.chunk_id(i)).pack_id for i in range(len(manifest))}
+            locs = [store.index.chunk(manifest.chunk_id(i)) for i in range(len(manifest))]
+            packs |= {loc.pack_id for loc in locs}
+            deltas = sum(1 for loc in locs if loc.base)
             into_condemned = bool(packs & store.index.condemned_packs())
             ok = store.read_bytes(v.uri) == contents[r % len(paths)]
             ok_prev = previous is None or store.read_bytes(previous[0]) == previous[1]  # live for a round of gc
             log.write(json.dumps({"round": r, "uri": v.uri, "step": v.step, "new_bytes": v.new_bytes,
                                   "into_condemned": into_condemned, "ok": ok, "ok_previous": ok_prev,
-                                  "hold": hold}) + "\\n")
+                                  "hold": hold, "delta_chunks": deltas}) + "\\n")
             log.flush()
             tracker.forget("w", name="m", keep_last=1, store=store)  # the previous version becomes garbage
             previous = (v.uri, contents[r % len(paths)])
@@ -253,12 +255,17 @@ GC_LOOP = textwrap.dedent("""
 
 
 def _gc_beside_writer(store: str, tmp_path, rounds: int) -> None:
-    common = _floats(MiB, seed=50)  # shared by every content: always live, deduplicated each round
+    """Three checkpoints (.npy arrays) the writer logs in turn, forgetting the one before: their first
+    MiB is the same (deduplicated each round), the rest moves a little from one to the next, so each
+    version's tensor chunks are deltas against the version before it, whose chunks stay as bases."""
+    array = np.frombuffer(_floats(3 * MiB, seed=50), dtype=np.float32).copy()
+    rng = np.random.default_rng(60)
     paths = []
     for k in range(3):
-        path = tmp_path / f"content-{k}.bin"
-        path.write_bytes(common + _floats(2 * MiB, seed=60 + k))
+        path = tmp_path / f"content-{k}.npy"
+        np.save(path, array)
         paths.append(str(path))
+        array[MiB // 4:] += rng.standard_normal(array.size - MiB // 4).astype(np.float32) * 1e-6
     _ok(store, "init")
     lease = {"CAS_LEASE_SECONDS": "10"}
     writer_log, gc_log, stop = tmp_path / "writer.jsonl", tmp_path / "gc.jsonl", tmp_path / "stop"
@@ -288,6 +295,7 @@ def _gc_beside_writer(store: str, tmp_path, rounds: int) -> None:
     deleted = sum(g["deleted_packs"] for g in reports)
     into_condemned = sum(e["into_condemned"] for e in logged)
     stored_again = sum(e["new_bytes"] > 0 for e in logged[3:])
+    assert sum(e["delta_chunks"] for e in logged) > 0  # versions were stored as deltas against the one before
     print(f"{rounds} rounds, {len(runs)} gc runs: {deleted} packs deleted, {into_condemned} versions committed "
           f"into a pack condemned during their session, {stored_again} re-logs stored condemned content again")
     if rounds >= 20:  # the races did happen: gc deleted content that was later logged again (so stored
