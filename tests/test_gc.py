@@ -13,6 +13,7 @@ CI runs 10; a soak run sets more).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -508,8 +509,20 @@ class _ClockedMemory(MemoryBackend):
 
 
 _BLOCKS = [_floats(8 * 1024, seed=200 + i) for i in range(6)]
+def _checkpoints(count: int) -> list[bytes]:
+    """.npy checkpoints whose floats move a little from one to the next: stored as deltas of each other."""
+    array = np.frombuffer(_floats(96 * 1024, seed=70), dtype=np.float32).copy()
+    rng, out = np.random.default_rng(71), []
+    for _ in range(count):
+        buf = io.BytesIO()
+        np.save(buf, array)
+        out.append(buf.getvalue())
+        array += rng.standard_normal(array.size).astype(np.float32) * 1e-6
+    return out
+
+
 CONTENTS = [_BLOCKS[0] + _BLOCKS[1], _BLOCKS[1] + _BLOCKS[2], _BLOCKS[0] + _BLOCKS[2] + _BLOCKS[3],
-            _BLOCKS[3] + _BLOCKS[4] + _BLOCKS[5], _BLOCKS[5], b"tiny content"]
+            _BLOCKS[3] + _BLOCKS[4] + _BLOCKS[5], _BLOCKS[5], b"tiny content", *_checkpoints(6)]
 
 
 class GcMachine(RuleBasedStateMachine):
@@ -540,9 +553,10 @@ class GcMachine(RuleBasedStateMachine):
                 f.write(CONTENTS[content])
         return path
 
-    @rule(content=st.integers(0, len(CONTENTS) - 1), label=st.sampled_from(["a", "b"]))
-    def put(self, content, label):
-        self.writer.put_file(self._path(content), pin=label)
+    @rule(content=st.integers(0, len(CONTENTS) - 1), label=st.sampled_from(["a", "b"]), delta=st.booleans())
+    def put(self, content, label, delta):
+        parent = label if delta and label in self.pins else None  # a checkpoint's chunks may be deltas
+        self.writer.put_file(self._path(content), pin=label, parent=parent)
         self.pins[label] = content
 
     @precondition(lambda self: self.pins)
@@ -607,8 +621,11 @@ class GcMachine(RuleBasedStateMachine):
         report = self.reader.verify(read_data=True)
         assert report.ok, report.problems
 
+    delta_chunks = 0  # over every example: the puts with a parent did store deltas
+
     def teardown(self):
         try:
+            GcMachine.delta_chunks += sum(1 for _, loc in self.writer.index.iter_chunks() if loc.base)
             if self.session is not None:
                 self.session.__exit__(None, None, None)
             self.backend.offset += 60
@@ -629,6 +646,7 @@ def test_gc_state_machine(monkeypatch):
     monkeypatch.setenv("CAS_LEASE_SECONDS", "100000")  # sessions end by release here; expiry is test 4's
     run_state_machine_as_test(GcMachine, settings=settings(max_examples=50, stateful_step_count=30, deadline=None,
                                                            suppress_health_check=list(HealthCheck)))
+    assert GcMachine.delta_chunks > 0
 
 
 # ---- 6. plan_gc on hand-made inputs ----------------------------------------------------------------
