@@ -47,7 +47,8 @@ from .roots import PinRoots, RootProvider, registered as registered_providers
 
 Progress = Callable[[int], None]
 SYNC_PASSES = 50  # listings of index objects before giving up on a store that keeps merging them
-CACHE_FORMAT = 2  # 2: index objects remembered with the packs they name; missing packs
+# 2: index objects remembered with the packs they name; missing packs. 3: a delta chunk's entry holds its base
+CACHE_FORMAT = 3
 
 
 def default_cache_dir() -> str:
