@@ -600,14 +600,18 @@ class Store:
         for _, size in index.iter_inline_sizes():
             logical += size
             files += 1
-        unique = chunks = 0
+        unique = chunks = deltas = delta_stored = 0
         for _, loc in index.iter_chunks():
             unique += loc.raw_len
             chunks += 1
+            if loc.base:
+                deltas += 1
+                delta_stored += loc.stored_len
         stored = sum(size for _, size in self.backend.list(""))
         leftovers = temps.find(self.temp_folders())
         return {"logical_bytes": logical, "unique_bytes": unique, "stored_bytes": stored, "files": files,
-                "chunks": chunks, "packs": len(index.pack_ids()),
+                "chunks": chunks, "delta_chunks": deltas, "delta_stored_bytes": delta_stored,
+                "packs": len(index.pack_ids()),
                 "conditional_writes": bool(self.backend.conditional_writes),
                 "temp_files": len(leftovers), "temp_bytes": sum(t.size for t in leftovers),
                 "store": self.location(), "cache": index.path}

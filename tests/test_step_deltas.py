@@ -47,7 +47,11 @@ def test_puts_under_one_label_store_deltas_and_gc_keeps_their_bases(cli, store_d
         sizes.append(Store.open(store_dir).stats()["stored_bytes"])
     alone = sizes[0]
     assert sizes[-1] - sizes[-2] < 0.8 * alone, sizes  # a later version costs well under a first one
-    assert _delta_chunks(Store.open(store_dir))
+    deltas = _delta_chunks(Store.open(store_dir))
+    stats = cli("--json", "stats").json()
+    assert deltas and stats["delta_chunks"] == len(deltas) > 0
+    assert stats["delta_stored_bytes"] == sum(loc.stored_len for loc in deltas)
+    assert "delta_chunks" in cli("stats").out
     assert cli("gc", "--grace", "0").code == 0  # the label names only the last version now
     fresh_cache = str(tmp_path / "empty-cache")
     os.environ["CAS_CACHE_DIR"] = fresh_cache

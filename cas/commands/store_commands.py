@@ -128,7 +128,8 @@ def cmd_show(args, uri, as_json) -> int:
 
 def cmd_stats(args, uri, as_json) -> int:
     stats = open_store(uri).stats()
-    text = "\n".join(f"{k:18} {_stat_text(k, v)}" for k, v in stats.items())
+    shown = {k: v for k, v in stats.items() if not (k.startswith("delta_") and stats["delta_chunks"] == 0)}
+    text = "\n".join(f"{k:18} {_stat_text(k, v)}" for k, v in shown.items())
     emit(stats, as_json, text)
     return 0
 
