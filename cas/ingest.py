@@ -81,17 +81,30 @@ def _compress_all(parts: list[tuple[memoryview, int, bytes]], level: int, base_r
     return out
 
 
-def delta_bases(layout, regions, parent, step: int) -> dict[int, bytes]:
-    """Offset of each tensor chunk → the parent's chunk at the same place of the same tensor: a tensor
-    of the same name, dtype and size that is a whole region in both files, and a parent chunk that
-    starts at the same offset from the tensor's start and has the same length."""
+def delta_bases(layout, regions, parent, step: int, size: int) -> dict[int, bytes]:
+    """Offset of each tensor chunk → the parent's chunk at the same place of the same tensor.
+
+    A parent of the same size is taken to have the same layout (versions of one checkpoint usually
+    do): the parent's chunk that starts where this one does and has its length, read from the
+    parent's manifest alone. Otherwise the parent's layout is read (its header's chunks) and tensors
+    are matched by name, dtype and size, each a whole region in both files. Either way it is a hint:
+    a base that is not the chunk's counterpart gives a delta that does not pay, and the chunk is
+    stored alone.
+    """
+    starts = {start: (end, chunk_id) for start, end, chunk_id in parent.chunks}
+    bases: dict[int, bytes] = {}
+    if parent.size == size:
+        for start, end, _ in regions:
+            for k in range(start, end, step):
+                found_end, chunk_id = starts.get(k, (None, b""))
+                if found_end == min(k + step, end):
+                    bases[k] = chunk_id
+        return bases
     if parent.layout is None:
         return {}
-    starts = {start: (end, chunk_id) for start, end, chunk_id in parent.chunks}
     parent_regions = {start: end for start, end, _ in parent.layout.regions}
     ours = {start: end for start, end, _ in regions}
     theirs = {t.name: t for t in parent.layout.tensors if parent_regions.get(t.offset) == t.end}
-    bases: dict[int, bytes] = {}
     for t in layout.tensors:
         p = theirs.get(t.name)
         if p is None or ours.get(t.offset) != t.end or (p.dtype, p.size) != (t.dtype, t.size):
@@ -381,7 +394,7 @@ class PutSession:
         if layout is None:
             return None, None
         regions = tensor_regions(layout)
-        return regions, (delta_bases(layout, regions, parent, self.config.chunker.max_size) if parent else None)
+        return regions, (delta_bases(layout, regions, parent, self.config.chunker.max_size, size) if parent else None)
 
     def _put_unchanged(self, f, identity: bytes | None) -> tuple[bytes, int] | None:
         """The fast path for a file stored before: hash all its bytes (on every core) and, if they still

@@ -14,15 +14,28 @@ from ..errors import InvalidInput, NotFound
 from ..restore import FileReader
 from . import Layout, Tensor, read_layout
 
+_UNREAD = object()
+
 
 @dataclass
 class StoredCheckpoint:
-    """A stored file opened for its tensors: its reader (seekable, verified) and layout (None: bytes)."""
+    """A stored file opened for its tensors: its reader (seekable, verified) and layout (None: bytes),
+    read from the header's chunks when first asked for."""
 
     ref: str
     reader: FileReader
-    layout: Layout | None
+    _layout: object = _UNREAD
     _chunks: list[tuple[int, int, bytes]] | None = None
+
+    @property
+    def layout(self) -> Layout | None:
+        if self._layout is _UNREAD:
+            self._layout = read_layout(self.read, self.reader.size)
+        return self._layout  # type: ignore[return-value]
+
+    @property
+    def size(self) -> int:
+        return self.reader.size
 
     def read(self, start: int, end: int) -> bytes:
         self.reader.seek(start)
@@ -54,10 +67,9 @@ class StoredCheckpoint:
 
 
 def open_checkpoint(store, ref: str) -> StoredCheckpoint:
-    reader = store.open_file(ref)
-    ckpt = StoredCheckpoint(ref, reader, None)
-    ckpt.layout = read_layout(ckpt.read, reader.size)
-    return ckpt
+    """The stored file at ref, its layout read when first asked for (reading it costs the chunks that
+    hold the header, which for a zip archive are spread over the file)."""
+    return StoredCheckpoint(ref, store.open_file(ref))
 
 
 def tensor_diff(a: StoredCheckpoint, b: StoredCheckpoint) -> list[dict]:
