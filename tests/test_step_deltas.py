@@ -144,3 +144,21 @@ def test_a_delta_frame_rebuilds_exactly_and_refuses_damage():
         codec.decode_delta(bytes(deep), new.nbytes, base.tobytes(), name="c")
     assert codec.encode_delta(new.tobytes(), base.tobytes(), b"b" * 32, codec.MAX_DELTA_DEPTH, 4, 1,
                               new.nbytes) is None  # no deeper than three
+
+
+def test_a_parent_of_another_layout_is_matched_tensor_by_tensor(store_dir, tmp_path):
+    """A tensor added at the front moves every other one: the parent's header is read and its tensors
+    are matched by name, so the moved tensors are still stored as deltas of theirs."""
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(5)
+    weights = {f"w{i}": (rng.standard_normal(200_000) * 0.02).astype(np.float32) for i in range(3)}
+    save_file(weights, str(tmp_path / "v1.safetensors"))
+    moved = {name: w + (rng.standard_normal(w.size) * 1e-6).astype(np.float32) for name, w in weights.items()}
+    save_file({"a.new": np.ones(70_000, dtype=np.float32), **moved}, str(tmp_path / "v2.safetensors"))
+    store = Store.open(store_dir)
+    store.put_file(tmp_path / "v1.safetensors", pin="m")
+    child = store.put_file(tmp_path / "v2.safetensors", parent="m")
+    deltas = _delta_chunks(store)
+    assert len(deltas) >= 6  # the three moved tensors' chunks (three each, at 800 KB)
+    fresh = Store.open(store_dir, cache_dir=str(tmp_path / "fresh"))
+    assert fresh.read_bytes(child.digest) == (tmp_path / "v2.safetensors").read_bytes()
