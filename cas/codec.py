@@ -190,6 +190,12 @@ def delta_base(stored, *, name: str) -> tuple[bytes, int]:
     return base_id, depth
 
 
+def delta_width(stored, *, name: str) -> int:
+    """The element width a DELTA frame records."""
+    delta_base(stored, name=name)
+    return _DELTA_HEAD.unpack_from(stored)[2]
+
+
 def decode_delta(stored, raw_len: int, base_raw: bytes, *, name: str) -> bytes:
     """The chunk a DELTA frame rebuilds from its base's raw bytes (the caller checks the result's hash)."""
     import numpy as np

@@ -121,7 +121,10 @@ def _needed(packs: dict[bytes, PackRecord], reachable: set, condemned: set[bytes
 
 
 def _supply(packs: dict[bytes, PackRecord], reachable: set, condemned: set[bytes]) -> tuple[set, dict]:
-    live = {pid: [e for e in rec.entries if (e.kind, e.key) in reachable] for pid, rec in packs.items()}
+    alone = {e.key for rec in packs.values() for e in rec.entries if e.kind == CHUNK and not e.base}
+    # a delta copy of a chunk that is also stored alone never supplies it: its base would be kept for nothing
+    live = {pid: [e for e in rec.entries if (e.kind, e.key) in reachable and not (e.base and e.key in alone)]
+            for pid, rec in packs.items()}
 
     def order(pid):
         share = sum(e.stored_len for e in live[pid]) / max(1, packs[pid].size)
@@ -279,10 +282,12 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     """Collect, plan, and (unless dry_run) execute the plan; returns the report (the plan's, for a dry
     run). on_progress(n) counts the stored bytes copied out of partly dead packs."""
     store.require()
+    rewritten = 0 if dry_run else _store_alone_what_only_bases_need(store)
     reader = _Reader(store)
     seen = reader.collect(dry_run=dry_run)
     plan = plan_gc(seen.packs, seen.reachable, seen.condemnations, seen.live, seen.now, grace, repack_threshold)
     report = _planned(plan, seen, dry_run=dry_run, repack_threshold=repack_threshold)
+    report["rewritten_chunks"] = rewritten
     backend = store.backend
     if dry_run:
         report["aborted_uploads"] = backend.abort_stale_uploads(max(grace, 2 * lease_seconds()), dry_run=True)
@@ -379,6 +384,33 @@ def _clean_temps(store, grace: float, report: dict, *, dry_run: bool) -> None:
              if temps.is_stale(t, now=now, grace=grace, lease=lease_seconds())]
     report["removed_temp_files"] = len(stale)
     report["removed_temp_bytes"] = sum(t.size for t in stale) if dry_run else temps.remove(stale)
+
+
+def _store_alone_what_only_bases_need(store) -> int:
+    """Store alone (a new copy, no base) every delta chunk whose base no live file lists itself: once
+    the versions that held the bases are forgotten, this is what lets their space come back (the
+    delta copies stop supplying those chunks, and the bases stop being needed). Only adds copies:
+    what is deleted is still decided by the plan, closed over the bases of the copies it keeps.
+    Returns how many chunks were stored again."""
+    walk = Walk(store, policy=RAISE)
+    roots = store.roots(fresh=True)
+    store.sync()
+    try:
+        walk.reach(roots)
+    except IntegrityError:
+        return 0  # gc's own walk reports it and stops
+    listed = {c for node in walk.nodes.values() if node is not None for c in node.chunks}
+    locs = [loc for loc in store.index.chunks_at(sorted(listed)) if loc is not None and loc.base]
+    needed_only_as_base = {loc.base for loc in locs} - listed
+    todo = [loc for loc in locs if loc.base in needed_only_as_base]
+    if not todo:
+        return 0
+    reader = store.chunk_reader()
+    with store.writing(), store.write_session() as session:
+        for loc in todo:
+            raw, width = reader.raw_and_width(loc.key)
+            session.store_alone(loc.key, raw, width)
+    return len(todo)
 
 
 def _repack(store, supplies: dict[bytes, list[Location]], victims: list[bytes], on_progress) -> None:

@@ -211,6 +211,9 @@ class Index:
         txn.put(pack_id, _PACK.pack(size, len(entries)), db=self.packs)
         for e in entries:
             if e.kind == CHUNK and e.base:
+                known = txn.get(e.key, db=self.chunks)
+                if known is not None and len(known) == _LOC.size:
+                    continue  # a copy stored alone is known: it wins (it needs no base, and gc prefers it)
                 txn.put(e.key, _DELTA_LOC.pack(pack_id, e.offset, e.stored_len, e.raw_len, e.codec, e.base),
                         db=self.chunks)
             elif e.kind == CHUNK:

@@ -280,6 +280,15 @@ class PutSession:
             self.new_bytes += loc.raw_len
         self._add(loc.kind, loc.key, bytes(stored), loc.raw_len, loc.codec, loc.check, loc.size, loc.base)
 
+    def store_alone(self, chunk_id: bytes, raw: bytes, width: int) -> None:
+        """Store a chunk again without a base (gc: a delta whose base only it needs), even though the
+        index knows it; `raw` was read and verified against chunk_id by the caller."""
+        if (CHUNK, chunk_id) in self.pending:
+            return
+        codec_id, stored = codec.compress_planes(raw, width, self.config.level) if width else \
+            codec.compress(raw, self.config.level)
+        self._add(CHUNK, chunk_id, stored, len(raw), codec_id, chunk_id)
+
     # ---- files ------------------------------------------------------------------------------
     def put_stream(self, stream, size_hint: int | None = None, regions=None,
                    bases: dict[int, bytes] | None = None) -> tuple[bytes, int]:

@@ -83,6 +83,13 @@ class ChunkReader:
         depth = codec.delta_base(stored, name=f"chunk {chunk_id.hex()}")[1] if loc.codec == codec.DELTA else 0
         return verified_blob(loc, stored, what=f"chunk {chunk_id.hex()}", base=self._base), depth
 
+    def raw_and_width(self, chunk_id: bytes) -> tuple[bytes, int]:
+        """A delta chunk's raw bytes, verified, and the element width its frame records."""
+        loc = self.location(chunk_id)
+        stored = self._read_run([(loc, 0)])[0]
+        width = codec.delta_width(stored, name=f"chunk {chunk_id.hex()}") if loc.codec == codec.DELTA else 0
+        return verified_blob(loc, stored, what=f"chunk {chunk_id.hex()}", base=self._base), width
+
     def _base(self, chunk_id: bytes, depth: int) -> bytes:
         """The raw bytes of a delta's base, itself a delta through at most `depth` bases."""
         loc = self.location(chunk_id)

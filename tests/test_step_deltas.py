@@ -13,7 +13,7 @@ from conftest import one_error_line
 import tracker
 from cas import Store, codec
 from cas.errors import IntegrityError
-from cas.gc import _needed
+from cas.gc import _needed, execute_gc
 from cas.pack import CHUNK, Location
 from cas.pack_index import PackRecord
 
@@ -162,3 +162,22 @@ def test_a_parent_of_another_layout_is_matched_tensor_by_tensor(store_dir, tmp_p
     assert len(deltas) >= 6  # the three moved tensors' chunks (three each, at 800 KB)
     fresh = Store.open(store_dir, cache_dir=str(tmp_path / "fresh"))
     assert fresh.read_bytes(child.digest) == (tmp_path / "v2.safetensors").read_bytes()
+
+
+def test_forgetting_all_but_the_last_version_gives_its_space_back(store_dir, tmp_path):
+    """Four versions under one label, each a delta of the one before: once only the last is pinned,
+    gc stores alone the deltas whose bases nothing else lists, and the store falls to what the last
+    version costs alone (<= 1.5x); it restores from an empty cache and verifies."""
+    paths = _versions(str(tmp_path), 4)
+    store = Store.open(store_dir)
+    for k, path in enumerate(paths):
+        store.put_file(path, pin="model", parent="model" if k else None)
+    assert _delta_chunks(store)
+    report = execute_gc(Store.open(store_dir), grace=0)
+    assert report["rewritten_chunks"] > 0 and report["deleted_packs"] > 0
+    fresh = Store.open(store_dir, cache_dir=str(tmp_path / "empty"))
+    assert fresh.read_bytes("model") == open(paths[-1], "rb").read()
+    assert fresh.verify(read_data=True).ok
+    alone = Store.open(str(tmp_path / "alone"), cache_dir=str(tmp_path / "alone-cache"))
+    alone.put_file(paths[-1])
+    assert fresh.stats()["stored_bytes"] <= 1.5 * alone.stats()["stored_bytes"]

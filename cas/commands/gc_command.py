@@ -49,6 +49,9 @@ def _gc_lines(r: dict, grace: str) -> list[str]:
         lines.append(f"kept {_packs(r['partly_dead_packs'])} {low if low == high else low + '-' + high} dead as they "
                      f"are (below --repack-threshold {r['repack_threshold']:g}): {human(r['reclaimable_bytes'])} "
                      f"reclaimable with --repack-threshold {r['reclaim_threshold']:g}")
+    if r.get("rewritten_chunks"):
+        lines.append(f"stored {r['rewritten_chunks']} delta chunks alone: the versions their bases came from are "
+                     f"gone, so the bases could go too")
     if r["removed_temp_files"]:
         lines.append(f"{would}remove {r['removed_temp_files']} temp files left by killed writers "
                      f"({human(r['removed_temp_bytes'])})" if r["dry_run"] else
