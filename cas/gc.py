@@ -282,6 +282,7 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     """Collect, plan, and (unless dry_run) execute the plan; returns the report (the plan's, for a dry
     run). on_progress(n) counts the stored bytes copied out of partly dead packs."""
     store.require()
+    _condemnations(store.backend)  # a damaged gc list stops gc here, before anything is read or written
     rewritten = 0 if dry_run else _store_alone_what_only_bases_need(store)
     reader = _Reader(store)
     seen = reader.collect(dry_run=dry_run)

@@ -18,7 +18,7 @@ from .chunker import TENSOR_MIN, Chunker, tensor_regions
 from .digest import file_hasher, hash_bytes
 from .errors import CasError, ChangedWhileReading, InvalidInput, NotFound, PackMissing, StorageError
 from .manifest import DIR, FILE, LINK, FileManifest, TreeEntry, TreeManifest
-from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, Location, PackWriter
+from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, Location, PackWriter, spool_path
 from .pack_index import PackRecord
 from .tensorfiles import read_layout
 
@@ -133,6 +133,7 @@ class PutSession:
         self.uploader = ThreadPoolExecutor(max_workers=backend.upload_concurrency, thread_name_prefix="cas-upload")
         self.uploads: deque[tuple[PackWriter, Future]] = deque()  # packs being made durable, oldest first
         self.unconsumed: set[PackWriter] = set()  # finished packs whose upload has not completed
+        self.spools: set[str] = set()  # every spool path this session chose, removed by close() if still there
         self.written: list[PackRecord] = []  # durable packs no index object names yet
         self.index_keys: list[tuple[str, list[bytes]]] = []  # index objects this session wrote, with their packs
         self.pack: PackWriter | None = None
@@ -152,7 +153,9 @@ class PutSession:
     # ---- packs ------------------------------------------------------------------------------
     def _add(self, kind, key, stored, raw_len, codec_id, check, size=0, base=b"") -> None:
         if self.pack is None:
-            self.pack = PackWriter(self.spool_dir, self.packer)
+            path = spool_path(self.spool_dir)
+            self.spools.add(path)  # before the file exists: an interrupt at any point leaves close() its name
+            self.pack = PackWriter(self.spool_dir, self.packer, path)
         try:
             self.pack.add(kind, key, stored, raw_len, codec_id, check, size, base)
         except OSError as exc:
@@ -252,6 +255,12 @@ class PutSession:
         if self.pack is not None:
             self.pack.abort()
             self.pack = None
+        for path in self.spools:  # a spool an interrupt orphaned between its creation and its writer's
+            try:  # registration (a consumed one was renamed into the store or removed after its upload)
+                os.unlink(path)
+            except OSError:
+                pass
+        self.spools.clear()
 
     # ---- manifests --------------------------------------------------------------------------
     def _known(self, key: bytes, kind: int) -> bool:

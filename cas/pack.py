@@ -90,6 +90,11 @@ class Location:
         return loc
 
 
+def spool_path(spool_dir: str) -> str:
+    """A new spool file's path (the file is made by PackWriter)."""
+    return os.path.join(spool_dir, f".tmp.pack-{os.getpid()}-{secrets.token_hex(6)}")
+
+
 class PackWriter:
     """Spools one pack to a temp file, hashing it as it goes; finish() names it.
 
@@ -100,8 +105,8 @@ class PackWriter:
     BATCH = 4 << 20  # bytes per write on the writer thread
     IN_FLIGHT = 2  # batches queued before add() waits
 
-    def __init__(self, spool_dir: str, writer: Executor):
-        self.path = os.path.join(spool_dir, f".tmp.pack-{os.getpid()}-{secrets.token_hex(6)}")
+    def __init__(self, spool_dir: str, writer: Executor, path: str | None = None):
+        self.path = path or spool_path(spool_dir)
         try:
             os.makedirs(spool_dir, exist_ok=True)
             self._file = open(self.path, "xb")

@@ -482,8 +482,8 @@ def test_full_disk_inside_the_pack_cleanup_is_one_line(cli, store_dir, tmp_path,
     before = _data_keys(store_dir)
     real_init = cas.pack.PackWriter.__init__
 
-    def full_disk_init(self, spool_dir, writer):
-        real_init(self, spool_dir, writer)
+    def full_disk_init(self, spool_dir, writer, path=None):
+        real_init(self, spool_dir, writer, path)
         self._file = _FullDisk(self._file)
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(6 * MiB))
