@@ -10,7 +10,7 @@ from .digest import hash_bytes
 from .errors import CasError, IntegrityError, NotFound
 from .gc import decode_list, decode_sessions
 from .pack import FILE_MANIFEST, HEADER, read_pack_entries
-from .walk import REPORT, Walk
+from .walk import REPORT, Walk, bases_of
 
 
 @dataclass
@@ -133,8 +133,9 @@ def _check_file_digests(store, report: VerifyReport, on_progress=None) -> None:
             continue
         try:
             manifest = store.load_manifest(digest, loc)
-            if not all(index.chunks_present([manifest.chunk_id(i) for i in range(len(manifest))])):
-                continue  # reported above when a ref reaches it; else gc took its chunks
+            chunks = [manifest.chunk_id(i) for i in range(len(manifest))]
+            if not all(index.chunks_present(chunks + sorted(bases_of(index, chunks)))):
+                continue  # reported above when a ref reaches it; else gc took its chunks (or their bases)
             stream_file(store.chunk_reader(), manifest, lambda data: None, digest=digest)
         except CasError as exc:
             problem = f"file {digest.hex()}: {exc}"

@@ -85,14 +85,7 @@ class Walk:
         return blobs
 
     def _bases(self, chunks: tuple[bytes, ...]) -> set[bytes]:
-        """The bases of the delta chunks among chunks, and their bases in turn (the chunk → base edge)."""
-        found: set[bytes] = set()
-        todo = list(chunks)
-        while todo:
-            locs = self.store.index.chunks_at(todo)
-            todo = [loc.base for loc in locs if loc is not None and loc.base and loc.base not in found]
-            found.update(todo)
-        return found
+        return bases_of(self.store.index, chunks)
 
     def node(self, digest: bytes) -> Node | None:
         """The object at digest, walked if not yet (as a root of its own, named by its hex)."""
@@ -181,6 +174,17 @@ class Walk:
         if self.policy == REPORT and digest not in self._damage:
             self._damage[digest] = (str(exc), packs)
         return None
+
+
+def bases_of(index, chunks) -> set[bytes]:
+    """The bases of the delta chunks among chunks, and their bases in turn (the chunk → base edge)."""
+    found: set[bytes] = set()
+    todo = list(chunks)
+    while todo:
+        locs = index.chunks_at(todo)
+        todo = [loc.base for loc in locs if loc is not None and loc.base and loc.base not in found]
+        found.update(todo)
+    return found
 
 
 def refuse_tree_as_file(index, tree: bytes, entry) -> None:

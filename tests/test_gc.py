@@ -211,6 +211,7 @@ WRITER = textwrap.dedent("""
     import json, random, sys, time
     import tracker
     from cas import Store
+    from cas.errors import PackMissing
 
     store_uri, rounds, log_path, *paths = sys.argv[1:]
     contents = [open(p, "rb").read() for p in paths]
@@ -227,7 +228,11 @@ WRITER = textwrap.dedent("""
                 v = run.log_artifact(path, name="m", kind="checkpoint")
             store.sync()  # did gc condemn a pack this version uses while its session was open?
             digest = bytes.fromhex(v.digest)
-            manifest = store.file_manifest(digest)
+            try:
+                manifest = store.file_manifest(digest)
+            except PackMissing:  # gc moved it since the sync (repacked, then deleted the old pack): look again
+                store.sync()
+                manifest = store.file_manifest(digest)
             packs = {store.index.manifest(digest).pack_id}
             locs = [store.index.chunk(manifest.chunk_id(i)) for i in range(len(manifest))]
             packs |= {loc.pack_id for loc in locs}
