@@ -70,6 +70,20 @@ def test_new_machine_dedups_against_the_bucket(s3_store, tmp_path):
     assert filecmp.cmp(out, edited, shallow=False)
 
 
+def _puts_at_once(store: str, tmp_path, paths, *args: str) -> list[dict]:
+    """`cas put PATH ARGS...` of each path at the same time, each from a machine of its own; their JSON."""
+    procs = [subprocess.Popen(cas_command() + ["--store", store, "--json", "put", str(p), *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **_machine(tmp_path, f"w{i}")})
+             for i, p in enumerate(paths)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    return results
+
+
 def test_two_machines_writing_at_once_and_a_third_reads_both(s3_store, tmp_path):
     files = []
     for i in range(2):
@@ -77,15 +91,7 @@ def test_two_machines_writing_at_once_and_a_third_reads_both(s3_store, tmp_path)
         write_checkpoint(path, 40 * MiB, seed=10 + i)
         files.append(path)
     _cas(s3_store, _machine(tmp_path, "init"), "init")
-    procs = [subprocess.Popen(cas_command() + ["--store", s3_store, "--json", "put", str(p)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, **_machine(tmp_path, f"w{i}")})
-             for i, p in enumerate(files)]
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-        results.append(json.loads(out))
+    results = _puts_at_once(s3_store, tmp_path, files)
     three = _machine(tmp_path, "three")
     for res, src in zip(results, files):
         dest = tmp_path / f"back-{src.name}"
@@ -197,15 +203,7 @@ def test_two_machines_logging_children_of_one_parent_at_once(s3_store, tmp_path)
         np.save(path, base + (rng.standard_normal(base.size) * 1e-6).astype(np.float32))
         children.append(path)
     _cas(s3_store, _machine(tmp_path, "init"), "put", str(tmp_path / "parent.npy"), "--label", "parent")
-    procs = [subprocess.Popen(cas_command() + ["--store", s3_store, "--json", "put", str(p), "--parent", "parent"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, **_machine(tmp_path, f"w{i}")})
-             for i, p in enumerate(children)]
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-        results.append(json.loads(out))
+    results = _puts_at_once(s3_store, tmp_path, children, "--parent", "parent")
     three = _machine(tmp_path, "three")
     assert _cas(s3_store, three, "stats")["delta_chunks"] > 0
     _cas(s3_store, three, "unpin", "parent")
