@@ -90,9 +90,10 @@ def compress_planes_many(chunks: list, width: int, level: int) -> list[tuple[int
     """compress_planes of each chunk, the numpy work done once for them all: their elements are rotated
     and split into planes in one pass, and each chunk's plane is a slice of the whole plane."""
     import numpy as np
-    whole = [c for c in chunks if width in _UINT and len(c) % width == 0 and len(c)]
-    if len(whole) != len(chunks):
-        return [compress_planes_many([c], width, level)[0] if c in whole else compress(c, level) for c in chunks]
+    def floats(c) -> bool:
+        return width in _UINT and len(c) % width == 0 and len(c) > 0
+    if not all(floats(c) for c in chunks):  # a chunk that is not whole elements (or empty) is stored by zstd
+        return [compress_planes_many([c], width, level)[0] if floats(c) else compress(c, level) for c in chunks]
     uint = np.dtype(_UINT[width]).type
     values = np.frombuffer(b"".join(chunks), dtype=uint) if len(chunks) > 1 else np.frombuffer(chunks[0], dtype=uint)
     rotated = np.left_shift(values, uint(1))
