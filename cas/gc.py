@@ -393,6 +393,9 @@ def _store_alone_what_only_bases_need(store) -> int:
     delta copies stop supplying those chunks, and the bases stop being needed). Only adds copies:
     what is deleted is still decided by the plan, closed over the bases of the copies it keeps.
     Returns how many chunks were stored again."""
+    store.sync()
+    if not store.index.has_delta_chunks():  # the common case: no second walk of every manifest
+        return 0
     walk = Walk(store, policy=RAISE)
     roots = store.roots(fresh=True)
     store.sync()
