@@ -26,6 +26,9 @@ DELTA = 3
 CODECS = (RAW, ZSTD, PLANES, DELTA)
 MAX_DELTA_DEPTH = 3  # a chunk decodes through at most this many bases
 DELTA_GAIN = 0.9  # a delta is kept only when at most this share of the chunk stored alone
+# a delta at most this share of what its base chain's copy stored alone takes is kept without storing
+# the chunk alone to compare (the same tensor piece a few steps back compresses about as well)
+CLEAR_GAIN = 0.8
 DELTA_VERSION = 1
 SUB, XOR = 1, 2  # delta transforms: integer difference of bit patterns (zigzag), or XOR
 _DELTA_HEAD = struct.Struct("<BBBB32sB")  # version, transform, width, depth, base id, inner codec
@@ -98,7 +101,8 @@ def compress_planes_many(chunks: list, width: int, level: int) -> list[tuple[int
     values = np.frombuffer(b"".join(chunks), dtype=uint) if len(chunks) > 1 else np.frombuffer(chunks[0], dtype=uint)
     rotated = np.left_shift(values, uint(1))
     np.bitwise_or(rotated, values >> uint(8 * width - 1), out=rotated)
-    planes = [(rotated >> uint(8 * i) if i else rotated).astype(np.uint8) for i in range(width)]
+    as_bytes = rotated.view(np.uint8).reshape(-1, width)  # little-endian: byte i of each element is plane i
+    planes = [np.ascontiguousarray(as_bytes[:, i]) for i in range(width)]
     out, start = [], 0
     for chunk in chunks:
         n = len(chunk) // width
@@ -106,7 +110,7 @@ def compress_planes_many(chunks: list, width: int, level: int) -> list[tuple[int
         bodies: list = []
         for whole_plane in planes:
             plane = whole_plane[start:start + n]
-            packed = _plane_compressor().compress(plane) if _compressible(plane) else None
+            packed = _plane_compressor().compress(plane.data) if _compressible(plane) else None
             coder, body = (1, packed) if packed is not None and len(packed) < n else (0, plane)
             head.append(_PLANE.pack(coder, len(body)))
             bodies.append(body)
@@ -161,12 +165,11 @@ def _decompress_planes(stored, raw_len: int, *, name: str) -> bytes:
     return values.tobytes()
 
 
-def encode_delta(data, base_raw: bytes, base_id: bytes, base_depth: int, width: int, level: int,
-                 plain_len: int) -> bytes | None:
-    """A DELTA frame of `data` against the chunk base_raw (same length), or None if it does not pay:
-    the integer difference of each element's bit pattern from the base's, zigzag-coded (small moves
-    give small numbers whatever their sign), then stored by byte plane. plain_len: the size of the
-    chunk stored alone."""
+def encode_delta(data, base_raw: bytes, base_id: bytes, base_depth: int, width: int, level: int) -> bytes | None:
+    """A DELTA frame of `data` against the chunk base_raw, or None if there can be none (the base is
+    as deep as a base may be, or another size): the integer difference of each element's bit pattern
+    from the base's, zigzag-coded (small moves give small numbers whatever their sign), then stored by
+    byte plane. Whether it pays is the caller's call (delta_pays)."""
     import numpy as np
     if base_depth >= MAX_DELTA_DEPTH or len(base_raw) != len(data) or width not in _UINT or len(data) % width:
         return None
@@ -174,9 +177,13 @@ def encode_delta(data, base_raw: bytes, base_id: bytes, base_depth: int, width: 
     signed = np.dtype(_UINT[width].replace("u", "i")).type
     diff = np.frombuffer(data, dtype=uint) - np.frombuffer(base_raw, dtype=uint)  # wraps: exact both ways
     zigzag = (diff << uint(1)) ^ (diff.view(signed) >> signed(8 * width - 1)).view(uint)
-    inner_codec, inner = compress_planes(zigzag.tobytes(), width, level)
-    frame = _DELTA_HEAD.pack(DELTA_VERSION, SUB, width, base_depth + 1, base_id, inner_codec) + inner
-    return frame if len(frame) <= DELTA_GAIN * plain_len else None
+    inner_codec, inner = compress_planes(zigzag.view(np.uint8), width, level)
+    return _DELTA_HEAD.pack(DELTA_VERSION, SUB, width, base_depth + 1, base_id, inner_codec) + inner
+
+
+def delta_pays(frame_len: int, plain_len: int) -> bool:
+    """Whether a delta frame is worth keeping over the chunk stored alone in plain_len bytes."""
+    return frame_len <= DELTA_GAIN * plain_len
 
 
 def delta_base(stored, *, name: str) -> tuple[bytes, int]:

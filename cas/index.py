@@ -162,6 +162,7 @@ class Index:
         self.deleted = self.env.open_db(b"deleted")  # pack id → b"": gc deleted it; never learn it again
         self.gc_lists = self.env.open_db(b"gc_lists")  # gc list key → its packs (32-byte ids back to back)
         self.seen = self.env.open_db(b"seen")  # file identity (path and stat) → digest it last had: a hint only
+        self.where = self.env.open_db(b"where")  # digest → identity of the file last stored with it: a hint only
         self.missing = self.env.open_db(b"missing")  # pack id → b"": found absent from the store; never trust it
         self.meta = self.env.open_db(b"meta")  # b"format" → the cache's own format (an older one is emptied)
 
@@ -281,7 +282,7 @@ class Index:
 
     def _all_dbs(self):
         return (self.chunks, self.manifests, self.packs, self.index_objects, self.records, self.inline,
-                self.condemned, self.deleted, self.gc_lists, self.seen, self.missing, self.meta)
+                self.condemned, self.deleted, self.gc_lists, self.seen, self.where, self.missing, self.meta)
 
     def forget_records(self, keys) -> None:
         """Drop cached records the store no longer holds (it was restored from a copy or replaced)."""
@@ -319,10 +320,16 @@ class Index:
     def remember_files(self, hints: dict[bytes, bytes]) -> None:
         """Remember the digest each file (by identity key) had when it was stored."""
         if hints:
-            self._write(lambda txn: [txn.put(k, v, db=self.seen) for k, v in hints.items()])
+            self._write(lambda txn: [(txn.put(k, v, db=self.seen), txn.put(v, k, db=self.where))
+                                     for k, v in hints.items()])
 
     def remembered_digest(self, identity: bytes) -> bytes | None:
         raw = self._read(lambda txn: txn.get(identity, db=self.seen))
+        return bytes(raw) if raw is not None else None
+
+    def remembered_file(self, digest: bytes) -> bytes | None:
+        """The identity of the file most recently stored with this digest (cas/file_hints.py)."""
+        raw = self._read(lambda txn: txn.get(digest, db=self.where))
         return bytes(raw) if raw is not None else None
 
     def gc_list(self, key: str) -> list[bytes] | None:
@@ -387,7 +394,7 @@ class Index:
     def clear(self) -> None:
         def fn(txn):
             for db in (self.chunks, self.manifests, self.packs, self.index_objects, self.records, self.inline,
-                       self.seen, self.missing):
+                       self.seen, self.where, self.missing):
                 txn.drop(db, delete=False)
         self._write(fn)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
 from array import array
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from .backends.local import storage_error
 from .chunker import TENSOR_MIN, Chunker, tensor_regions
 from .digest import file_hasher, hash_bytes
 from .errors import CasError, ChangedWhileReading, InvalidInput, NotFound, PackMissing, StorageError
+from .file_hints import identity as file_identity, open_parent_copy
 from .manifest import DIR, FILE, LINK, FileManifest, TreeEntry, TreeManifest
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, Location, PackWriter, spool_path
 from .pack_index import PackRecord
@@ -24,7 +24,6 @@ from .tensorfiles import read_layout
 
 DEPTH = 3  # segments in flight per stage
 PACKS_PER_INDEX_OBJECT = 256  # a long put writes one index object per this many packs
-REMEMBER_FROM = 1 << 20  # files this large have their digest remembered, for the re-put fast path
 REHASH_BLOCK = 8 << 20
 
 
@@ -58,27 +57,37 @@ def missing_packs(backend, pack_ids: set[bytes]) -> set[bytes]:
 
 def _compress_all(parts: list[tuple[memoryview, int, bytes]], level: int, base_reader=None
                   ) -> list[tuple[int, bytes, bytes]]:
-    """(codec, stored, base) of each (chunk, float width, base id or b""): by byte plane where the width
-    says floats, each run of chunks of one width in one numpy pass; then, for a chunk with a base, as a
-    delta against it if that pays (base_reader(id) gives the base's raw bytes and depth)."""
-    plain: list[tuple[int, bytes]] = []
-    for width, run in groupby(parts, key=lambda part: part[1]):
-        views = [view for view, _, _ in run]
-        plain += codec.compress_planes_many(views, width, level) if width else [codec.compress(v, level) for v in views]
-    out = []
-    for (view, width, base_id), (codec_id, stored) in zip(parts, plain):
-        if base_id and base_reader is not None:
-            try:
-                base_raw, depth = base_reader(base_id)
-            except CasError:  # a base that cannot be read now is no base: the chunk is stored alone
-                out.append((codec_id, stored, b""))
-                continue
-            frame = codec.encode_delta(view, base_raw, base_id, depth, width, level, len(stored))
-            if frame is not None:
-                out.append((codec.DELTA, frame, base_id))
-                continue
-        out.append((codec_id, stored, b""))
-    return out
+    """(codec, stored, base) of each (chunk, float width, base id or b""): a chunk with a base as a delta
+    against it if that pays, the others by byte plane where the width says floats (each run of chunks
+    of one width in one numpy pass), else by zstd.
+
+    base_reader(id) gives the base's raw bytes, its delta depth and what its chain's copy stored alone
+    takes (None: unknown). A delta clearly smaller than that (codec.CLEAR_GAIN) is kept as it is; any
+    other is kept only if it beats the chunk stored alone, compressed to compare (codec.delta_pays).
+    """
+    out: list[tuple[int, bytes, bytes] | None] = [None] * len(parts)
+    frames: dict[int, bytes] = {}  # deltas waiting for the size of their chunk stored alone
+    for i, (view, width, base_id) in enumerate(parts):
+        if not base_id or base_reader is None:
+            continue
+        try:
+            base_raw, depth, alone = base_reader(base_id)
+        except CasError:  # a base that cannot be read now is no base: the chunk is stored alone
+            continue
+        frame = codec.encode_delta(view, base_raw, base_id, depth, width, level)
+        if frame is not None and alone is not None and len(frame) <= codec.CLEAR_GAIN * alone:
+            out[i] = (codec.DELTA, frame, base_id)
+        elif frame is not None:
+            frames[i] = frame
+    for width, run in groupby([i for i, done in enumerate(out) if done is None], key=lambda i: parts[i][1]):
+        todo = list(run)
+        views = [parts[i][0] for i in todo]
+        plain = codec.compress_planes_many(views, width, level) if width else [codec.compress(v, level) for v in views]
+        for i, (codec_id, stored) in zip(todo, plain):
+            frame = frames.get(i)
+            pays = frame is not None and codec.delta_pays(len(frame), len(stored))
+            out[i] = (codec.DELTA, frame, parts[i][2]) if pays else (codec_id, stored, b"")  # type: ignore[assignment]
+    return out  # type: ignore[return-value]
 
 
 def delta_bases(layout, regions, parent, step: int, size: int) -> dict[int, bytes]:
@@ -122,9 +131,10 @@ class PutSession:
 
     def __init__(self, *, backend, index, config, spool_dir: str, on_progress: Callable[[int], None] | None = None,
                  warn: Callable[[str], None] | None = None,
-                 read_manifest: Callable[[bytes], FileManifest] | None = None, base_reader=None):
+                 read_manifest: Callable[[bytes], FileManifest] | None = None, chunk_reader=None):
         self.backend, self.index, self.config = backend, index, config
-        self.base_reader = base_reader  # chunk id → (raw bytes, delta depth), verified: for delta chunks
+        self.chunk_reader = chunk_reader  # reads the bases of delta chunks (as_base, base_facts)
+        self.base_reader = chunk_reader.as_base if chunk_reader is not None else None
         self.spool_dir = spool_dir
         self.chunker = Chunker(config.chunker)
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-put")
@@ -383,10 +393,9 @@ class PutSession:
             raise StorageError(f"cannot read {path}: {exc.strerror}", subject=path) from exc
         with f:
             before = os.fstat(f.fileno())
-            identity = _identity(path, before)
+            identity = file_identity(path, before)
             try:
-                digest, size = self._put_unchanged(f, identity) or \
-                    self.put_stream(f, before.st_size, *self._tensor_plan(f, before.st_size, parent))
+                digest, size = self._put_unchanged(f, identity) or self._put_against(f, before.st_size, parent)
             except OSError as exc:
                 raise storage_error(exc, f"reading {path}") from exc
             after = os.fstat(f.fileno())
@@ -400,6 +409,24 @@ class PutSession:
         if identity is not None:
             self.seen[identity] = digest
         return digest, size
+
+    def _put_against(self, f, size: int, parent) -> tuple[bytes, int]:
+        """put_stream of a file, its tensor chunks as deltas against the parent's where that pays; the
+        bases read from the parent's local copy when it is still on disk as it was stored (a hint:
+        each base read from it is checked against its chunk id), else from the store."""
+        regions, bases = self._tensor_plan(f, size, parent)
+        copy = None
+        if bases and self.chunk_reader is not None:
+            copy = open_parent_copy(self.index.remembered_file(parent.digest), parent.chunks,
+                                    self.chunk_reader.as_base, self.chunk_reader.base_facts)
+        if copy is None:
+            return self.put_stream(f, size, regions, bases)
+        self.base_reader, store_reader = copy, self.base_reader
+        try:
+            return self.put_stream(f, size, regions, bases)
+        finally:
+            self.base_reader = store_reader
+            os.close(copy.fd)
 
     def _tensor_plan(self, f, size: int, parent=None) -> tuple[list | None, dict[int, bytes] | None]:
         """Where the file's tensors are (the regions cut at fixed offsets), if the store cuts tensors
@@ -525,14 +552,6 @@ class PutSession:
             return TreeEntry(rel, FILE, bool(st.st_mode & 0o111), digest, size)
         self.warn(f"skipping {full}: not a regular file, folder or link")
         return None
-
-
-def _identity(path: str, st: os.stat_result) -> bytes | None:
-    """A key naming this file as it is now (path, inode, size, times); None for files too small to matter."""
-    if st.st_size < REMEMBER_FROM:
-        return None
-    return struct.pack("<QQQqq", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) + \
-        os.fsencode(os.path.abspath(path))
 
 
 def _require_utf8(text: str, full: str, what: str) -> None:

@@ -341,7 +341,7 @@ class Store:
         spool = self.backend.spool_dir() or os.path.join(self.cache_dir, config.store_id, "spool")
         session = PutSession(backend=self.backend, index=self.index, config=self.config, spool_dir=spool,
                              on_progress=on_progress, warn=self.on_warning, read_manifest=self.file_manifest,
-                             base_reader=self.chunk_reader().raw_and_depth)
+                             chunk_reader=self.chunk_reader())
         try:
             with quick_handoffs():
                 yield session

@@ -141,7 +141,7 @@ def test_unchanged_file_is_rehashed_not_rechunked(store_dir, tmp_path, monkeypat
 
 def test_a_stale_hint_never_decides_the_digest(store_dir, tmp_path):
     """Even if the remembered digest for this very file (same path and stat) is wrong, the bytes decide."""
-    from cas.ingest import _identity
+    from cas.file_hints import identity as _identity
     store = Store.open(store_dir)
     a, b = tmp_path / "a.bin", tmp_path / "b.bin"
     write_checkpoint(a, 2 * MiB, seed=1)
@@ -171,7 +171,7 @@ def test_a_put_leaves_the_switch_interval_as_it_found_it(store_dir, tmp_path):
 def test_only_large_files_are_remembered_and_reindex_forgets_them(store_dir, tmp_path):
     """Files under 1 MiB are not remembered (chunking them is as cheap as hashing); `cas reindex` empties
     the hints along with the rest of the cache (docs/format.md, Local index)."""
-    from cas.ingest import REMEMBER_FROM, _identity
+    from cas.file_hints import REMEMBER_FROM, identity as _identity
     small, large = tmp_path / "small.bin", tmp_path / "large.bin"
     small.write_bytes(os.urandom(REMEMBER_FROM - 1))
     write_checkpoint(large, REMEMBER_FROM, seed=5)

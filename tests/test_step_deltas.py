@@ -12,10 +12,13 @@ from conftest import one_error_line
 
 import tracker
 from cas import Store, codec
+from cas.digest import hash_bytes
 from cas.errors import IntegrityError
+from cas.file_hints import ParentCopy
 from cas.gc import _needed, execute_gc
 from cas.pack import CHUNK, Location
 from cas.pack_index import PackRecord
+from cas.restore import ChunkReader
 
 SHAPES = {"layer.0.weight": (512, 512), "layer.1.weight": (512, 512), "head.weight": (256, 512)}
 
@@ -67,7 +70,7 @@ def test_a_chunk_decodes_through_at_most_three_bases(store_dir, tmp_path):
     for path in paths:
         parent = store.put_file(path, parent=parent).digest
     reader = store.chunk_reader()
-    depths = [reader.raw_and_depth(loc.key)[1] for loc in _delta_chunks(store)]
+    depths = [reader.base_facts(loc.key)[0] for loc in _delta_chunks(store)]
     assert depths and max(depths) == codec.MAX_DELTA_DEPTH  # the fifth version starts again from a whole chunk
     fresh = Store.open(store_dir, cache_dir=str(tmp_path / "fresh"))
     for path in paths:
@@ -136,14 +139,14 @@ def test_gc_keeps_the_base_of_a_delta_it_keeps():
 def test_a_delta_frame_rebuilds_exactly_and_refuses_damage():
     base = (np.random.default_rng(0).standard_normal(20_000) * 0.02).astype(np.float32)
     new = base + (np.random.default_rng(1).standard_normal(20_000) * 1e-6).astype(np.float32)
-    frame = codec.encode_delta(new.tobytes(), base.tobytes(), b"b" * 32, 0, 4, 1, new.nbytes)
+    frame = codec.encode_delta(new.tobytes(), base.tobytes(), b"b" * 32, 0, 4, 1)
     assert frame is not None and codec.decode_delta(frame, new.nbytes, base.tobytes(), name="c") == new.tobytes()
     deep = bytearray(frame)
     deep[3] = codec.MAX_DELTA_DEPTH + 1
     with pytest.raises(IntegrityError, match="unknown delta frame"):
         codec.decode_delta(bytes(deep), new.nbytes, base.tobytes(), name="c")
-    assert codec.encode_delta(new.tobytes(), base.tobytes(), b"b" * 32, codec.MAX_DELTA_DEPTH, 4, 1,
-                              new.nbytes) is None  # no deeper than three
+    assert codec.encode_delta(new.tobytes(), base.tobytes(), b"b" * 32, codec.MAX_DELTA_DEPTH, 4, 1
+                              ) is None  # no deeper than three
 
 
 def test_a_parent_of_another_layout_is_matched_tensor_by_tensor(store_dir, tmp_path):
@@ -181,3 +184,41 @@ def test_forgetting_all_but_the_last_version_gives_its_space_back(store_dir, tmp
     alone = Store.open(str(tmp_path / "alone"), cache_dir=str(tmp_path / "alone-cache"))
     alone.put_file(paths[-1])
     assert fresh.stats()["stored_bytes"] <= 1.5 * alone.stats()["stored_bytes"]
+
+
+def test_bases_are_read_from_the_parents_file_while_it_is_as_it_was_stored(store_dir, tmp_path, monkeypatch):
+    """The parent's file, still on disk unchanged, gives the bases (no stored chunk is decoded); once
+    it is touched it is no longer trusted and the bases come from the store. Both ways the child is
+    stored as deltas and restores byte for byte."""
+    paths = _versions(str(tmp_path), 3)
+    store = Store.open(store_dir)
+    first = store.put_file(paths[0]).digest
+    from_store: list[bytes] = []
+    as_base = ChunkReader.as_base
+    monkeypatch.setattr(ChunkReader, "as_base", lambda self, chunk_id: from_store.append(chunk_id) or
+                        as_base(self, chunk_id))
+    second = store.put_file(paths[1], parent=first).digest
+    deltas = _delta_chunks(store)
+    assert deltas and from_store == []
+    os.utime(paths[0])  # same bytes, but no longer the file as it was stored: only a hint, not used
+    store.put_file(paths[2], parent=first)
+    assert len(_delta_chunks(store)) > len(deltas) and from_store
+    for path, digest in ((paths[1], second), (paths[2], store.put_file(paths[2]).digest)):
+        fresh = Store.open(store_dir, cache_dir=str(tmp_path / f"cache-{digest[:8]}"))
+        assert fresh.read_bytes(digest) == open(path, "rb").read()
+
+
+def test_a_base_from_the_parents_file_is_checked_against_its_id(tmp_path):
+    """Bytes of the local copy that do not hash to the base's id are never used: the store's are."""
+    good = os.urandom(4096)
+    copy = tmp_path / "parent.bin"
+    copy.write_bytes(b"x" + good[1:])
+    fd = os.open(copy, os.O_RDONLY)
+    try:
+        bases = ParentCopy(fd, {hash_bytes(good): (0, len(good))}, lambda chunk_id: (good, 0, 10),
+                           lambda chunk_id: (0, 10))
+        assert bases(hash_bytes(good)) == (good, 0, 10) and (bases.local, bases.stored) == (0, 1)
+        copy.write_bytes(good)
+        assert bases(hash_bytes(good)) == (good, 0, 10) and (bases.local, bases.stored) == (1, 1)
+    finally:
+        os.close(fd)

@@ -34,6 +34,10 @@ class StoredCheckpoint:
         return self._layout  # type: ignore[return-value]
 
     @property
+    def digest(self) -> bytes:
+        return self.reader.digest
+
+    @property
     def size(self) -> int:
         return self.reader.size
 
