@@ -286,7 +286,7 @@ class RunsFileSystem(AbstractFileSystem):
         run, name = self._writable(path)
         if mode == "xb" and self.exists(path):
             raise FileExistsError(17, "File exists", path)
-        return _VersionWriter(self, run, name)
+        return _VersionWriter(self, run, name, autocommit=kwargs.get("autocommit", True))
 
     def cat_file(self, path, start=None, end=None, **kwargs):
         return _cat(self, path, start, end)
@@ -391,10 +391,12 @@ def _release(store: Store, label: str) -> None:
 
 
 class _VersionWriter(io.RawIOBase):
-    """A file being written to runs://: spooled to a local temp file, logged as a version on close."""
+    """A file being written to runs://: spooled to a local temp file and logged as a version when it is
+    closed, or, inside an fsspec transaction (autocommit=False), when the transaction commits. A with
+    block that raises logs nothing."""
 
-    def __init__(self, fs: RunsFileSystem, run: str, name: str):
-        self.fs, self.run, self.name = fs, run, name
+    def __init__(self, fs: RunsFileSystem, run: str, name: str, *, autocommit: bool = True):
+        self.fs, self.run, self.name, self.autocommit = fs, run, name, autocommit
         fd, self.spool = tempfile.mkstemp(prefix=".cas-runs-")
         self._file = os.fdopen(fd, "wb")
         self.version: Version | None = None
@@ -402,23 +404,31 @@ class _VersionWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:  # the block failed: what was written is not a version
-            self._file.close()
-            os.unlink(self.spool)
-        super().__exit__(exc_type, exc, tb)
-
     def write(self, data) -> int:
         return self._file.write(data)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.discard()
+        super().__exit__(exc_type, exc, tb)
 
     def close(self) -> None:
         if self.closed:
             return
-        try:
-            if not self._file.closed:
-                self._file.close()
+        self._file.close()
+        super().close()
+        if self.autocommit:
+            self.commit()
+
+    def commit(self) -> None:
+        """Log what was written as a version (once)."""
+        if os.path.exists(self.spool):
+            try:
                 self.version = self.fs._log(self.run, self.name, self.spool)
-        finally:
-            if os.path.exists(self.spool):
+            finally:
                 os.unlink(self.spool)
-            super().close()
+
+    def discard(self) -> None:
+        self._file.close()
+        if os.path.exists(self.spool):
+            os.unlink(self.spool)
