@@ -55,21 +55,26 @@ class Run:
     def log_artifact(self, path, name: str | None = None, kind: str | None = None, step: int | None = None,
                      metadata: dict | None = None, *, parent: str | None = None, delta: bool = True,
                      on_progress=None) -> Version:
-        """Log a file, a folder, or every path matching a glob pattern (stored as one tree, file by file).
+        """Log a file, a folder, or every path matching a glob pattern or in a list of paths (stored as one
+        tree, file by file, relative to the folder they share).
 
         A checkpoint file's tensor chunks may be stored as deltas against its parent: `parent` (a
         reference, e.g. the base model of a fine-tune), else the latest live version of this run's
         artifact of the same name; delta=False stores it alone.
         on_progress(n) is called with the bytes read as the put advances (see `cas.progress.Progress`).
         """
-        path = os.fspath(path)
+        chosen = isinstance(path, (list, tuple))
+        path = os.fspath(path) if not chosen else [os.fspath(p) for p in path]
         if name is None:
+            if chosen:
+                raise InvalidInput("a list of paths needs a name", subject="name")
             name = os.path.basename(path.rstrip("/" + os.sep)) or path
         self._check(name, step, metadata)
-        if globlib.has_magic(path):
-            matches = sorted(globlib.glob(path, recursive=True))
+        selection = chosen or globlib.has_magic(path)
+        if selection:
+            matches = sorted(path) if chosen else sorted(globlib.glob(path, recursive=True))
             if not matches:
-                raise NotFound(f"no files match {path}", subject=path)
+                raise NotFound(f"no files match {path}", subject=str(path))
             base = os.path.commonpath([os.path.abspath(m) for m in matches])
             if len(matches) == 1 or os.path.abspath(matches[0]) == base:
                 base = os.path.dirname(base)
@@ -79,7 +84,7 @@ class Run:
                 earlier = [v for v in self.records.versions(self.name, name) if v.digest] \
                     if self.records.exists(self.name) else []
                 parent = earlier[-1].digest if earlier else None
-            res = (self.store.put_selection(items, on_progress=on_progress) if globlib.has_magic(path)
+            res = (self.store.put_selection(items, on_progress=on_progress) if selection
                    else self.store.put_file(path, parent=parent if delta else None, on_progress=on_progress))
             return self.records.log_version(self.name, name, kind=kind or "artifact", digest=res.digest,
                                             size=res.size, new_bytes=res.new_bytes, step=step, metadata=metadata,
