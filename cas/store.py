@@ -6,6 +6,7 @@ import io
 import os
 import shutil
 import stat
+import threading
 import time
 from array import array
 from collections.abc import Callable
@@ -56,6 +57,25 @@ def default_cache_dir() -> str:
 
 
 class Store:
+    @property
+    def _lease(self) -> WriterLease | None:
+        return getattr(self._writer, "lease", None)
+
+    @_lease.setter
+    def _lease(self, lease: WriterLease | None) -> None:
+        self._writer.lease = lease
+
+    @property
+    def _hints(self) -> dict[bytes, bytes]:
+        """Re-put hints of this thread's lease's puts, remembered once acknowledged."""
+        if not hasattr(self._writer, "hints"):
+            self._writer.hints = {}
+        return self._writer.hints
+
+    @_hints.setter
+    def _hints(self, hints: dict[bytes, bytes]) -> None:
+        self._writer.hints = hints
+
     def __init__(self, backend: Backend, config: StoreConfig | None, *, cache_dir: str | None = None):
         self.backend = backend
         self.config = config
@@ -64,8 +84,8 @@ class Store:
         self._records: RecordBook | None = None
         self._pins = PinRoots(backend)
         self._providers: list[RootProvider] | None = None
-        self._lease: WriterLease | None = None
-        self._hints: dict[bytes, bytes] = {}  # re-put hints of this lease's puts, remembered once acknowledged
+        # each thread writes under its own lease (a run's background logging beside its foreground calls)
+        self._writer = threading.local()
         self.warnings: list[str] = []
         self.on_warning: Callable[[str], None] = self.warnings.append
         self._warned: set[str] = set()
@@ -337,8 +357,7 @@ class Store:
     def write_session(self, on_progress: Progress | None = None):
         """A put session: blobs added to it are durable and indexed when the block ends (call under
         writing(), which holds the lease a ref needs)."""
-        config = self.init()
-        spool = self.backend.spool_dir() or os.path.join(self.cache_dir, config.store_id, "spool")
+        spool = self.spool_dir()
         session = PutSession(backend=self.backend, index=self.index, config=self.config, spool_dir=spool,
                              on_progress=on_progress, warn=self.on_warning, read_manifest=self.file_manifest,
                              chunk_reader=self.chunk_reader())
@@ -353,6 +372,11 @@ class Store:
         if written:
             self.index.mark_index_objects(written)
             self._merge_index_objects()
+
+    def spool_dir(self) -> str:
+        """Where this machine stages bytes on their way into the store: pack spools, and files logged in the
+        background (creates the store if it does not exist)."""
+        return self.backend.spool_dir() or os.path.join(self.cache_dir, self.init().store_id, "spool")
 
     def _put(self, store: Callable[[PutSession], tuple[bytes, int]], on_progress: Progress | None):
         """Run one put in a session; if a pack it relied on turns out missing (the cache was stale: the

@@ -6,6 +6,7 @@ import glob as globlib
 import os
 import secrets
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from cas import Store
@@ -14,6 +15,7 @@ from cas.errors import InvalidInput, NotFound
 from cas.records import INLINE_MAX, RunEvent, Version, check_fields, check_name, check_step
 
 from . import formats
+from .background import Background, stage
 
 _ADJECTIVES = ("amber", "brisk", "calm", "dusty", "eager", "fuzzy", "gentle", "hidden", "icy", "jolly", "keen",
                "lucid", "misty", "noble", "olive", "proud", "quiet", "rapid", "silver", "tidy", "upbeat", "vivid",
@@ -40,13 +42,25 @@ class Run:
         self.store = store
         self.name = name
         self.records = store.records
+        self._background = Background()
 
     # ---- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.wait()
+        except BaseException:
+            self.end("failed")
+            if exc_type is None:
+                raise
+            return
         self.end("failed" if exc_type is not None else "finished")
+
+    def wait(self) -> None:
+        """Wait for every log_artifact(..., wait=False) of this run; raise the first error among them."""
+        self._background.wait()
 
     def end(self, status: str = "finished") -> None:
         self.records.log_event(self.name, "status", status=status)
@@ -54,7 +68,7 @@ class Run:
     # ---- logging verbs --------------------------------------------------------------------
     def log_artifact(self, path, name: str | None = None, kind: str | None = None, step: int | None = None,
                      metadata: dict | None = None, *, parent: str | None = None, delta: bool = True,
-                     on_progress=None) -> Version:
+                     on_progress=None, wait: bool = True):
         """Log a file, a folder, or every path matching a glob pattern or in a list of paths (stored as one
         tree, file by file, relative to the folder they share).
 
@@ -62,7 +76,14 @@ class Run:
         reference, e.g. the base model of a fine-tune), else the latest live version of this run's
         artifact of the same name; delta=False stores it alone.
         on_progress(n) is called with the bytes read as the put advances (see `cas.progress.Progress`).
+
+        wait=False (a file or a folder): returns a Future of the Version as soon as the content is copied
+        to the store's spool (the file may then change or vanish); it is stored in the background, in
+        the order logged. wait() or leaving the run's `with` block waits and raises the first error.
         """
+        if not wait:
+            return self._log_in_background(path, name, kind, step, metadata, parent=parent, delta=delta,
+                                           on_progress=on_progress)
         chosen = isinstance(path, (list, tuple))
         path = os.fspath(path) if not chosen else [os.fspath(p) for p in path]
         if name is None:
@@ -90,12 +111,25 @@ class Run:
                                             size=res.size, new_bytes=res.new_bytes, step=step, metadata=metadata,
                                             object_type=res.kind)
 
+    def _log_in_background(self, path, name, kind, step, metadata, **options) -> Future:
+        if isinstance(path, (list, tuple)) or globlib.has_magic(os.fspath(path)):
+            raise InvalidInput("wait=False logs a file or a folder, not a list or a glob pattern", subject=str(path))
+        path = os.fspath(path)
+        if name is None:
+            name = os.path.basename(path.rstrip("/" + os.sep)) or path
+        self._check(name, step, metadata)
+        staged = stage(self.store.spool_dir(), path)
+        return self._background.submit(lambda: self.log_artifact(staged, name, kind, step, metadata, **options),
+                                       staged)
+
     def log_model(self, path, name: str = "model", framework: str | None = None, step: int | None = None,
-                  metadata: dict | None = None, *, parent: str | None = None, delta: bool = True) -> Version:
+                  metadata: dict | None = None, *, parent: str | None = None, delta: bool = True,
+                  on_progress=None, wait: bool = True):
         meta = dict(check_fields(metadata, "metadata"))
         if framework is not None:
             meta["framework"] = framework
-        return self.log_artifact(path, name=name, kind="model", step=step, metadata=meta, parent=parent, delta=delta)
+        return self.log_artifact(path, name=name, kind="model", step=step, metadata=meta, parent=parent, delta=delta,
+                                 on_progress=on_progress, wait=wait)
 
     def log_text(self, text: str, artifact_file: str, step: int | None = None) -> Version:
         return self._log_bytes(formats.text_bytes(text), artifact_file, "text", step)
