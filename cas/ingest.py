@@ -158,6 +158,7 @@ class PutSession:
         self.read_manifest = read_manifest
         self.distrusted: set[bytes] = set()  # manifests found unreadable: stored again, never deduplicated
         self.on_progress = on_progress or (lambda n: None)
+        self._tree_parents: Callable[[str], object] | None = None  # put_tree's parent of each file
         self.warn = warn or (lambda msg: None)
 
     # ---- packs ------------------------------------------------------------------------------
@@ -493,9 +494,14 @@ class PutSession:
             homes.update(found)
         return homes
 
-    def put_tree(self, root: str) -> tuple[bytes, int]:
-        """Store a folder: its files one by one, links as links, then its tree manifest."""
-        return self._put_manifest_of(list(self._walk(root, "")))
+    def put_tree(self, root: str, parents: Callable[[str], object] | None = None) -> tuple[bytes, int]:
+        """Store a folder: its files one by one, links as links, then its tree manifest. parents(path in
+        the tree): the stored parent of the file there (put_file's parent), or None."""
+        self._tree_parents = parents
+        try:
+            return self._put_manifest_of(list(self._walk(root, "")))
+        finally:
+            self._tree_parents = None
 
     def put_selection(self, items: list[tuple[str, str]]) -> tuple[bytes, int]:
         """Store chosen paths as one tree: (relative POSIX path in the tree, path on disk) pairs.
@@ -548,7 +554,8 @@ class PutSession:
         if stat.S_ISDIR(st.st_mode):
             return TreeEntry(rel, DIR)
         if stat.S_ISREG(st.st_mode):
-            digest, size = self.put_file(full)
+            parents = self._tree_parents
+            digest, size = self.put_file(full, parents(rel) if parents is not None else None)
             return TreeEntry(rel, FILE, bool(st.st_mode & 0o111), digest, size)
         self.warn(f"skipping {full}: not a regular file, folder or link")
         return None

@@ -32,7 +32,7 @@ from .handoff import quick_handoffs
 from .index import INLINE, Index
 from .ingest import PutResult, PutSession
 from .leases import WriterLease
-from .manifest import FileManifest, TreeManifest
+from .manifest import FILE, FileManifest, TreeManifest
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, Location, read_pack_entries
 from .records import RecordBook, RunRoots
 from .restore import (
@@ -403,15 +403,17 @@ class Store:
                  on_progress: Progress | None = None) -> PutResult:
         """Store a file or folder; pin it under `pin` when given. Acknowledged once this returns.
         parent: a reference to an earlier version of the file (a checkpoint): chunks of its tensors may
-        be stored as deltas against the parent's (docs/design.md, step deltas)."""
+        be stored as deltas against the parent's (docs/design.md, step deltas). For a folder, an earlier
+        version of the folder: each file's parent is the parent folder's file at the same path."""
         path = os.fspath(path)
         kind = source_kind(path)
         if pin is not None:
             refs.check_label(pin)
         with self.writing():
             base = self._parent(parent) if parent is not None and kind == "file" else None
+            parents = self._tree_parents(parent) if parent is not None and kind == "tree" else None
             session, digest, size = self._put(
-                lambda s: s.put_tree(path) if kind == "tree" else s.put_file(path, base), on_progress)
+                lambda s: s.put_tree(path, parents) if kind == "tree" else s.put_file(path, base), on_progress)
             result = PutResult(path, digest.hex(), size, session.new_bytes, kind)
             if pin is not None:
                 self.pin(result.digest, pin)
@@ -427,6 +429,18 @@ class Store:
             return open_checkpoint(self, digest.hex()) if loc.kind == FILE_MANIFEST else None
         except CasError:
             return None
+
+    def _tree_parents(self, ref: str) -> Callable[[str], object] | None:
+        """For a folder put with a parent folder: path in the tree → the parent's file at that path
+        (opened as _parent opens one), or None; None if the parent is not a readable folder."""
+        try:
+            digest, loc = self.resolve(ref)
+            if loc.kind != TREE_MANIFEST:
+                return None
+            files = {e.path: e.digest for e in self.load_manifest(digest, loc).entries if e.kind == FILE}
+        except CasError:
+            return None
+        return lambda path: self._parent(files[path].hex()) if path in files else None
 
     def put_selection(self, items: list[tuple[str, str]], *, on_progress: Progress | None = None) -> PutResult:
         """Store chosen paths as one tree: (relative path in the tree, path on disk) pairs (globs, file lists)."""

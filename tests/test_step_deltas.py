@@ -212,7 +212,7 @@ def test_a_base_from_the_parents_file_is_checked_against_its_id(tmp_path):
     """Bytes of the local copy that do not hash to the base's id are never used: the store's are."""
     good = os.urandom(4096)
     copy = tmp_path / "parent.bin"
-    copy.write_bytes(b"x" + good[1:])
+    copy.write_bytes(bytes([good[0] ^ 1]) + good[1:])  # one bit off
     fd = os.open(copy, os.O_RDONLY)
     try:
         bases = ParentCopy(fd, {hash_bytes(good): (0, len(good))}, lambda chunk_id: (good, 0, 10),
@@ -222,3 +222,24 @@ def test_a_base_from_the_parents_file_is_checked_against_its_id(tmp_path):
         assert bases(hash_bytes(good)) == (good, 0, 10) and (bases.local, bases.stored) == (1, 1)
     finally:
         os.close(fd)
+
+
+def test_a_folder_logged_again_stores_its_checkpoints_as_deltas_against_the_same_paths(store_dir, tmp_path):
+    """A checkpoint folder (transformers' checkpoint-N) logged as the next version of its name: each
+    file's parent is the file at the same path in the version before."""
+    paths = _versions(str(tmp_path), 2)
+    folders = []
+    for k, path in enumerate(paths):
+        folder = tmp_path / f"checkpoint-{k}"
+        folder.mkdir()
+        os.replace(path, folder / "model.pt")
+        (folder / "config.json").write_text('{"layers": 3}')
+        folders.append(folder)
+    with tracker.init("ft", store=store_dir) as run:
+        run.log_artifact(folders[0], name="checkpoint", step=1)
+        assert _delta_chunks(run.store) == []
+        run.log_artifact(folders[1], name="checkpoint", step=2)
+        assert _delta_chunks(run.store)
+    out = tracker.download("runs:/ft/checkpoint@2", tmp_path / "restored", store=store_dir,
+                           force=True)
+    assert open(os.path.join(out, "model.pt"), "rb").read() == (folders[1] / "model.pt").read_bytes()
