@@ -452,9 +452,9 @@ class Store:
             session, digest, size = self._put(lambda s: s.put_selection(items), on_progress)
         return PutResult("", digest.hex(), size, session.new_bytes, "tree")
 
-    def put_bytes(self, data: bytes, *, pin: str | None = None) -> PutResult:
+    def put_bytes(self, data: bytes, *, pin: str | None = None, on_progress: Progress | None = None) -> PutResult:
         with self.writing():
-            session, digest, size = self._put(lambda s: s.put_stream(io.BytesIO(data)), None)
+            session, digest, size = self._put(lambda s: s.put_stream(io.BytesIO(data)), on_progress)
             result = PutResult("", digest.hex(), size, session.new_bytes)
             if pin is not None:
                 self.pin(result.digest, pin)

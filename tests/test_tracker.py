@@ -767,3 +767,25 @@ def test_a_selection_path_escaping_the_tree_is_refused(store_dir, tmp_path):
     for rel in ("../evil.txt", "/abs.txt", "a//b.txt", "./a.txt"):
         with pytest.raises(InvalidInput):
             store.put_selection([(rel, str(src))])
+
+
+def test_every_logging_call_reports_progress_up_to_its_size(store_dir, tmp_path):
+    """on_progress(n) adds up to the bytes each call stored or restored, small inline content too."""
+    big = np.random.default_rng(0).standard_normal(300_000).astype(np.float32)
+    (tmp_path / "w.bin").write_bytes(big.tobytes())
+    counted: dict[str, int] = {}
+
+    def counter(key):
+        counted[key] = 0
+        return lambda n: counted.__setitem__(key, counted[key] + n)
+    with tracker.init("progress", store=store_dir) as run:
+        sizes = {
+            "artifact": run.log_artifact(tmp_path / "w.bin", on_progress=counter("artifact")).size,
+            "model": run.log_model(tmp_path / "w.bin", on_progress=counter("model")).size,
+            "text": run.log_text("hello", "notes.txt", on_progress=counter("text")).size,
+            "dict": run.log_dict({"a": 1}, "c.json", on_progress=counter("dict")).size,
+            "numpy": run.log_numpy(big, "big.npy", on_progress=counter("numpy")).size,
+        }
+    tracker.download("runs:/progress/w.bin", tmp_path / "back.bin", store=store_dir, on_progress=counter("download"))
+    sizes["download"] = big.nbytes
+    assert counted == sizes and sizes["numpy"] > big.nbytes

@@ -131,20 +131,20 @@ class Run:
         return self.log_artifact(path, name=name, kind="model", step=step, metadata=meta, parent=parent, delta=delta,
                                  on_progress=on_progress, wait=wait)
 
-    def log_text(self, text: str, artifact_file: str, step: int | None = None) -> Version:
-        return self._log_bytes(formats.text_bytes(text), artifact_file, "text", step)
+    def log_text(self, text: str, artifact_file: str, step: int | None = None, on_progress=None) -> Version:
+        return self._log_bytes(formats.text_bytes(text), artifact_file, "text", step, on_progress)
 
-    def log_dict(self, dictionary: dict, artifact_file: str, step: int | None = None) -> Version:
-        return self._log_bytes(formats.dict_bytes(dictionary, artifact_file), artifact_file, "dict", step)
+    def log_dict(self, dictionary: dict, artifact_file: str, step: int | None = None, on_progress=None) -> Version:
+        return self._log_bytes(formats.dict_bytes(dictionary, artifact_file), artifact_file, "dict", step, on_progress)
 
-    def log_table(self, data, artifact_file: str, step: int | None = None) -> Version:
-        return self._log_bytes(formats.table_bytes(data, artifact_file), artifact_file, "table", step)
+    def log_table(self, data, artifact_file: str, step: int | None = None, on_progress=None) -> Version:
+        return self._log_bytes(formats.table_bytes(data, artifact_file), artifact_file, "table", step, on_progress)
 
-    def log_image(self, image, artifact_file: str, step: int | None = None) -> Version:
-        return self._log_bytes(formats.image_bytes(image, artifact_file), artifact_file, "image", step)
+    def log_image(self, image, artifact_file: str, step: int | None = None, on_progress=None) -> Version:
+        return self._log_bytes(formats.image_bytes(image, artifact_file), artifact_file, "image", step, on_progress)
 
-    def log_numpy(self, value, artifact_file: str, step: int | None = None) -> Version:
-        return self._log_bytes(formats.numpy_bytes(value, artifact_file), artifact_file, "numpy", step)
+    def log_numpy(self, value, artifact_file: str, step: int | None = None, on_progress=None) -> Version:
+        return self._log_bytes(formats.numpy_bytes(value, artifact_file), artifact_file, "numpy", step, on_progress)
 
     def log_artifact_ref(self, uri: str, name: str, kind: str | None = None, summary: dict | None = None) -> Version:
         """Record that this run relates to something stored elsewhere; nothing is stored."""
@@ -178,14 +178,18 @@ class Run:
             check_step(step)
         check_fields(metadata, "metadata")
 
-    def _log_bytes(self, data: bytes, artifact_file: str, kind: str, step: int | None) -> Version:
-        """Small content goes inline in its record (one object); larger content is stored in packs."""
+    def _log_bytes(self, data: bytes, artifact_file: str, kind: str, step: int | None, on_progress=None) -> Version:
+        """Small content goes inline in its record (one object); larger content is stored in packs.
+        on_progress(n): called with the bytes stored as the work advances (all at once when inline)."""
         self._check(artifact_file, step)
         if len(data) <= INLINE_MAX:
-            return self.records.log_version(self.name, artifact_file, kind=kind, digest=hash_bytes(data).hex(),
-                                            size=len(data), new_bytes=len(data), step=step, inline=data)
+            version = self.records.log_version(self.name, artifact_file, kind=kind, digest=hash_bytes(data).hex(),
+                                               size=len(data), new_bytes=len(data), step=step, inline=data)
+            if on_progress is not None:
+                on_progress(len(data))
+            return version
         with self.store.writing():
-            res = self.store.put_bytes(data)
+            res = self.store.put_bytes(data, on_progress=on_progress)
             return self.records.log_version(self.name, artifact_file, kind=kind, digest=res.digest, size=res.size,
                                             new_bytes=res.new_bytes, step=step)
 
