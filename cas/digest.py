@@ -39,6 +39,13 @@ def looks_like_digest(ref: str) -> bool:
     return text.startswith("cas://") or (8 <= len(text) <= 2 * DIGEST_SIZE and bool(_HEX.match(text.lower())))
 
 
+def split_inside(ref: str) -> tuple[str, str]:
+    """(digest reference, path inside the folder it names) of `<digest>[/<path>]` or `cas://<digest>[/<path>]`."""
+    scheme = "cas://" if ref.startswith("cas://") else ""
+    head, _, inside = ref[len(scheme):].partition("/")
+    return scheme + head, inside.strip("/")
+
+
 def parse_ref(ref: str) -> str:
     """Normalize a digest reference to lowercase hex: full digest, `cas://<digest>`, or a prefix.
 

@@ -10,6 +10,7 @@ its record: one object per log call, checked against its digest whenever it is r
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 import unicodedata
@@ -49,6 +50,19 @@ def check_name(name, what: str = "artifact name") -> str:
     if any(part in ("", ".", "..") for part in name.split("/")):
         raise InvalidInput(f"invalid {what} {name!r}: empty, '.' or '..' path segments", subject=name)
     return name
+
+
+_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}\Z")
+ALIAS_EVENT = "alias"  # a run event pointing an alias of one artifact name at a step (or removing it)
+
+
+def check_alias(alias) -> str:
+    """An alias is 1..128 ASCII letters, digits, '_', '-' and '.', starting with a letter (so it never
+    reads as a step): best, production, v1.2-rc."""
+    if not isinstance(alias, str) or not _ALIAS.match(alias):
+        raise InvalidInput(f"invalid alias {alias!r}: 1 to 128 letters, digits, '_', '-' or '.', starting with a "
+                           f"letter", subject=str(alias))
+    return alias
 
 
 def check_fields(value, what: str) -> dict:
@@ -316,17 +330,65 @@ class RecordBook:
             raise NotFound(f"unknown run {run!r}", subject=run)
         return run
 
-    def resolve(self, ref: str) -> Version:
-        """The version named by runs:/<run>/<name> (latest step) or runs:/<run>/<name>@<step>."""
-        run, name, step = parse_runs_ref(ref)
-        versions = self.versions(run, name)
+    # ---- aliases ------------------------------------------------------------------------
+    def set_alias(self, run: str, name: str, alias: str, step: int | None) -> RunEvent:
+        """Point `alias` of (run, name) at a step, or remove it (step None): an event record, so aliases
+        are append-only like every record, and the one with the greatest key wins (see aliases)."""
+        check_name(name)
+        check_alias(alias)
         if step is not None:
-            versions = [v for v in versions if v.step == step]
-        if not versions:
+            check_step(step)
+        return self.log_event(run, ALIAS_EVENT, name=name, alias=alias, step=step)
+
+    def aliases(self, run: str) -> dict[tuple[str, str], int]:
+        """(name, alias) → step, for a run's aliases. For each (name, alias) the record with the greatest
+        key wins: its nanosecond time, then its random suffix (so every reader agrees on the winner,
+        whatever order the records arrived in); a removed alias is left out."""
+        found: dict[tuple[str, str], int | None] = {}
+        for key, raw in self.index.iter_records(layout.run_events_prefix(run)):  # in key order
+            rec = decode(raw, key=key)
+            if not isinstance(rec, RunEvent) or rec.type != ALIAS_EVENT:
+                continue
+            name, alias, step = rec.data.get("name"), rec.data.get("alias"), rec.data.get("step")
+            if isinstance(name, str) and isinstance(alias, str) and (step is None or type(step) is int):
+                found[(name, alias)] = step
+        return {k: step for k, step in found.items() if step is not None}
+
+    # ---- resolving ----------------------------------------------------------------------
+    def resolve(self, ref: str) -> Version:
+        """The version named by runs:/<run>/<name> (latest step), runs:/<run>/<name>@<step> or
+        runs:/<run>/<name>@<alias>."""
+        version, inside = self.locate(ref)
+        if inside and version.object_type != "tree":
+            raise NotFound(f"unknown reference: {ref} ({version.uri} is a file, not a folder)", subject=ref)
+        if inside:
+            raise InvalidInput(f"{ref} names a path inside the folder {version.uri}, not a version", subject=ref)
+        return version
+
+    def locate(self, ref: str) -> tuple[Version, str]:
+        """The version a runs:/ reference names and the path inside it (a logged folder) it goes on to,
+        "" for none: runs:/<run>/<name>[@<step or alias>][/<path>]. Names may contain '/': the longest
+        live name the reference starts with wins."""
+        run, rest = split_runs_ref(ref)
+        live = self.versions(run)
+        names = {v.name for v in live}
+        name = max((n for n in names if rest == n or rest.startswith((n + "@", n + "/"))), key=len, default=None)
+        if name is None:
             if not self.exists(run):
                 raise NotFound(f"unknown run {run!r} in {ref}", subject=ref)
+            check_runs_ref(ref)  # a malformed reference says so
             raise NotFound(f"unknown reference: {ref}", subject=ref)
-        return versions[-1]
+        tail = rest[len(name):]
+        at, inside = (tail[1:].partition("/")[::2]) if tail.startswith("@") else ("", tail[1:])
+        if tail.startswith("@") and not at:
+            raise InvalidInput(f"malformed step in {ref!r}: a non-negative integer or an alias", subject=ref)
+        versions = [v for v in live if v.name == name]
+        if at:
+            step = _step_or_alias(at, ref, self.aliases(run), name)
+            versions = [v for v in versions if v.step == step]
+        if not versions:
+            raise NotFound(f"unknown reference: {ref}", subject=ref)
+        return versions[-1], inside
 
 
 class RunRoots:
@@ -345,27 +407,46 @@ class RunRoots:
         self.book().sync()
 
     def resolve(self, ref: str) -> str:
-        version = self.book().resolve(ref)
+        """The digest a runs:/ reference names, followed by /<path> when it names a path inside a logged
+        folder (the store resolves that path in the folder's tree)."""
+        version, inside = self.book().locate(ref)
         if version.digest is None:
             raise InvalidInput(f"{ref} is a reference to {version.ref_uri}; nothing is stored", subject=ref)
-        return version.digest
+        return f"{version.digest}/{inside}" if inside else version.digest
 
 
-def parse_runs_ref(ref: str) -> tuple[str, str, int | None]:
-    """(run, name, step or None) of runs:/<run>/<name>[@<step>]."""
-    if not ref.startswith("runs:/"):
-        raise InvalidInput(f"not a runs:/ reference: {ref!r}", subject=ref)
-    body = ref[len("runs:/"):]
-    run, sep, rest = body.partition("/")
+def split_runs_ref(ref: str) -> tuple[str, str]:
+    """(run, the rest) of runs:/<run>/<rest>; InvalidInput if malformed."""
+    if not isinstance(ref, str) or not ref.startswith("runs:/"):
+        raise InvalidInput(f"not a runs:/ reference: {ref!r}", subject=str(ref))
+    run, sep, rest = ref[len("runs:/"):].partition("/")
     if not sep or not rest:
         raise InvalidInput(f"malformed reference {ref!r} (use runs:/<run>/<name>[@<step>])", subject=ref)
-    name, at, step_text = rest.partition("@")
-    step = None
-    if at:
-        if not (step_text.isascii() and step_text.isdigit()) or int(step_text) >= 10 ** 19:
+    return check_name(run, "run name"), rest
+
+
+def _step_or_alias(text: str, ref: str, aliases: dict[tuple[str, str], int], name: str) -> int:
+    if text.isascii() and text.isdigit():
+        if int(text) >= 10 ** 19:
             raise InvalidInput(f"malformed step in {ref!r}: a non-negative integer", subject=ref)
-        step = int(step_text)
-    return check_name(run, "run name"), check_name(name), step
+        return int(text)
+    check_alias(text)
+    step = aliases.get((name, text))
+    if step is None:
+        raise NotFound(f"unknown alias {text!r} of {name} in {ref} (`cas log` shows the aliases)", subject=ref)
+    return step
+
+
+def check_runs_ref(ref: str) -> None:
+    """InvalidInput if a runs:/ reference is malformed: a bad run or artifact name, step or alias."""
+    run, rest = split_runs_ref(ref)
+    name, at, after = rest.partition("@")
+    check_name(name)
+    at_text = after.partition("/")[0]
+    if at and not (at_text.isascii() and at_text.isdigit() and int(at_text) < 10 ** 19):
+        if not at_text or at_text.isdigit():
+            raise InvalidInput(f"malformed step in {ref!r}: a non-negative integer", subject=ref)
+        check_alias(at_text)
 
 
 def _inline_of(rec) -> tuple[bytes, bytes] | None:

@@ -12,12 +12,13 @@ from array import array
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 
 from . import layout, pack_index, refs, temps
 from .backends import Backend, open_backend
 from .backends.local import storage_error
 from .config import StoreConfig, create_or_load_config, load_config
-from .digest import hash_bytes, looks_like_digest, parse_ref
+from .digest import hash_bytes, looks_like_digest, parse_ref, split_inside
 from .errors import (
     AlreadyExists,
     AmbiguousReference,
@@ -32,7 +33,7 @@ from .handoff import quick_handoffs
 from .index import INLINE, Index
 from .ingest import PutResult, PutSession
 from .leases import WriterLease
-from .manifest import FILE, FileManifest, TreeManifest
+from .manifest import DIR, FILE, FileManifest, TreeEntry, TreeManifest
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, Location, read_pack_entries
 from .records import RecordBook, RunRoots
 from .restore import (
@@ -282,11 +283,72 @@ class Store:
         pin label (a label that looks like a digest is read as a digest)."""
         if not isinstance(ref, str):
             raise InvalidInput(f"not a reference: {ref!r}", subject=str(ref))
+        digest, loc, inside = self._locate(ref)
+        if not inside:
+            return digest, loc
+        entry = self.tree_entry(digest, loc, inside, ref=ref)
+        if entry.kind != FILE:
+            raise InvalidInput(f"{ref} is a folder inside {digest.hex()}: `cas ls` lists it, `cas get` restores it",
+                               subject=ref)
+        return self._file_in_tree(entry, ref)
+
+    def lookup(self, ref: str) -> tuple[bytes, Location, FileManifest | TreeManifest]:
+        """resolve(ref) and the manifest. A folder inside a stored folder (`<ref>/<path>`) comes back
+        as a tree of its own: its entries below that path, their paths relative to it, and the digest
+        that tree has (computed: it is not stored as such)."""
+        digest, loc, inside = self._locate(ref)
+        if inside:
+            entry = self.tree_entry(digest, loc, inside, ref=ref)
+            if entry.kind == DIR:
+                prefix = inside + "/"
+                sub = TreeManifest(tuple(replace(e, path=e.path[len(prefix):])
+                                         for e in self._tree(digest, loc).entries if e.path.startswith(prefix)))
+                return sub.digest(), loc, sub
+            digest, loc = self._file_in_tree(entry, ref)
+        return digest, loc, self.load_manifest(digest, loc)
+
+    def _locate(self, ref: str) -> tuple[bytes, Location, str]:
+        """The stored object a reference starts from, and the path inside it that follows ("" for none)."""
         provider = next((p for p in self.root_providers if p.scheme and ref.startswith(p.scheme)), None)
         if provider is not None:
             ref = provider.resolve(ref)
         elif not looks_like_digest(ref):
-            ref = self._pins.resolve(ref)
+            try:
+                ref = self._pins.resolve(ref)
+            except NotFound:
+                if not looks_like_digest(ref.partition("/")[0]):  # not <digest>/<path inside> either
+                    raise
+        head, inside = split_inside(ref)
+        digest, loc = self._resolve_digest(head)
+        return digest, loc, inside
+
+    def _tree(self, digest: bytes, loc: Location) -> TreeManifest:
+        tree = self.load_manifest(digest, loc)
+        if not isinstance(tree, TreeManifest):
+            raise IntegrityError(f"{digest.hex()} is indexed as a folder but its manifest is a file's",
+                                 subject=digest.hex())
+        return tree
+
+    def _file_in_tree(self, entry: TreeEntry, ref: str) -> tuple[bytes, Location]:
+        found = self.index.object_location(entry.digest)
+        if found is None:
+            raise NotFound(f"{ref}: file {entry.digest.hex()} is missing from the store", subject=ref)
+        return entry.digest, found
+
+    def tree_entry(self, digest: bytes, loc: Location, inside: str, *, ref: str) -> TreeEntry:
+        """The entry at path `inside` of the stored folder (digest, loc); a folder that only the paths
+        below it imply has kind DIR. NotFound if there is none."""
+        if loc.kind != TREE_MANIFEST:
+            raise NotFound(f"unknown reference: {ref} ({digest.hex()[:16]} is a file, not a folder)", subject=ref)
+        tree = self._tree(digest, loc)
+        for e in tree.entries:
+            if e.path == inside:
+                return e
+        if any(e.path.startswith(inside + "/") for e in tree.entries):
+            return TreeEntry(inside, DIR)
+        raise NotFound(f"unknown reference: {ref} (no {inside!r} in folder {digest.hex()[:16]})", subject=ref)
+
+    def _resolve_digest(self, ref: str) -> tuple[bytes, Location]:
         text = parse_ref(ref)
         if self._records is None and not self._knows(text):
             self.open_records()  # small content lives inline in run records: learn them, then look again
@@ -357,6 +419,7 @@ class Store:
     def write_session(self, on_progress: Progress | None = None):
         """A put session: blobs added to it are durable and indexed when the block ends (call under
         writing(), which holds the lease a ref needs)."""
+        self.init()
         spool = self.spool_dir()
         session = PutSession(backend=self.backend, index=self.index, config=self.config, spool_dir=spool,
                              on_progress=on_progress, warn=self.on_warning, read_manifest=self.file_manifest,
@@ -514,18 +577,18 @@ class Store:
 
     def _get_file(self, ref: str, dest: str | os.PathLike, *, force: bool, on_progress: Progress | None) -> str:
         dest = os.fspath(dest)
-        digest, loc = self.resolve(ref)
-        manifest = self.load_manifest(digest, loc)
+        digest, loc, manifest = self.lookup(ref)  # a folder inside a stored folder too
         reader = self.chunk_reader()
         emptied = None  # the mode of an empty destination folder we removed, to put back on error
-        if loc.kind == TREE_MANIFEST:
+        if isinstance(manifest, TreeManifest):
+            tree = manifest
             target = dest.rstrip("/") or dest
             if os.path.isdir(target) and not os.path.islink(target) and not os.listdir(target):
                 emptied = stat.S_IMODE(os.stat(target).st_mode)
                 os.rmdir(target)  # an empty folder is simply filled
 
             def restore(to: str) -> None:
-                write_tree(self.file_manifest, reader, manifest, to, name=digest.hex(), on_progress=on_progress)
+                write_tree(self.file_manifest, reader, tree, to, name=digest.hex(), on_progress=on_progress)
         else:
             target = dest
             if dest.endswith("/") or os.path.isdir(dest):

@@ -368,12 +368,12 @@ def test_bad_references_are_refused_whole(store_dir, tmp_path, cli):
 
     unknown = {"runs:/nope/model": "unknown run", "runs:/r/nope": "unknown reference",
                "runs:/r/model@3": "unknown reference", "runs:/r/model@0": "unknown reference",
-               "runs:/r/model/extra": "unknown reference"}
+               "runs:/r/model/extra": "unknown reference", "runs:/r/model@x": "unknown alias"}
     for ref, words in unknown.items():
         refuse(lambda: tracker.download(ref, dest, store=store_dir), NotFound, words, ref)
         refuse(lambda: tracker.open(ref, store=store_dir), NotFound, ref)
         refuse(lambda: run.use_artifact(ref), NotFound, ref)
-    malformed = ["runs:/", "runs:/r", "runs:/r/", "runs://model", "runs:/r/model@", "runs:/r/model@x",
+    malformed = ["runs:/", "runs:/r", "runs:/r/", "runs://model", "runs:/r/model@", "runs:/r/model@x y",
                  "runs:/r/model@-1", "runs:/r/model@1.5", "runs:/r/model@ 1", "runs:/r/model@1@2",
                  "runs:/r/model@²", "runs:/r/model@٣", "runs:/r/model@" + "9" * 30, "runs:/r/../model",
                  "runs:/r/a/./b", "runs:/r\x07/model", "runs:/a@b/model"]
@@ -389,7 +389,7 @@ def test_bad_references_are_refused_whole(store_dir, tmp_path, cli):
     out = str(tmp_path / "cli-out")
     for args, code in [(("log", "nope"), 3), (("log", "a@b"), 2), (("log", "a/b"), 2), (("du", ".."), 2),
                        (("du", "nope"), 3), (("get", "runs:/r/nope", "-o", out), 3),
-                       (("get", "runs:/r/model@x", "-o", out), 2), (("get", "runs:/r/model@²", "-o", out), 2),
+                       (("get", "runs:/r/model@x", "-o", out), 3), (("get", "runs:/r/model@²", "-o", out), 2),
                        (("cat", "runs:/nope/model"), 3), (("cat", "runs:/r/data"), 2),
                        (("diff", "runs:/r/model@1", "runs:/r/model@3"), 3),
                        (("diff", "runs:/r/model@1", "runs:/r"), 2), (("pin", "runs:/r/model@9", "--label", "x"), 3)]:

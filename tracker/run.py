@@ -7,7 +7,7 @@ import os
 import secrets
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cas import Store
 from cas.digest import hash_bytes
@@ -159,7 +159,10 @@ class Run:
         if not isinstance(ref, str):
             raise InvalidInput(f"invalid reference {ref!r}: a str", subject=str(ref))
         if ref.startswith("runs:/"):
-            version = self.records.resolve(ref)
+            version, inside = self.records.locate(ref)
+            if inside:  # a file inside a logged folder: the input is that file, of that version
+                digest, loc = self.store.resolve(ref)
+                version = replace(version, digest=digest.hex(), size=loc.size)
         else:
             digest, loc = self.store.resolve(ref)
             version = Version("", "", 0, "input", digest.hex(), loc.size, 0, time.time())
