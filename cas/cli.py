@@ -12,7 +12,8 @@ from .commands import COMMANDS
 from .errors import CasError, Interrupted, InvalidInput
 from .output import emit_error
 
-REF_HELP = "a digest, a hex prefix (8+), cas://DIGEST, runs:/RUN/NAME[@STEP] or a pin label (see below)"
+REF_HELP = ("a digest, a hex prefix (8+), cas://DIGEST, runs:/RUN/NAME[@STEP or @ALIAS], or a pin label; "
+            "/PATH after any of them names a file inside a folder (see below)")
 REF_FORMS = """\
 REF may be:
   e0e84f0928dd61201f63470cc0ea4f2eec9f999fa6ac04e81c6349f4db52f188   a digest (64 hex)
@@ -20,6 +21,9 @@ REF may be:
   cas://e0e84f09            either of the above as a URI
   runs:/exp-1/model         the latest step of artifact 'model' of run 'exp-1'
   runs:/exp-1/model@200     step 200 of it
+  runs:/exp-1/model@best    the step the alias 'best' names (cas alias)
+  runs:/exp-1/eval/sub/r.txt  a file inside a logged folder (the longest logged name wins)
+  e0e84f09/sub/r.txt        the same inside a stored folder, by its digest
   weights/best              a pin label (cas pins lists them)
 A REF that looks like a digest (8 to 64 hex characters, or cas://...) is read as a digest, never
 as a label."""
@@ -103,6 +107,10 @@ def _content_commands(cmd) -> None:
     c = cmd("show", "the format and tensors of a stored checkpoint (safetensors, torch.save, .npy, .npz)",
             _examples("cas show model.safetensors", "cas --json show runs:/exp-1/model@300", forms=REF_FORMS))
     c.add_argument("ref", metavar="REF", help=f"the stored file: {REF_HELP}")
+    c = cmd("ls", "list a stored folder's entries, or a run's artifact names",
+            _examples("cas ls runs:/exp-1/eval          # path, kind, size, digest of each entry",
+                      "cas ls exp-1                     # the run's artifact names", forms=REF_FORMS))
+    c.add_argument("ref", metavar="REF", help=f"a run name, or a stored folder or file: {REF_HELP}")
     c = cmd("diff", "bytes shared and changed between two stored files or folders; tensors changed between "
                     "two checkpoints",
             _examples("cas diff runs:/exp-1/model@100 runs:/exp-1/model@300", forms=REF_FORMS))
@@ -132,13 +140,26 @@ def _run_commands(cmd) -> None:
     c.add_argument("run", metavar="RUN", help="the run name, e.g. exp-1")
     c.add_argument("--name", metavar="N", help="only this artifact name, e.g. --name model")
     c.add_argument("--kind", metavar="K", help="only this kind, e.g. --kind checkpoint")
+    c.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only versions whose metadata has KEY equal to VALUE (numbers compare as numbers); "
+                        "repeatable, e.g. --where split=val --where epoch=3")
+    c = cmd("alias", "point an alias (best, production) at a version of an artifact, or remove it",
+            _examples("cas alias runs:/exp-1/model@300 best      # runs:/exp-1/model@best is step 300",
+                      "cas alias runs:/exp-1/model@400 best      # moved to step 400",
+                      "cas alias --delete runs:/exp-1/model best"))
+    c.add_argument("ref", metavar="REF", help="the version, e.g. runs:/exp-1/model@300 (or @another-alias)")
+    c.add_argument("alias", metavar="ALIAS", help="letters, digits, '_', '-', '.', starting with a letter, e.g. best")
+    c.add_argument("--delete", action="store_true", help="remove the alias from the artifact REF names")
+    c = cmd("lineage", "which run produced a version and which runs used it; a run's inputs and outputs",
+            _examples("cas lineage runs:/exp-1/model@3", "cas --json lineage exp-2   # a run: inputs, outputs"))
+    c.add_argument("ref", metavar="REF", help="a version (runs:/RUN/NAME[@STEP]), a run name, or stored content")
     c = cmd("du", "stored bytes each run version or pin needs alone (only this) and shares with other ones",
             _examples("cas du            # every run version and pin", "cas du exp-1      # the versions of one run"))
     c.add_argument("run", nargs="?", metavar="RUN",
                    help="list only this run's live versions (default: every run version and every pin)")
     c = cmd("forget", "drop versions of runs by policy (records only; cas gc frees the data)",
-            "Kept: what a --keep-* option keeps, pinned versions, and the latest version of each\n"
-            "(run, name) unless --keep-last 0 or --all is given.\n\n"
+            "Kept: what a --keep-* option keeps, pinned and aliased versions, and the latest version of\n"
+            "each (run, name) unless --keep-last 0 or --all is given.\n\n"
             + _examples("cas forget exp-1 --keep-every 1000 --dry-run",
                         "cas forget exp-1 --name model --keep-last 3", "cas forget exp-2 --all"))
     c.add_argument("runs", nargs="+", metavar="RUN", help="the run(s) to drop versions of, e.g. exp-1")
@@ -148,6 +169,8 @@ def _run_commands(cmd) -> None:
                    help="keep the N highest steps of each (run, name); 0 keeps none, not even the latest")
     c.add_argument("--keep-every", type=int, metavar="STEPS",
                    help="keep the versions whose step is a multiple of STEPS, e.g. --keep-every 1000")
+    c.add_argument("--keep-within", metavar="DURATION",
+                   help="keep the versions logged within DURATION of now: 30s, 15m, 24h, 7d (as --grace)")
     c.add_argument("--all", action="store_true",
                    help="forget every matching version, the latest included (needed without --keep-*)")
     c.add_argument("--dry-run", action="store_true", help="list what would be forgotten, by name; change nothing")

@@ -354,6 +354,26 @@ class RecordBook:
                 found[(name, alias)] = step
         return {k: step for k, step in found.items() if step is not None}
 
+    def aliases_by_version(self, run: str) -> dict[tuple[str, int], list[str]]:
+        """(name, step) → the aliases naming that version of a run, sorted."""
+        out: dict[tuple[str, int], list[str]] = {}
+        for (name, alias), step in sorted(self.aliases(run).items()):
+            out.setdefault((name, step), []).append(alias)
+        return out
+
+    def aliased_versions(self, run: str) -> list[Version]:
+        """The versions of a run that an alias names: the latest record of each (name, step) that holds
+        content, even one forgotten since (an alias keeps what it names, as a pin does)."""
+        targets = {(name, step) for (name, _), step in self.aliases(run).items()}
+        if not targets:
+            return []
+        latest: dict[tuple[str, int], Version] = {}
+        for v in self.versions(run, live_only=False):
+            if (v.name, v.step) in targets and v.digest is not None and not v.forgotten:
+                if (v.name, v.step) not in latest or v.key > latest[(v.name, v.step)].key:
+                    latest[(v.name, v.step)] = v
+        return list(latest.values())
+
     # ---- resolving ----------------------------------------------------------------------
     def resolve(self, ref: str) -> Version:
         """The version named by runs:/<run>/<name> (latest step), runs:/<run>/<name>@<step> or
@@ -371,7 +391,8 @@ class RecordBook:
         live name the reference starts with wins."""
         run, rest = split_runs_ref(ref)
         live = self.versions(run)
-        names = {v.name for v in live}
+        held = self.aliased_versions(run)  # an alias keeps a version it names nameable, even forgotten
+        names = {v.name for v in live + held}
         name = max((n for n in names if rest == n or rest.startswith((n + "@", n + "/"))), key=len, default=None)
         if name is None:
             if not self.exists(run):
@@ -382,10 +403,11 @@ class RecordBook:
         at, inside = (tail[1:].partition("/")[::2]) if tail.startswith("@") else ("", tail[1:])
         if tail.startswith("@") and not at:
             raise InvalidInput(f"malformed step in {ref!r}: a non-negative integer or an alias", subject=ref)
-        versions = [v for v in live if v.name == name]
         if at:
             step = _step_or_alias(at, ref, self.aliases(run), name)
-            versions = [v for v in versions if v.step == step]
+            versions = sorted((v for v in live + held if v.name == name and v.step == step), key=lambda v: v.key)
+        else:
+            versions = [v for v in live if v.name == name]
         if not versions:
             raise NotFound(f"unknown reference: {ref}", subject=ref)
         return versions[-1], inside
@@ -401,7 +423,12 @@ class RunRoots:
         self.book = book
 
     def roots(self, *, on_damaged=None) -> dict[str, bytes]:
-        return {v.uri: bytes.fromhex(v.digest) for v in self.book(on_damaged=on_damaged).all_versions() if v.digest}
+        """Every live version, and every version an alias names (forgotten or not), by runs:/ URI."""
+        book = self.book(on_damaged=on_damaged)
+        found = {v.uri: bytes.fromhex(v.digest) for v in book.all_versions() if v.digest}
+        for run in book.run_names():
+            found.update((v.uri, bytes.fromhex(v.digest)) for v in book.aliased_versions(run) if v.digest)
+        return found
 
     def refresh(self) -> None:
         self.book().sync()

@@ -148,13 +148,15 @@ def test_json_keys_match_the_docs(cli, small_store):
     a, tree = str(small_store / "a.bin"), str(small_store / "tree")
     put_one = cli("--json", "put", a).json()
     digest = put_one["digest"]
+    tree_digest = cli("--json", "put", tree).json()["digest"]
     runs = {
         "init": ["init"], "put": ["put", tree, a], "get": ["get", digest, "-o", str(small_store / "out.bin")],
         "stats": ["stats"], "verify": ["verify", "--read-data"], "reindex": ["reindex"], "runs": ["runs"],
         "log": ["log", "r"], "du": ["du"], "diff": ["diff", "runs:/r/model@1", "runs:/r/model@3"],
         "forget": ["forget", "r", "--keep-last", "1", "--dry-run"], "gc": ["gc", "--grace", "0"],
         "pin": ["pin", digest, "--label", "best"], "pins": ["pins"], "unpin": ["unpin", "best"],
-        "show": ["show", digest],
+        "show": ["show", digest], "alias": ["alias", "runs:/r/model@2", "best"],
+        "lineage": ["lineage", "runs:/r/model@2"], "ls": ["ls", tree_digest],
     }
     documented = documented_keys()
     assert set(documented) >= set(runs), "a command has no key table in docs/cli.md"

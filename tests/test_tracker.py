@@ -29,7 +29,7 @@ from cas.manifest import TreeManifest
 MiB = 1 << 20
 CKPT = 32 * MiB
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOG_KEYS = {"name", "step", "kind", "digest", "size", "new_bytes", "time", "uri"}
+LOG_KEYS = {"name", "step", "kind", "digest", "size", "new_bytes", "time", "uri", "metadata", "aliases"}
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -653,8 +653,8 @@ def test_log_artifact_ref_stores_nothing_and_use_artifact_is_lineage(store_dir, 
 
     rows = cli("log", "consumer", "--json").json()
     assert rows == [{"name": "raw-data", "step": 1, "kind": "dataset", "digest": None, "size": 0, "new_bytes": 0,
-                     "time": rows[0]["time"], "uri": "runs:/consumer/raw-data@1",
-                     "ref_uri": "s3://datasets/imagenet/train.csv"}]
+                     "time": rows[0]["time"], "uri": "runs:/consumer/raw-data@1", "metadata": {"rows": 1281167},
+                     "aliases": [], "ref_uri": "s3://datasets/imagenet/train.csv"}]
     inputs = tracker.get_run("consumer", store=store_dir).inputs
     assert inputs == [{"ref": "runs:/producer/model", "digest": model.digest, "uri": "runs:/producer/model@1"},
                       {"ref": model.digest[:12], "digest": model.digest},

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from cas.records import Version, check_fields, check_name
 
+from .aliases import set_alias
+from .lineage import lineage
 from .run import Run, RunInfo, _open_store, generate_run_name, run_info
 from .tensors import load_tensor, safe_open
 
-__all__ = ["init", "download", "open", "get_run", "forget", "load_tensor", "safe_open", "Run", "RunInfo", "Version"]
+__all__ = ["init", "download", "open", "get_run", "versions", "alias", "lineage", "forget", "load_tensor", "safe_open",
+           "Run", "RunInfo", "Version"]
 
 
 def init(name: str | None = None, *, store=None, config: dict | None = None, metadata: dict | None = None) -> Run:
@@ -41,28 +44,49 @@ def open(ref: str, *, store=None):  # noqa: A001 - mirrors the built-in on purpo
     return _open_store(store).open_file(ref)
 
 
+def alias(ref: str, name: str, *, delete: bool = False, store=None) -> Version:
+    """Point alias `name` at the version `ref` names (runs:/<run>/<artifact>[@<step or alias>]), moving
+    it if it named another version of that artifact; delete=True removes it. `runs:/<run>/<artifact>@<name>`
+    then resolves to that version; an aliased version is kept by `forget` and by gc. Returns the version."""
+    return set_alias(_open_store(store), ref, name, delete=delete)
+
+
+def versions(run: str, *, name: str | None = None, kind: str | None = None, where: dict | None = None,
+             store=None) -> list[Version]:
+    """A run's live versions, optionally of one name or kind, and whose metadata has every key of
+    `where` with that value (a number matches the same number written otherwise: 3 == 3.0 == "3")."""
+    from .query import matches
+    st = _open_store(store)
+    found = st.records.versions(st.records.require_run(run), name, kind=kind)
+    return [v for v in found if matches(v.metadata, where or {})]
+
+
 def get_run(name: str, *, store=None) -> RunInfo:
     """A run's status, config, metadata, live versions and inputs."""
     return run_info(_open_store(store), name)
 
 
 def forget(runs, *, name: str | None = None, kind: str | None = None, keep_last: int | None = None,
-           keep_every: int | None = None, all: bool = False, dry_run: bool = False,  # noqa: A002 - the CLI's --all
-           store=None) -> list[Version]:
+           keep_every: int | None = None, keep_within: float | str | None = None, all: bool = False,  # noqa: A002
+           dry_run: bool = False, store=None) -> list[Version]:
     """Drop versions of runs by policy (records only; `cas gc` frees the data). Returns what was dropped.
 
-    Versions kept by any keep option, and versions whose digest is pinned, are kept; so is the latest
-    version (highest step) of each (run, name), unless keep_last=0 or all=True. With no keep option,
-    `all=True` must be given.
+    Versions kept by any keep option (keep_within: seconds, or a duration such as "12h"), versions
+    whose digest is pinned and aliased versions are kept; so is the latest version (highest step) of
+    each (run, name), unless keep_last=0 or all=True. With no keep option, `all=True` must be given.
     """
+    from cas.gc import parse_duration
+
     from .retention import Policy, to_forget
     st = _open_store(store)
-    policy = Policy(name, kind, keep_last, keep_every, all).check()
+    within = parse_duration(keep_within) if isinstance(keep_within, str) else keep_within
+    policy = Policy(name, kind, keep_last, keep_every, all, within).check()
     names = [runs] if isinstance(runs, str) else list(runs)
-    versions = []
+    versions, aliased = [], set()
     for run in names:
         versions += st.records.versions(st.records.require_run(run))
-    dropped = to_forget(versions, policy, {p.digest for p in st.pins()})
+        aliased |= {(run, n, step) for (n, _), step in st.records.aliases(run).items()}
+    dropped = to_forget(versions, policy, {p.digest for p in st.pins()}, aliased)
     if not dry_run:
         st.records.forget(dropped)
     return dropped

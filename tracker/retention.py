@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -11,7 +12,8 @@ from cas.records import Version
 
 @dataclass(frozen=True)
 class Policy:
-    """What to keep. A version kept by any option is kept; pinned digests are always kept.
+    """What to keep. A version kept by any option is kept; pinned digests and aliased versions are
+    always kept.
 
     The latest version (highest step) of each (run, name) is kept too, unless `keep_last=0` or
     `drop_all` says otherwise. With no keep option, `drop_all` must be set: forgetting everything
@@ -23,6 +25,7 @@ class Policy:
     keep_last: int | None = None  # the N highest steps of each (run, name)
     keep_every: int | None = None  # versions whose step is a multiple of K
     drop_all: bool = False  # the latest version is not kept unless a keep option keeps it
+    keep_within: float | None = None  # seconds: versions logged at most this long before now
 
     def check(self) -> Policy:
         for value, flag in ((self.keep_last, "--keep-last"), (self.keep_every, "--keep-every")):
@@ -30,9 +33,12 @@ class Policy:
                                       or (flag == "--keep-every" and value == 0)):
                 raise InvalidInput(f"{flag} takes a {'positive' if flag == '--keep-every' else 'non-negative'} "
                                    f"integer, not {value!r}", subject=flag)
-        if self.keep_last is None and self.keep_every is None and not self.drop_all:
-            raise InvalidInput("say what to keep (--keep-last N, --keep-every STEPS) or pass --all to forget "
-                               "every matching version", subject="policy")
+        if self.keep_within is not None and (isinstance(self.keep_within, bool) or
+                                             not isinstance(self.keep_within, (int, float)) or self.keep_within < 0):
+            raise InvalidInput(f"--keep-within takes a duration, not {self.keep_within!r}", subject="--keep-within")
+        if self.keep_last is None and self.keep_every is None and self.keep_within is None and not self.drop_all:
+            raise InvalidInput("say what to keep (--keep-last N, --keep-every STEPS, --keep-within DURATION) or pass "
+                               "--all to forget every matching version", subject="policy")
         return self
 
     @property
@@ -43,8 +49,10 @@ class Policy:
         return 0 if self.drop_all else 1
 
 
-def to_forget(versions: list[Version], policy: Policy, pinned: set[str]) -> list[Version]:
-    """The live versions the policy drops, in (run, name, step) order."""
+def to_forget(versions: list[Version], policy: Policy, pinned: set[str],
+              aliased: set[tuple[str, str, int]] | None = None, now: float | None = None) -> list[Version]:
+    """The live versions the policy drops, in (run, name, step) order. Pinned digests and aliased
+    (run, name, step) are always kept; keep_within counts back from `now` (default: the clock)."""
     policy.check()
     candidates = [v for v in versions if not v.forgotten
                   and (policy.name is None or v.name == policy.name)
@@ -55,7 +63,11 @@ def to_forget(versions: list[Version], policy: Policy, pinned: set[str]) -> list
             kept.update(id(v) for v in group[-policy.last_kept:])
     if policy.keep_every is not None:
         kept.update(id(v) for v in candidates if v.step % policy.keep_every == 0)
+    if policy.keep_within is not None:
+        since = (time.time() if now is None else now) - policy.keep_within
+        kept.update(id(v) for v in candidates if v.time >= since)
     kept.update(id(v) for v in candidates if v.digest is not None and v.digest in pinned)
+    kept.update(id(v) for v in candidates if (v.run, v.name, v.step) in (aliased or set()))
     return sorted((v for v in candidates if id(v) not in kept), key=lambda v: (v.run, v.name, v.step))
 
 

@@ -15,6 +15,7 @@ from cas.errors import InvalidInput, NotFound
 from cas.records import INLINE_MAX, RunEvent, Version, check_fields, check_name, check_step
 
 from . import formats
+from .aliases import set_alias
 from .background import Background, stage
 
 _ADJECTIVES = ("amber", "brisk", "calm", "dusty", "eager", "fuzzy", "gentle", "hidden", "icy", "jolly", "keen",
@@ -169,6 +170,17 @@ class Run:
         self.records.log_event(self.name, "input", ref=ref, digest=version.digest,
                                uri=version.uri if version.run else None)
         return version
+
+    def alias(self, version: Version | int, alias: str, *, name: str | None = None) -> Version:
+        """Point `alias` at a version of this run (a Version, or a step of artifact `name`), moving it
+        from the version it named before: runs:/<run>/<name>@<alias> then names it."""
+        if isinstance(version, Version):
+            name, step = version.name, version.step
+        elif name is None:
+            raise InvalidInput("run.alias(step, alias) needs the artifact name: name=...", subject=alias)
+        else:
+            step = check_step(version)
+        return set_alias(self.store, f"runs:/{self.name}/{name}@{step}", alias)
 
     def set_metadata(self, **metadata) -> None:
         self.records.log_event(self.name, "metadata", metadata=check_fields(metadata, "metadata"))

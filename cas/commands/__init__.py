@@ -31,5 +31,8 @@ COMMANDS: dict[str, Command] = {
     "du": run_commands.cmd_du,
     "diff": run_commands.cmd_diff,
     "forget": run_commands.cmd_forget,
+    "alias": run_commands.cmd_alias,
+    "lineage": run_commands.cmd_lineage,
+    "ls": store_commands.cmd_ls,
     "gc": gc_command.cmd_gc,
 }

@@ -1,4 +1,4 @@
-"""The run commands: runs, log, du, diff, forget."""
+"""The run commands: runs, log, alias, lineage, du, diff, forget."""
 
 from __future__ import annotations
 
@@ -37,14 +37,44 @@ def cmd_runs(args, uri, as_json) -> int:
 
 
 def cmd_log(args, uri, as_json) -> int:
-    records = open_store(uri).records
-    versions = records.versions(records.require_run(args.run), args.name, kind=args.kind)
+    import tracker
+    from tracker.query import parse_where
+    store = open_store(uri)
+    where = parse_where(args.where)
+    versions = tracker.versions(args.run, name=args.name, kind=args.kind, where=where, store=store)
+    aliases = store.records.aliases_by_version(args.run)
     out = [{"name": v.name, "step": v.step, "kind": v.kind, "digest": v.digest, "size": v.size,
-            "new_bytes": v.new_bytes, "time": v.time, "uri": v.uri, **({"ref_uri": v.ref_uri} if v.ref_uri else {})}
+            "new_bytes": v.new_bytes, "time": v.time, "uri": v.uri, "metadata": v.metadata,
+            "aliases": aliases.get((v.name, v.step), []), **({"ref_uri": v.ref_uri} if v.ref_uri else {})}
            for v in versions]
     text = "\n".join(f"{v['step']:>6}  {v['name']:30} {v['kind']:12} {(v['digest'] or '-')[:16]:16} "
-                      f"{human(v['size']):>10}  new {human(v['new_bytes']):>10}" for v in out)
+                      f"{human(v['size']):>10}  new {human(v['new_bytes']):>10}"
+                      + (f"  @{' @'.join(v['aliases'])}" if v["aliases"] else "") for v in out)
     emit(out, as_json, text or "no versions")
+    return 0
+
+
+def cmd_alias(args, uri, as_json) -> int:
+    import tracker
+    version = tracker.alias(args.ref, args.alias, delete=args.delete, store=open_store(uri))
+    target = f"runs:/{version.run}/{version.name}@{args.alias}"
+    result = {"alias": args.alias, "run": version.run, "name": version.name,
+              "step": None if args.delete else version.step, "uri": version.uri, "deleted": args.delete}
+    emit(result, as_json, f"removed {target}" if args.delete else f"{target} -> {version.uri}")
+    return 0
+
+
+def cmd_lineage(args, uri, as_json) -> int:
+    import tracker
+    result = tracker.lineage(args.ref, store=open_store(uri))
+    lines = []
+    if result.get("produced_by"):
+        p = result["produced_by"]
+        lines.append(f"produced by run {p['run']} at step {p['step']} ({p['uri']})")
+    lines += [f"used by run {u['run']} ({u['ref']})" for u in result["used_by"]]
+    lines += [f"input: {i['ref']}" for i in result["inputs"]]
+    lines += [f"output: {o['uri']}" for o in result["outputs"]]
+    emit(result, as_json, "\n".join(lines) or "no lineage recorded")
     return 0
 
 
@@ -100,7 +130,8 @@ def _tensor_lines(changes: list[dict], count: int) -> list[str]:
 def cmd_forget(args, uri, as_json) -> int:
     import tracker
     dropped = tracker.forget(args.runs, name=args.name, kind=args.kind, keep_last=args.keep_last,
-                             keep_every=args.keep_every, all=args.all, dry_run=args.dry_run, store=open_store(uri))
+                             keep_every=args.keep_every, keep_within=args.keep_within, all=args.all,
+                             dry_run=args.dry_run, store=open_store(uri))
     result = {"forgotten": [v.uri for v in dropped], "count": len(dropped), "dry_run": args.dry_run}
     if args.dry_run:
         text = _forget_plan(dropped)

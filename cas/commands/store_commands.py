@@ -6,6 +6,7 @@ import os
 import stat
 import sys
 from functools import partial
+from typing import Any
 
 from ..errors import IntegrityError, InvalidInput
 from ..output import emit
@@ -166,4 +167,33 @@ def cmd_reindex(args, uri, as_json) -> int:
         counts = store.reindex(on_progress=bar)
     emit(counts, as_json, f"reindexed {counts['packs']} packs: {counts['chunks']} chunks, "
                           f"{counts['manifests']} manifests")
+    return 0
+
+
+def cmd_ls(args, uri, as_json) -> int:
+    """A run name lists the run's artifact names; anything else is a stored folder (or file) to list."""
+    from ..manifest import TreeManifest
+    store = open_store(uri)
+    ref = args.ref
+    if "/" not in ref and ":" not in ref and store.exists and store.records.exists(ref):
+        names: dict[str, dict] = {}
+        for v in store.records.versions(ref):
+            names[v.name] = {"name": v.name, "kind": v.kind, "versions": names.get(v.name, {}).get("versions", 0) + 1,
+                             "latest_step": v.step, "size": v.size, "type": v.object_type}
+        out: dict = {"ref": ref, "run": ref, "names": list(names.values()), "digest": None, "entries": []}
+        text = "\n".join(f"{n['name']:40} {n['type']:5} {n['versions']:5} version{'' if n['versions'] == 1 else 's'}"
+                         f"  latest @{n['latest_step']}  {human(n['size']):>10}" for n in out["names"])
+        emit(out, as_json, text or "no artifacts")
+        return 0
+    digest, _, manifest = store.lookup(ref)
+    if isinstance(manifest, TreeManifest):
+        entries: list[dict[str, Any]] = [
+            {"path": e.path, "kind": e.kind, "size": e.size, "digest": e.digest.hex() or None,
+             **({"target": e.target} if e.target else {})} for e in manifest.entries]
+    else:
+        entries = [{"path": ref, "kind": "file", "size": manifest.size, "digest": digest.hex()}]
+    text = "\n".join(f"{e['kind']:4} {human(e['size']) if e['kind'] == 'file' else '-':>10}  "
+                     f"{(e['digest'] or '-')[:16]:16}  {e['path']}" for e in entries)
+    emit({"ref": ref, "run": None, "names": [], "digest": digest.hex(), "entries": entries}, as_json,
+         text or "an empty folder")
     return 0

@@ -5,7 +5,7 @@ follows the Trainer's `save_total_limit` rotation by forgetting the versions who
     trainer = Trainer(..., callbacks=[CasCallback(run="bert-ft")])
     tracker.download("runs:/bert-ft/checkpoint@20", "restored/")
 
-A pinned version is never forgotten. `weights_only=True` logs only the model's weight files
+A pinned or aliased version is never forgotten. `weights_only=True` logs only the model's weight files
 (`model*.safetensors`, `pytorch_model*.bin`, adapters and shard indexes), not the optimizer,
 scheduler and RNG state that make up most of a checkpoint folder.
 """
@@ -53,10 +53,11 @@ class CasCallback(TrainerCallback):
         return control
 
     def _follow_rotation(self, run: Run, output_dir: str) -> None:
-        """Forget the versions whose checkpoint folder the Trainer deleted (a pinned one stays)."""
+        """Forget the versions whose checkpoint folder the Trainer deleted (a pinned or aliased one stays)."""
         pinned = {p.digest for p in run.store.pins()}
+        aliased = {step for (name, _), step in run.records.aliases(run.name).items() if name == self.name}
         gone = [v for v in run.records.versions(run.name, self.name)
-                if v.digest not in pinned
+                if v.digest not in pinned and v.step not in aliased
                 and not os.path.isdir(os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{v.step}"))]
         if gone:
             run.records.forget(gone)
