@@ -121,8 +121,10 @@ def _content_commands(cmd) -> None:
 def _store_commands(cmd) -> None:
     cmd("stats", "sizes and counts of the store", _examples("cas stats", "cas --json stats"))
     c = cmd("verify", "check the store end to end (metadata only, unless --read-data)",
-            _examples("cas verify", "cas verify --read-data"))
+            _examples("cas verify", "cas verify --read-data", "cas verify --refs"))
     c.add_argument("--read-data", action="store_true", help="also read every pack and check every stored byte")
+    c.add_argument("--refs", action="store_true", help="also look at the targets of references (log_artifact_ref) "
+                                                       "and report those that changed or vanished since logged")
     cmd("reindex", "rebuild this machine's index of the store from the packs' footers", _examples("cas reindex"))
     c = cmd("gc", "delete what no run or pin references, safely beside running writers",
             _examples("cas gc --dry-run", "cas gc --grace 0          # condemn and delete in one run"))

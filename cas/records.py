@@ -106,6 +106,7 @@ class Version:
     object_type: str = "file"  # file or tree
     key: str = ""
     forgotten: bool = False  # a tombstone: `cas forget` dropped this (run, name, step)
+    ref_state: dict | None = None  # log_artifact_ref: what identified the target when logged
 
     @property
     def uri(self) -> str:
@@ -159,7 +160,8 @@ def _version(doc: dict, key: str) -> Version:
                 framing.hex_digest(doc["digest"]), framing.integer(doc["size"], "size"),
                 framing.integer(doc["new_bytes"], "new_bytes"), framing.when(doc["time"]),
                 framing.mapping(doc.get("metadata", {}), "metadata"), ref_uri, inline, doc.get("type", "file"), key,
-                doc.get("forgotten", False))
+                doc.get("forgotten", False),
+                framing.mapping(doc["ref_state"], "ref_state") if doc.get("ref_state") is not None else None)
     if v.inline is not None and hash_bytes(v.inline).hex() != v.digest:
         raise ValueError("its inline content does not match its digest")
     return v
@@ -235,7 +237,7 @@ class RecordBook:
 
     def log_version(self, run: str, name: str, *, kind: str, digest: str | None, size: int, new_bytes: int,
                     step: int | None = None, metadata: dict | None = None, ref_uri: str | None = None,
-                    inline: bytes | None = None, object_type: str = "file") -> Version:
+                    inline: bytes | None = None, object_type: str = "file", ref_state: dict | None = None) -> Version:
         check_name(run, "run name")
         check_name(name)
         if step is not None:
@@ -247,6 +249,8 @@ class RecordBook:
                "type": object_type}
         if ref_uri is not None:
             doc["ref_uri"] = ref_uri
+        if ref_state is not None:
+            doc["ref_state"] = check_fields(ref_state, "ref_state")
         if inline is not None:
             doc["inline"] = bytes(inline)
         if step is not None:

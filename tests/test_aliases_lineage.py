@@ -135,3 +135,30 @@ def test_four_processes_moving_one_alias_agree_and_lose_nothing(store_dir, tmp_p
         {f"notes/{who}": rounds for who in range(4)}
     live = Store.open(store_dir).records.versions("race")
     assert len(live) == 3 + 4 * rounds  # no version lost
+
+
+def test_verify_refs_reports_a_changed_and_a_vanished_target(cli, store_dir, tmp_path):
+    (tmp_path / "train.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "gone.csv").write_text("x\n")
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "0.bin").write_bytes(b"0" * 100)
+    with tracker.init("data", store=store_dir) as run:
+        run.log_artifact_ref(str(tmp_path / "train.csv"), name="train")
+        run.log_artifact_ref(str(tmp_path / "gone.csv"), name="gone")
+        run.log_artifact_ref(f"file://{tmp_path / 'shards'}", name="shards")
+        run.log_artifact_ref("https://example.invalid/data.csv", name="web")
+    ok = cli("--json", "verify", "--refs").json()
+    assert {r["uri"]: r["status"] for r in ok["refs"]} == {
+        "runs:/data/gone@1": "unchanged", "runs:/data/shards@1": "unchanged", "runs:/data/train@1": "unchanged",
+        "runs:/data/web@1": "unrecorded"} and ok["ok"]
+    (tmp_path / "train.csv").write_text("a,b\n1,3\n")  # same size, other bytes
+    (tmp_path / "gone.csv").unlink()
+    (tmp_path / "shards" / "1.bin").write_bytes(b"1")
+    r = cli("verify", "--refs")
+    assert r.code != 0
+    problems = [line for line in r.err.splitlines() if line.startswith("cas: reference")]
+    assert sorted(problems) == sorted([
+        "cas: reference runs:/data/gone@1 (" + str(tmp_path / "gone.csv") + ") vanished since it was logged",
+        "cas: reference runs:/data/shards@1 (file://" + str(tmp_path / "shards") + ") changed since it was logged",
+        "cas: reference runs:/data/train@1 (" + str(tmp_path / "train.csv") + ") changed since it was logged"])
+    assert "unrecorded" in r.err and cli("--json", "verify").json()["refs"] is None

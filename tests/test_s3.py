@@ -214,3 +214,23 @@ def test_two_machines_logging_children_of_one_parent_at_once(s3_store, tmp_path)
         _cas(s3_store, four, "get", res["digest"], "-o", str(dest))
         assert filecmp.cmp(dest, src, shallow=False)
     assert _cas(s3_store, four, "verify", "--read-data")["ok"]
+
+
+def test_a_reference_to_an_s3_object_notices_an_overwrite_and_a_delete(s3_store, tmp_path):
+    """log_artifact_ref records the object's size, ETag and version id; verify --refs compares them."""
+    import tracker
+    bucket = s3_store[len("s3://"):].partition("/")[0]
+    s3 = boto3.client("s3")
+    _cas(s3_store, _machine(tmp_path, "a"), "init")
+    s3.put_object(Bucket=bucket, Key="data/train.csv", Body=b"a,b\n1,2\n")
+    with tracker.init("data", store=s3_store) as run:
+        version = run.log_artifact_ref(f"s3://{bucket}/data/train.csv", name="train")
+    assert version.ref_state["kind"] == "s3" and version.ref_state["size"] == 8 and version.ref_state["etag"]
+    status = lambda: {r["uri"]: r["status"] for r in _cas(s3_store, {}, "verify", "--refs")["refs"]}  # noqa: E731
+    assert status() == {"runs:/data/train@1": "unchanged"}
+    s3.put_object(Bucket=bucket, Key="data/train.csv", Body=b"a,b\n1,3\n")  # same size, new ETag
+    r = run_cas("--store", s3_store, "verify", "--refs")
+    assert r.returncode != 0 and "changed since it was logged" in r.stderr
+    s3.delete_object(Bucket=bucket, Key="data/train.csv")
+    r = run_cas("--store", s3_store, "--json", "verify", "--refs")
+    assert json.loads(r.stdout)["refs"][0]["status"] == "vanished"

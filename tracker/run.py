@@ -148,12 +148,15 @@ class Run:
         return self._log_bytes(formats.numpy_bytes(value, artifact_file), artifact_file, "numpy", step, on_progress)
 
     def log_artifact_ref(self, uri: str, name: str, kind: str | None = None, summary: dict | None = None) -> Version:
-        """Record that this run relates to something stored elsewhere; nothing is stored."""
+        """Record that this run relates to something stored elsewhere; nothing is stored. What identifies
+        the target now is recorded with it (tracker/references.py), so `cas verify --refs` can tell
+        whether it changed or vanished since."""
+        from .references import identify
         if not isinstance(uri, str) or not uri:
             raise InvalidInput(f"invalid reference URI {uri!r}", subject=str(uri))
         self._check(name, None, summary)
         return self.records.log_version(self.name, name, kind=kind or "reference", digest=None, size=0, new_bytes=0,
-                                        metadata=summary, ref_uri=uri)
+                                        metadata=summary, ref_uri=uri, ref_state=identify(uri))
 
     def use_artifact(self, ref: str) -> Version:
         """Record an input of this run (lineage) and return the version it names."""

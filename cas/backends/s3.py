@@ -163,6 +163,19 @@ class S3Backend(Backend):
         except self._bex.BotoCoreError as exc:
             raise self._fail(exc, f"reading {key}") from None
 
+    def object_identity(self, key: str) -> dict | None:
+        """What identifies an object now (size, ETag, version id: None if the bucket keeps no versions),
+        or None if there is none; for references to data kept outside the store."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except self._bex.ClientError as exc:
+            if _code(exc) in _NO_KEY:
+                return None
+            raise self._fail(exc, f"reading {key}") from None
+        except self._bex.BotoCoreError as exc:
+            raise self._fail(exc, f"reading {key}") from None
+        return {"size": int(head["ContentLength"]), "etag": head.get("ETag"), "version_id": head.get("VersionId")}
+
     def list(self, prefix) -> Iterator[tuple[str, int]]:
         for key, obj in self._objects(prefix):
             yield key, int(obj["Size"])

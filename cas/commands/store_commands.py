@@ -145,11 +145,18 @@ def cmd_verify(args, uri, as_json) -> int:
     store = open_store(uri)
     with progress_bar("verify", as_json, (lambda: sum(pack_sizes(store))) if args.read_data else None) as bar:
         report = store.verify(read_data=args.read_data, on_progress=bar if args.read_data else None)
+    refs = _check_refs(store) if args.refs else None
+    for r in refs or []:
+        if r["status"] in ("changed", "vanished"):
+            report.problems.append(f"reference {r['uri']} ({r['ref_uri']}) {r['status']} since it was logged")
     if as_json:
-        emit(report.to_dict(), True)
+        emit({**report.to_dict(), "refs": refs}, True)
     else:
         for problem in report.problems:
             sys.stderr.write(f"cas: {problem}\n")
+        for r in refs or []:
+            if r["status"] in ("unreachable", "unrecorded"):
+                sys.stderr.write(f"cas: warning: reference {r['uri']} ({r['ref_uri']}) is {r['status']}\n")
         if report.ok:
             emit(None, False, f"ok: {report.packs} packs, {report.chunks} chunks, {report.manifests} manifests, "
                               f"{report.pins} pins, {report.index_objects} index objects"
@@ -159,6 +166,18 @@ def cmd_verify(args, uri, as_json) -> int:
     if not report.ok:
         raise IntegrityError(f"verify found {len(report.problems)} problem(s); first: {report.problems[0]}")
     return 0
+
+
+def _check_refs(store) -> list[dict]:
+    """Each live reference (log_artifact_ref) looked at again: unchanged, changed, vanished, unreachable
+    or unrecorded (tracker/references.py)."""
+    from tracker.references import check
+    out = []
+    for v in store.records.all_versions() if store.exists else []:
+        if v.ref_uri is not None:
+            status, now = check(v.ref_state, v.ref_uri)
+            out.append({"uri": v.uri, "ref_uri": v.ref_uri, "status": status, "recorded": v.ref_state, "now": now})
+    return out
 
 
 def cmd_reindex(args, uri, as_json) -> int:
