@@ -36,6 +36,9 @@ def test_runs_write_read_seek_ls_rm_exists_through_fsspec_open(store_env, tmp_pa
     with fsspec.open("runs://exp/ckpts/model.pt@1", "rb") as f:
         f.seek(2 << 20)
         assert f.read(10) == data[2 << 20:(2 << 20) + 10]
+    import tracker
+    tracker.alias("runs:/exp/ckpts/model.pt@1", "best")
+    assert fs.cat("runs://exp/ckpts/model.pt@best") == data
     assert fs.ls("runs://exp", detail=False) == ["exp/ckpts"]
     assert fs.ls("exp/ckpts", detail=False) == ["exp/ckpts/model.pt"]
     assert fs.isdir("runs://exp/ckpts") and fs.isfile("runs://exp/ckpts/model.pt")

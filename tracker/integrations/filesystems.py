@@ -6,12 +6,13 @@ with no import. The store is `storage_options={"store": ...}` (a URI or a cas St
 else `./.cas`.
 
 runs:// paths: `<run>/<name>` is the latest live version of a name (names may contain '/', and the
-folders they imply are listed); `<run>/<name>@<step>` one version; a logged folder is a directory
-whose files are paths below its name (`<run>/<name>[@<step>]/<path>`). When a name and a path overlap,
-the longest logged name wins. `rm` forgets: every live version of a name, or the one `@<step>` names
-(`cas gc` then frees what no longer has a root). A version this process read (say, the checkpoint a
-training run resumed from) is pinned when it is forgotten, under `hold/<run>/<name>@<step>/<pid>`, and
-unpinned when the process exits: gc cannot take it while the run that read it is alive.
+folders they imply are listed); `<run>/<name>@<step>` or `@<alias>` one version; a logged folder is a
+directory whose files are paths below its name (`<run>/<name>[@<step>]/<path>`). When a name and a
+path overlap, the longest logged name wins. `rm` forgets: every live version of a name, or the one
+`@<step>` names (`cas gc` then frees what no longer has a root). A version this process read (say,
+the checkpoint a training run resumed from) is pinned when it is forgotten, under
+`hold/<run>/<name>@<step>/<pid>`, and unpinned when the process exits: gc cannot take it while the
+run that read it is alive.
 """
 
 from __future__ import annotations
@@ -213,8 +214,9 @@ class RunsFileSystem(AbstractFileSystem):
         tail = rest[len(name):]
         versions = live[name]
         if tail.startswith("@"):
-            step_text, _, sub = tail[1:].partition("/")
-            versions = [v for v in versions if step_text.isdigit() and v.step == int(step_text)]
+            at, _, sub = tail[1:].partition("/")
+            step = int(at) if at.isdigit() else self.store.records.aliases(run).get((name, at))
+            versions = [v for v in versions if v.step == step]
         else:
             sub = tail[1:]
         version = versions[-1] if versions else None
