@@ -154,27 +154,26 @@ class S3Backend(Backend):
         raise AssertionError("unreachable")
 
     def stat(self, key):
-        try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
-        except self._bex.ClientError as exc:
-            if _code(exc) in _NO_KEY:
-                return None
-            raise self._fail(exc, f"reading {key}") from None
-        except self._bex.BotoCoreError as exc:
-            raise self._fail(exc, f"reading {key}") from None
+        head = self._head(key)
+        return None if head is None else int(head["ContentLength"])
 
     def object_identity(self, key: str) -> dict | None:
         """What identifies an object now (size, ETag, version id: None if the bucket keeps no versions),
         or None if there is none; for references to data kept outside the store."""
+        head = self._head(key)
+        if head is None:
+            return None
+        return {"size": int(head["ContentLength"]), "etag": head.get("ETag"), "version_id": head.get("VersionId")}
+
+    def _head(self, key: str) -> dict | None:
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except self._bex.ClientError as exc:
             if _code(exc) in _NO_KEY:
                 return None
             raise self._fail(exc, f"reading {key}") from None
         except self._bex.BotoCoreError as exc:
             raise self._fail(exc, f"reading {key}") from None
-        return {"size": int(head["ContentLength"]), "etag": head.get("ETag"), "version_id": head.get("VersionId")}
 
     def list(self, prefix) -> Iterator[tuple[str, int]]:
         for key, obj in self._objects(prefix):
