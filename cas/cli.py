@@ -126,6 +126,14 @@ def _store_commands(cmd) -> None:
     c.add_argument("--refs", action="store_true", help="also look at the targets of references (log_artifact_ref) "
                                                        "and report those that changed or vanished since logged")
     cmd("reindex", "rebuild this machine's index of the store from the packs' footers", _examples("cas reindex"))
+    c = cmd("copy", "copy runs, versions, pins or content to another store, sending only what it lacks",
+            _examples("cas copy exp-1 --to s3://team-bucket/cas        # a run: its versions and records",
+                      "cas copy runs:/exp-1/model@300 best --to ./laptop-store   # a version, a pin",
+                      "cas --store s3://team-bucket/cas copy exp-1 --to .cas     # pull back"))
+    c.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="a run name, a runs:/ reference, a pin label (the pin comes along), or a digest "
+                        "(pinned there as copy/<digest>)")
+    c.add_argument("--to", required=True, metavar="STORE", help="the target store: a folder or s3://bucket/prefix")
     c = cmd("gc", "delete what no run or pin references, safely beside running writers",
             _examples("cas gc --dry-run", "cas gc --grace 0          # condemn and delete in one run"))
     c.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")

@@ -334,6 +334,25 @@ class RecordBook:
             raise NotFound(f"unknown run {run!r}", subject=run)
         return run
 
+    # ---- copying ------------------------------------------------------------------------
+    def raw_records(self, prefix: str) -> list[tuple[str, bytes]]:
+        """(key, raw bytes) of every cached record whose key starts with prefix (a run's, or one key)."""
+        return [(key, bytes(raw)) for key, raw in self.index.iter_records(prefix)]
+
+    def copy_records(self, items: list[tuple[str, bytes]]) -> int:
+        """Write records read from another store under their own keys (create-only: a key already
+        here holds the same record); each is decoded and checked against its key first. Returns how
+        many were written."""
+        written, cached = 0, []
+        for key, raw in items:
+            rec = decode(raw, key=key)
+            self.before_commit()
+            if self.backend.put(key, raw, create_only=True):
+                written += 1
+            cached.append((key, raw, _inline_of(rec)))
+        self.index.add_records(cached)
+        return written
+
     # ---- aliases ------------------------------------------------------------------------
     def set_alias(self, run: str, name: str, alias: str, step: int | None) -> RunEvent:
         """Point `alias` of (run, name) at a step, or remove it (step None): an event record, so aliases

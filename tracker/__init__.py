@@ -15,8 +15,8 @@ from .lineage import lineage
 from .run import Run, RunInfo, _open_store, generate_run_name, run_info
 from .tensors import load_tensor, safe_open
 
-__all__ = ["init", "download", "open", "get_run", "versions", "alias", "lineage", "forget", "load_tensor", "safe_open",
-           "Run", "RunInfo", "Version"]
+__all__ = ["init", "download", "open", "get_run", "versions", "alias", "lineage", "copy", "forget", "load_tensor",
+           "safe_open", "Run", "RunInfo", "Version"]
 
 
 def init(name: str | None = None, *, store=None, config: dict | None = None, metadata: dict | None = None) -> Run:
@@ -49,6 +49,15 @@ def alias(ref: str, name: str, *, delete: bool = False, store=None) -> Version:
     it if it named another version of that artifact; delete=True removes it. `runs:/<run>/<artifact>@<name>`
     then resolves to that version; an aliased version is kept by `forget` and by gc. Returns the version."""
     return set_alias(_open_store(store), ref, name, delete=delete)
+
+
+def copy(sources, *, to, store=None, on_progress=None) -> dict:
+    """Copy runs (names), versions (runs:/ references), pins (labels) or content (digests) to the
+    store `to` (a URI or a Store), sending only the chunks it lacks; records and pins are written
+    there once their data is durable. Returns {"sent_bytes", "skipped_bytes", "objects", ...}."""
+    from cas.copy import copy as copy_to
+    names = [sources] if isinstance(sources, str) else list(sources)
+    return copy_to(_open_store(store), _open_store(to), names, on_progress=on_progress).to_dict()
 
 
 def versions(run: str, *, name: str | None = None, kind: str | None = None, where: dict | None = None,

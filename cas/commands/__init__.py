@@ -34,5 +34,6 @@ COMMANDS: dict[str, Command] = {
     "alias": run_commands.cmd_alias,
     "lineage": run_commands.cmd_lineage,
     "ls": store_commands.cmd_ls,
+    "copy": store_commands.cmd_copy,
     "gc": gc_command.cmd_gc,
 }

@@ -216,3 +216,16 @@ def cmd_ls(args, uri, as_json) -> int:
     emit({"ref": ref, "run": None, "names": [], "digest": digest.hex(), "entries": entries}, as_json,
          text or "an empty folder")
     return 0
+
+
+def cmd_copy(args, uri, as_json) -> int:
+    from ..copy import copy
+    source, target = open_store(uri), open_store(args.to)
+    source.require()
+    with progress_bar("copy", as_json) as bar:
+        report = copy(source, target, args.sources, on_progress=bar)
+    result = report.to_dict()
+    emit(result, as_json, f"sent {human(report.sent_bytes)} in {report.objects} blobs, "
+                          f"{human(report.skipped_bytes)} already there; {report.records} records"
+                          + (f"; pinned {', '.join(report.pins)}" if report.pins else ""))
+    return 0
