@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                              "(default: $CAS_STORE, else .cas in this folder or a parent)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the result as JSON on stdout, and errors as a JSON object on stderr")
+    common.add_argument("--jobs", type=int, default=argparse.SUPPRESS, metavar="N",
+                        help="transfers at once to or from S3 (default: $CAS_S3_JOBS, else 4)")
     p = _ArgParser(prog="cas", parents=[common], description="Content-addressed artifact store.",
                    formatter_class=argparse.RawDescriptionHelpFormatter,
                    epilog="Run `cas COMMAND --help` for a command's arguments and examples.")
@@ -214,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         command = COMMANDS.get(args.command)
         if command is None:  # a parser entry without a command behind it
             raise InvalidInput(f"unknown command {args.command!r} (see cas --help)", subject=args.command)
+        if getattr(args, "jobs", None) is not None:
+            os.environ["CAS_S3_JOBS"] = str(args.jobs)  # read when an s3:// store is opened (checked there)
         return command(args, getattr(args, "store", None), as_json)
     except CasError as exc:
         return _fail(exc, as_json)

@@ -234,3 +234,27 @@ def test_a_reference_to_an_s3_object_notices_an_overwrite_and_a_delete(s3_store,
     s3.delete_object(Bucket=bucket, Key="data/train.csv")
     r = run_cas("--store", s3_store, "--json", "verify", "--refs")
     assert json.loads(r.stdout)["refs"][0]["status"] == "vanished"
+
+
+def test_server_side_encryption_reaches_every_put_and_bad_settings_are_one_line(s3_store, tmp_path, monkeypatch):
+    from conftest import one_error_line
+
+    from cas import Store
+    sent = []
+    monkeypatch.setenv("CAS_S3_SSE", "AES256")
+    store = Store.open(s3_store + "?jobs=2&read_timeout=30")
+    assert store.backend.settings["jobs"] == 2 and store.backend.upload_concurrency == 2
+    for event in ("before-call.s3.PutObject", "before-call.s3.CreateMultipartUpload"):
+        store.backend.client.meta.events.register(event, lambda params, **kw: sent.append(
+            (kw["model"].name, params.get("headers", {}).get("x-amz-server-side-encryption"))))
+    write_checkpoint(tmp_path / "a.bin", 2 * MiB, seed=3)
+    store.put_file(tmp_path / "a.bin")
+    assert sent and all(header == "AES256" for _, header in sent), sent
+    assert {name for name, _ in sent} >= {"PutObject"}
+    monkeypatch.delenv("CAS_S3_SSE")
+    for env, uri, words in ((("CAS_S3_SSE", "rot13"), s3_store, "bad server-side encryption"),
+                            (("CAS_S3_JOBS", "0"), s3_store, "bad S3 setting jobs"),
+                            (None, s3_store + "?bogus=1", "unknown S3 setting"),
+                            (("CAS_S3_SSE_KMS_KEY_ID", "k"), s3_store, "needs sse=aws:kms")):
+        r = run_cas("--store", uri, "stats", env=dict([env]) if env else None)
+        assert r.returncode == 2 and words in one_error_line(r.stderr), r.stderr

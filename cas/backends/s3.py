@@ -38,6 +38,47 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, (prefix + "/" if prefix else "")
 
 
+SETTINGS = {  # URL query key → environment variable; the query wins over the environment
+    "sse": "CAS_S3_SSE", "kms_key_id": "CAS_S3_SSE_KMS_KEY_ID", "connect_timeout": "CAS_S3_CONNECT_TIMEOUT",
+    "read_timeout": "CAS_S3_READ_TIMEOUT", "jobs": "CAS_S3_JOBS"}
+SSE_MODES = ("AES256", "aws:kms")
+
+
+def s3_settings(uri: str) -> tuple[str, dict]:
+    """(the URI without its query, the settings): server-side encryption (sse=AES256|aws:kms, kms_key_id),
+    connect and read timeouts in seconds, and jobs (parallel transfers), from the URI's query
+    (s3://bucket/prefix?sse=aws:kms&jobs=8) or else the CAS_S3_* environment variables. A bad one is
+    InvalidInput naming it."""
+    base, _, query = uri.partition("?")
+    try:
+        given = dict(urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    except ValueError:
+        raise InvalidInput("malformed S3 URI query (use ?sse=AES256&jobs=8)", subject="s3://") from None
+    unknown = sorted(set(given) - set(SETTINGS))
+    if unknown:
+        raise InvalidInput(f"unknown S3 setting {unknown[0]!r} in the store URI (known: {', '.join(SETTINGS)})",
+                           subject=unknown[0])
+    raw = {key: given.get(key, os.environ.get(env, "")) for key, env in SETTINGS.items()}
+    out: dict = {"sse": raw["sse"] or None, "kms_key_id": raw["kms_key_id"] or None}
+    if out["sse"] is not None and out["sse"] not in SSE_MODES:
+        raise InvalidInput(f"bad server-side encryption {out['sse']!r} (CAS_S3_SSE or ?sse=: AES256 or aws:kms)",
+                           subject="sse")
+    if out["kms_key_id"] is not None and out["sse"] != "aws:kms":
+        raise InvalidInput("a KMS key id needs sse=aws:kms (CAS_S3_SSE)", subject="kms_key_id")
+    for key, default, low, high in (("connect_timeout", 10.0, 0.1, 3600), ("read_timeout", 60.0, 0.1, 3600),
+                                    ("jobs", 4, 1, 64)):
+        text = raw[key]
+        try:
+            value = (int(text) if key == "jobs" else float(text)) if text else default
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise InvalidInput(f"bad S3 setting {key}={text!r} ({SETTINGS[key]} or ?{key}=: a number from {low} to "
+                               f"{high})", subject=key)
+        out[key] = value
+    return base, out
+
+
 def endpoint_from_env() -> str | None:
     """AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, checked so that a typo is one line (never repeated: it may
     hold a user and password)."""
@@ -66,8 +107,13 @@ class S3Backend(Backend):
     read_concurrency = 8
 
     def __init__(self, uri: str):
+        uri, self.settings = s3_settings(uri)
         self.uri = uri
         self.bucket, self.prefix = parse_s3_uri(uri)
+        self.upload_concurrency, self.read_concurrency = self.settings["jobs"], 2 * self.settings["jobs"]
+        self._sse = {"ServerSideEncryption": self.settings["sse"]} if self.settings["sse"] else {}
+        if self.settings["kms_key_id"]:
+            self._sse["SSEKMSKeyId"] = self.settings["kms_key_id"]
         try:
             import boto3
             import botocore.config
@@ -80,9 +126,9 @@ class S3Backend(Backend):
             signature_version="s3v4",
             retries={"mode": "standard", "total_max_attempts": 5},
             s3={"addressing_style": "path" if endpoint else "auto"},
-            max_pool_connections=16,
-            connect_timeout=10,
-            read_timeout=60,
+            max_pool_connections=max(16, 2 * self.settings["jobs"]),
+            connect_timeout=self.settings["connect_timeout"],
+            read_timeout=self.settings["read_timeout"],
         )
         try:
             self.client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
@@ -199,7 +245,7 @@ class S3Backend(Backend):
     # ---- writes -----------------------------------------------------------------------------
     def put(self, key, data, *, create_only=False):
         return self._create(key, create_only, lambda extra: self.client.put_object(
-            Bucket=self.bucket, Key=self._key(key), Body=data, **extra))
+            Bucket=self.bucket, Key=self._key(key), Body=data, **self._sse, **extra))
 
     def put_file(self, key, path, *, create_only=False):
         size = os.path.getsize(path)
@@ -208,7 +254,7 @@ class S3Backend(Backend):
 
         def put(extra):
             with open(path, "rb") as f:
-                return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=f, **extra)
+                return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=f, **self._sse, **extra)
         return self._create(key, create_only, put)
 
     def _create(self, key: str, create_only: bool, send) -> bool:
@@ -241,7 +287,7 @@ class S3Backend(Backend):
     def _multipart(self, key: str, path: str, extra: dict) -> None:
         """Upload a big file in parts; abort the upload on any failure (stale uploads are gc's to clean)."""
         full = self._key(key)
-        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=full)["UploadId"]
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **self._sse)["UploadId"]
         try:
             parts = []
             with open(path, "rb") as f:
