@@ -23,7 +23,8 @@ from .pack_index import PackRecord
 from .tensorfiles import read_layout
 
 DEPTH = 3  # segments in flight per stage
-PACKS_PER_INDEX_OBJECT = 256  # a long put writes one index object per this many packs
+PACKS_PER_INDEX_OBJECT = 256  # a long put writes one index object per this many packs...
+INDEX_OBJECT_BYTES = 256 << 20  # ...or per this many bytes of packs: a killed put's retry re-sends at most that
 REHASH_BLOCK = 8 << 20
 
 
@@ -217,7 +218,9 @@ class PutSession:
         self.unconsumed.discard(pack)
         self.own_packs.add(record.pack_id)
         self.written.append(record)
-        if len(self.written) >= PACKS_PER_INDEX_OBJECT:  # a long put: let other machines see progress
+        # a long put names what is durable as it goes: other machines see progress, and a retry after a
+        # crash deduplicates against it instead of sending it again
+        if len(self.written) >= PACKS_PER_INDEX_OBJECT or sum(r.size for r in self.written) >= INDEX_OBJECT_BYTES:
             self._write_index_object()
 
     def _write_index_object(self) -> None:

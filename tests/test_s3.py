@@ -258,3 +258,49 @@ def test_server_side_encryption_reaches_every_put_and_bad_settings_are_one_line(
                             (("CAS_S3_SSE_KMS_KEY_ID", "k"), s3_store, "needs sse=aws:kms")):
         r = run_cas("--store", uri, "stats", env=dict([env]) if env else None)
         assert r.returncode == 2 and words in one_error_line(r.stderr), r.stderr
+
+
+def test_a_killed_big_put_is_resumed_and_gc_keeps_then_reclaims_its_packs(s3_store, tmp_path):
+    """SIGKILL a 600 MiB put once 400 MiB of packs are on the server: the retry sends at most what the
+    killed one had not named in an index object (every 256 MiB); gc with the default grace keeps the
+    killed put's packs, and once they are past the grace gc reclaims what the retry did not use."""
+    import signal
+    import time
+    size = int(os.environ.get("CAS_RESUME_MIB", "600")) * MiB
+    src = tmp_path / "big.bin"
+    with open(src, "wb") as f:
+        for start in range(0, size, 64 * MiB):
+            f.write(os.urandom(min(64 * MiB, size - start)))
+    env = dict(_machine(tmp_path, "a"), CAS_LEASE_SECONDS="3")
+    _cas(s3_store, env, "init")
+    killed = subprocess.Popen([*cas_command(), "--store", s3_store, "put", str(src), "--label", "big"],
+                              env=dict(os.environ, **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while sum(size for _, size in _objects_of(s3_store, "packs")) < size * 2 // 3:
+        assert killed.poll() is None and time.monotonic() < deadline, "the put ended before it could be killed"
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    before = dict(_objects_of(s3_store, "packs"))
+    assert _objects_of(s3_store, "index")  # at least one index object named some of it
+    done = _cas(s3_store, env, "put", str(src), "--label", "big")
+    after = dict(_objects_of(s3_store, "packs"))
+    anew = sum(size for key, size in after.items() if key not in before)
+    print(f"[resume] killed with {sum(before.values()) / MiB:.0f} MiB of packs on the server; the retry sent "
+          f"{anew / MiB:.0f} MiB anew of {size / MiB:.0f} MiB")
+    assert anew <= size * 456 // 600, (anew / MiB, sum(before.values()) / MiB)
+    out = tmp_path / "restored.bin"
+    _cas(s3_store, _machine(tmp_path, "fresh"), "get", "big", "-o", str(out))
+    assert filecmp.cmp(src, out, shallow=False) and done["size"] == size
+    time.sleep(4)  # the killed writer's lease has expired
+    _cas(s3_store, env, "gc")  # default grace: condemns, deletes nothing yet
+    assert set(dict(_objects_of(s3_store, "packs"))) == set(after)
+    _cas(s3_store, env, "gc", "--grace", "0")  # past the grace: what no retry used goes
+    left = dict(_objects_of(s3_store, "packs"))
+    assert sum(left.values()) <= size * 1.02 and sum(left.values()) < sum(after.values())
+    _cas(s3_store, _machine(tmp_path, "fresh2"), "get", "big", "-o", str(out), "--force")
+    assert filecmp.cmp(src, out, shallow=False)
+
+
+def _objects_of(store: str, folder: str) -> list[tuple[str, int]]:
+    return [(k, size) for k, size in _objects(store) if f"/{folder}/" in k]
