@@ -128,6 +128,11 @@ def _store_commands(cmd) -> None:
     c.add_argument("--refs", action="store_true", help="also look at the targets of references (log_artifact_ref) "
                                                        "and report those that changed or vanished since logged")
     cmd("reindex", "rebuild this machine's index of the store from the packs' footers", _examples("cas reindex"))
+    c = cmd("cache", "this machine's cache of chunks read from a remote store: its size, or empty it",
+            _examples("cas --store s3://team-bucket/cas cache", "cas cache clear",
+                      "CAS_CHUNK_CACHE_SIZE=20GiB cas get ...   # its limit (default 10GiB; 0: off)"))
+    c.add_argument("action", nargs="?", choices=["stats", "clear"], default="stats",
+                   help="stats (default): files and bytes in the cache; clear: remove them")
     c = cmd("copy", "copy runs, versions, pins or content to another store, sending only what it lacks",
             _examples("cas copy exp-1 --to s3://team-bucket/cas        # a run: its versions and records",
                       "cas copy runs:/exp-1/model@300 best --to ./laptop-store   # a version, a pin",

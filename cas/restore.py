@@ -56,8 +56,8 @@ def verified_blob(loc: Location, stored, *, what: str, base: Callable[[bytes, in
 class ChunkReader:
     """Reads blobs from packs and verifies each against its hash before anyone sees a byte."""
 
-    def __init__(self, backend, index):
-        self.backend, self.index = backend, index
+    def __init__(self, backend, index, cache=None):
+        self.backend, self.index, self.cache = backend, index, cache  # cache: a ChunkCache, for remote stores
 
     def location(self, chunk_id: bytes) -> Location:
         return self._placed(chunk_id, self.index.chunk(chunk_id))
@@ -148,6 +148,11 @@ class ChunkReader:
         first, last = run[0][0], run[-1][0]
         if first.kind == INLINE:
             return [self.index.inline_content(loc.check) or b"" for loc, _ in run]
+        cache = self.cache if whole is None else None
+        if cache is not None:
+            hits = [cache.get(loc.pack_id, loc.offset, loc.stored_len) for loc, _ in run]
+            if all(hit is not None for hit in hits):
+                return hits
         start, end = first.offset, last.offset + last.stored_len
         key = layout.pack_key(first.pack_id)
         try:
@@ -155,7 +160,11 @@ class ChunkReader:
         except NotFound:
             raise PackMissing(f"pack {first.pack_id.hex()} holding {_what(first)} is missing", subject=key) from None
         view = memoryview(data)
-        return [view[loc.offset - first.offset: loc.offset - first.offset + loc.stored_len] for loc, _ in run]
+        blobs = [view[loc.offset - first.offset: loc.offset - first.offset + loc.stored_len] for loc, _ in run]
+        if cache is not None:
+            for (loc, _), blob in zip(run, blobs):
+                cache.put(loc.pack_id, loc.offset, blob)
+        return blobs
 
 
 def _what(loc: Location) -> str:

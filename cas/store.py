@@ -14,9 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 
-from . import layout, pack_index, refs, temps
+from . import chunk_cache, layout, pack_index, refs, temps
 from .backends import Backend, open_backend
 from .backends.local import storage_error
+from .chunk_cache import ChunkCache
 from .config import StoreConfig, create_or_load_config, load_config
 from .digest import hash_bytes, looks_like_digest, parse_ref, split_inside
 from .errors import (
@@ -85,6 +86,7 @@ class Store:
         self._records: RecordBook | None = None
         self._pins = PinRoots(backend)
         self._providers: list[RootProvider] | None = None
+        self._cache: ChunkCache | None = None
         # each thread writes under its own lease (a run's background logging beside its foreground calls)
         self._writer = threading.local()
         self.warnings: list[str] = []
@@ -389,7 +391,16 @@ class Store:
 
     def chunk_reader(self) -> ChunkReader:
         """Reads verified blobs and ranges of packs (the one way to read stored bytes)."""
-        return ChunkReader(self.backend, self.index)
+        return ChunkReader(self.backend, self.index, self.chunk_cache())
+
+    def chunk_cache(self) -> ChunkCache | None:
+        """The local cache of blobs read from a remote store (None for a local one, or with
+        CAS_CHUNK_CACHE_SIZE=0): cas/chunk_cache.py."""
+        if self._cache is None and self.backend.cached_reads:
+            limit = chunk_cache.size_from_env()
+            if limit > 0:
+                self._cache = ChunkCache(os.path.join(self.cache_dir, self.require().store_id, "chunks"), limit)
+        return self._cache
 
     def load_manifest(self, digest: bytes, loc: Location):
         """The file or tree manifest stored at loc, checked against its name (a tree's digest is recomputed)."""

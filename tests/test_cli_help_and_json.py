@@ -157,7 +157,7 @@ def test_json_keys_match_the_docs(cli, small_store):
         "pin": ["pin", digest, "--label", "best"], "pins": ["pins"], "unpin": ["unpin", "best"],
         "show": ["show", digest], "alias": ["alias", "runs:/r/model@2", "best"],
         "lineage": ["lineage", "runs:/r/model@2"], "ls": ["ls", tree_digest],
-        "copy": ["copy", "r", "--to", str(small_store / "elsewhere")],
+        "copy": ["copy", "r", "--to", str(small_store / "elsewhere")], "cache": ["cache"],
     }
     documented = documented_keys()
     assert set(documented) >= set(runs), "a command has no key table in docs/cli.md"

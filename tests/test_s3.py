@@ -304,3 +304,34 @@ def test_a_killed_big_put_is_resumed_and_gc_keeps_then_reclaims_its_packs(s3_sto
 
 def _objects_of(store: str, folder: str) -> list[tuple[str, int]]:
     return [(k, size) for k, size in _objects(store) if f"/{folder}/" in k]
+
+
+def test_a_version_read_once_is_read_again_from_the_cache_while_the_server_is_paused(s3_store, seaweedfs, tmp_path,
+                                                                                     monkeypatch):
+    import signal
+
+    from cas import Store
+    monkeypatch.setenv("CAS_CHUNK_CACHE_SIZE", "200MiB")
+    monkeypatch.setenv("CAS_S3_READ_TIMEOUT", "2")
+    monkeypatch.setenv("CAS_S3_CONNECT_TIMEOUT", "2")
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))
+    data = write_checkpoint(tmp_path / "v.bin", 48 * MiB, seed=9)
+    digest = Store.open(s3_store).put_file(tmp_path / "v.bin").digest
+    reader = Store.open(s3_store)
+    assert reader.read_bytes(digest) == data  # read once: fetched, kept
+    seaweedfs.process.send_signal(signal.SIGSTOP)
+    try:
+        assert reader.read_bytes(digest) == data  # no request for its chunks
+    finally:
+        seaweedfs.process.send_signal(signal.SIGCONT)
+    stats = reader.chunk_cache().stats()
+    assert 0 < stats["bytes"] <= 200 * MiB
+    # a second version fills it past its limit: the least recently used go, the folder stays under it
+    more = [write_checkpoint(tmp_path / f"w{k}.bin", 60 * MiB, seed=10 + k) for k in range(3)]
+    for k, blob in enumerate(more):
+        d = reader.put_file(tmp_path / f"w{k}.bin").digest
+        assert reader.read_bytes(d) == blob
+    folder = reader.chunk_cache().folder
+    on_disk = sum(os.path.getsize(os.path.join(p, f)) for p, _, fs in os.walk(folder) for f in fs)
+    assert on_disk <= 200 * MiB + 64 * 1024, on_disk / MiB
+    assert _cas(s3_store, {"CAS_CACHE_DIR": str(tmp_path / "cache")}, "cache", "clear")["bytes"] == 0

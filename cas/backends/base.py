@@ -10,6 +10,7 @@ class Backend(abc.ABC):
     """Moves bytes under string keys; knows nothing of chunks, packs or refs."""
 
     uri: str
+    cached_reads = False  # whether blobs read from it are worth a local cache (cas/chunk_cache.py)
     upload_concurrency = 1  # packs uploaded at once by a put
     read_concurrency = 1    # objects fetched at once by a sync or reindex
     conditional_writes: bool | None = True  # create_only is atomic (S3: If-None-Match honoured)

@@ -103,6 +103,7 @@ def _code(exc) -> str:
 
 
 class S3Backend(Backend):
+    cached_reads = True
     upload_concurrency = 4
     read_concurrency = 8
 

@@ -35,5 +35,6 @@ COMMANDS: dict[str, Command] = {
     "lineage": run_commands.cmd_lineage,
     "ls": store_commands.cmd_ls,
     "copy": store_commands.cmd_copy,
+    "cache": store_commands.cmd_cache,
     "gc": gc_command.cmd_gc,
 }

@@ -229,3 +229,19 @@ def cmd_copy(args, uri, as_json) -> int:
                           f"{human(report.skipped_bytes)} already there; {report.records} records"
                           + (f"; pinned {', '.join(report.pins)}" if report.pins else ""))
     return 0
+
+
+def cmd_cache(args, uri, as_json) -> int:
+    store = open_store(uri)
+    store.require()
+    cache = store.chunk_cache()
+    if cache is None:
+        result = {"folder": None, "limit_bytes": 0, "files": 0, "bytes": 0, "removed_bytes": 0}
+        emit(result, as_json, "no chunk cache: the store is local, or CAS_CHUNK_CACHE_SIZE is 0")
+        return 0
+    removed = cache.clear() if args.action == "clear" else 0
+    stats = cache.stats()
+    text = f"{stats['files']} chunks, {human(stats['bytes'])} of {human(stats['limit_bytes'])} in {stats['folder']}"
+    emit({**stats, "removed_bytes": removed}, as_json,
+         (f"removed {human(removed)}; " if args.action == "clear" else "") + text)
+    return 0
