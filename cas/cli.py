@@ -128,6 +128,10 @@ def _store_commands(cmd) -> None:
     c.add_argument("--refs", action="store_true", help="also look at the targets of references (log_artifact_ref) "
                                                        "and report those that changed or vanished since logged")
     cmd("reindex", "rebuild this machine's index of the store from the packs' footers", _examples("cas reindex"))
+    c = cmd("completion", "print a shell completion script (commands, options, run names, labels)",
+            _examples('eval "$(cas completion bash)"    # in ~/.bashrc',
+                      'eval "$(cas completion zsh)"     # in ~/.zshrc'))
+    c.add_argument("shell", nargs="?", choices=["bash", "zsh"], help="the shell (default: from $SHELL)")
     c = cmd("cache", "this machine's cache of chunks read from a remote store: its size, or empty it",
             _examples("cas --store s3://team-bucket/cas cache", "cas cache clear",
                       "CAS_CHUNK_CACHE_SIZE=20GiB cas get ...   # its limit (default 10GiB; 0: off)"))
@@ -208,6 +212,9 @@ def _pin_commands(cmd) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["__complete"]:  # the shell asking what may come next (cas/completion.py)
+        from .completion import complete
+        return complete(_parser(), argv[1:])
     as_json = _wants_json(argv)
     try:
         args = _parser().parse_args(argv)

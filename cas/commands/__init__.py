@@ -36,5 +36,6 @@ COMMANDS: dict[str, Command] = {
     "ls": store_commands.cmd_ls,
     "copy": store_commands.cmd_copy,
     "cache": store_commands.cmd_cache,
+    "completion": store_commands.cmd_completion,
     "gc": gc_command.cmd_gc,
 }

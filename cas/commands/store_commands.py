@@ -245,3 +245,9 @@ def cmd_cache(args, uri, as_json) -> int:
     emit({**stats, "removed_bytes": removed}, as_json,
          (f"removed {human(removed)}; " if args.action == "clear" else "") + text)
     return 0
+
+
+def cmd_completion(args, uri, as_json) -> int:
+    from ..completion import script, shell_from_env
+    sys.stdout.write(script(args.shell or shell_from_env()))
+    return 0
