@@ -128,6 +128,12 @@ def _store_commands(cmd) -> None:
     c.add_argument("--refs", action="store_true", help="also look at the targets of references (log_artifact_ref) "
                                                        "and report those that changed or vanished since logged")
     cmd("reindex", "rebuild this machine's index of the store from the packs' footers", _examples("cas reindex"))
+    c = cmd("ui", "serve a read-only web page of this store: runs, versions and their cost, folders, tensors",
+            _examples("cas ui                      # http://127.0.0.1:8765/", "cas ui --port 9000 --open"))
+    c.add_argument("--port", type=int, default=8765, metavar="P", help="the port (default 8765; 0: any free one)")
+    c.add_argument("--host", default="127.0.0.1", metavar="H",
+                   help="the address to listen on (default 127.0.0.1: this machine only)")
+    c.add_argument("--open", action="store_true", help="open it in the default browser")
     c = cmd("completion", "print a shell completion script (commands, options, run names, labels)",
             _examples('eval "$(cas completion bash)"    # in ~/.bashrc',
                       'eval "$(cas completion zsh)"     # in ~/.zshrc'))

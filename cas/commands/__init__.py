@@ -37,5 +37,6 @@ COMMANDS: dict[str, Command] = {
     "copy": store_commands.cmd_copy,
     "cache": store_commands.cmd_cache,
     "completion": store_commands.cmd_completion,
+    "ui": store_commands.cmd_ui,
     "gc": gc_command.cmd_gc,
 }

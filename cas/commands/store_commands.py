@@ -251,3 +251,25 @@ def cmd_completion(args, uri, as_json) -> int:
     from ..completion import script, shell_from_env
     sys.stdout.write(script(args.shell or shell_from_env()))
     return 0
+
+
+def cmd_ui(args, uri, as_json) -> int:
+    from ..ui.server import serve
+    store = open_store(uri)
+
+    def ready(server) -> None:
+        host, port = server.server_address[:2]
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
+        sys.stderr.write(f"cas ui: {store.location()} at {url} (Ctrl-C to stop)\n")
+        sys.stderr.flush()
+        if args.open:
+            import webbrowser
+            webbrowser.open(url)
+    try:
+        serve(store, args.host, args.port, ready=ready)
+    except OSError as exc:
+        raise InvalidInput(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+                           subject="--port") from None
+    except KeyboardInterrupt:
+        pass
+    return 0
