@@ -53,6 +53,8 @@ def test_a_run_and_a_label_copied_to_s3_and_copied_again(store_dir, s3_store, tm
         _checkpoint(ckpt, data)
         run.log_artifact(ckpt, name="model", step=3)
     third = copy("exp")
+    print(f"[copy] first {first['sent_bytes'] / MiB:.1f} MiB, again {again['sent_bytes']} B, "
+          f"after a 1 MiB change {third['sent_bytes'] / MiB:.2f} MiB")
     assert third["sent_bytes"] <= 3 * MiB
     assert run_cas("--store", s3_store, "get", "runs:/exp/model@3", "-o", str(tmp_path / "v3.bin"),
                    env=fresh).returncode == 0
