@@ -82,3 +82,16 @@ def test_copy_back_from_another_store_and_bad_sources(cli, store_dir, tmp_path):
         assert r.code == code and one_error_line(r.err)
     r = cli("copy", "r", "--to", other, store=other)
     assert r.code == 2 and "same store" in one_error_line(r.err)
+
+
+def test_s3_to_local_and_s3_to_s3(store_dir, s3_store, tmp_path):
+    (tmp_path / "w.bin").write_bytes(os.urandom(5 * MiB))
+    with tracker.init("cloud", store=s3_store) as run:
+        run.log_artifact(tmp_path / "w.bin", name="model")
+    other_s3 = s3_store.rsplit("/", 1)[0] + "/second-store"
+    for target in (store_dir, other_s3):
+        report = tracker.copy("cloud", to=target, store=s3_store)
+        assert report["sent_bytes"] >= 5 * MiB and report["records"] >= 2
+        fresh = Store.open(target, cache_dir=str(tmp_path / f"fresh-{len(target)}"))
+        assert fresh.read_bytes("runs:/cloud/model") == (tmp_path / "w.bin").read_bytes()
+        assert tracker.copy("cloud", to=target, store=s3_store)["sent_bytes"] == 0
