@@ -129,6 +129,33 @@ class RunEvent:
     data: dict = field(default_factory=dict)
 
 
+@dataclass
+class RunState:
+    """A run as its events tell it, folded oldest first: a start (re)opens it, a status closes it."""
+
+    status: str = "running"
+    config: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+    inputs: list[dict] = field(default_factory=list)  # use_artifact events: ref, digest, uri
+    start_time: float | None = None
+    end_time: float | None = None
+
+    def apply(self, event: RunEvent) -> None:
+        data = event.data
+        if event.type == "start":
+            self.start_time = self.start_time or event.time
+            self.config.update(data.get("config") or {})
+            self.metadata.update(data.get("metadata") or {})
+            self.status, self.end_time = "running", None
+        elif event.type == "status":
+            self.status = data.get("status", self.status)
+            self.end_time = event.time if self.status != "running" else None
+        elif event.type == "metadata":
+            self.metadata.update(data.get("metadata") or {})
+        elif event.type == "input":
+            self.inputs.append({k: v for k, v in data.items() if v is not None})
+
+
 def _encode(doc: dict) -> bytes:
     return framing.seal({"v": RECORD_FORMAT, **doc})
 
@@ -316,6 +343,13 @@ class RecordBook:
     def events(self, run: str) -> list[RunEvent]:
         return sorted((r for r in self._records(layout.run_events_prefix(run)) if isinstance(r, RunEvent)),
                       key=lambda e: e.time)
+
+    def run_state(self, run: str) -> RunState:
+        """The run's status, config, metadata, inputs and times, from its events."""
+        state = RunState()
+        for event in self.events(run):
+            state.apply(event)
+        return state
 
     def run_names(self) -> list[str]:
         """Every run that has a start event or a version."""

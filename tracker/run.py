@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from cas import Store
 from cas.digest import hash_bytes
 from cas.errors import InvalidInput, NotFound
-from cas.records import INLINE_MAX, RunEvent, Version, check_fields, check_name, check_step
+from cas.records import INLINE_MAX, Version, check_fields, check_name, check_step
 
 from . import formats
 from .aliases import set_alias
@@ -334,26 +334,9 @@ class RunInfo:
 
 def run_info(store: Store, name: str) -> RunInfo:
     records = store.records
-    info = RunInfo(records.require_run(name), "running", versions=records.versions(name))
-    for event in records.events(name):
-        _apply(info, event)
-    return info
-
-
-def _apply(info: RunInfo, event: RunEvent) -> None:
-    data = event.data
-    if event.type == "start":
-        info.start_time = info.start_time or event.time
-        info.config.update(data.get("config") or {})
-        info.metadata.update(data.get("metadata") or {})
-        info.status, info.end_time = "running", None
-    elif event.type == "status":
-        info.status = data.get("status", info.status)
-        info.end_time = event.time if info.status != "running" else None
-    elif event.type == "metadata":
-        info.metadata.update(data.get("metadata") or {})
-    elif event.type == "input":
-        info.inputs.append({k: v for k, v in data.items() if v is not None})
+    state = records.run_state(records.require_run(name))
+    return RunInfo(name, state.status, state.config, state.metadata, records.versions(name), state.inputs,
+                   state.start_time, state.end_time)
 
 
 def _relative(rel: str) -> str:

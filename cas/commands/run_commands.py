@@ -15,12 +15,7 @@ def cmd_runs(args, uri, as_json) -> int:
     out = []
     for name in records.run_names():
         versions = records.versions(name)
-        status = "running"
-        for event in records.events(name):
-            if event.type == "status":
-                status = event.data.get("status", status)
-            elif event.type == "start":
-                status = "running"
+        status = records.run_state(name).status
         stored = [v for v in versions if v.digest]
         if roots is None:
             roots = store.roots()

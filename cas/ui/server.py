@@ -45,20 +45,8 @@ class Site:
         return pages.runs_page(out)
 
     def _info(self, run: str) -> dict:
-        info: dict = {"status": "running", "start": None, "config": {}, "metadata": {}}
-        for event in self.store.records.events(run):
-            if not isinstance(event, RunEvent):
-                continue
-            if event.type == "start":
-                info["start"] = info["start"] or event.time
-                info["config"].update(event.data.get("config") or {})
-                info["metadata"].update(event.data.get("metadata") or {})
-                info["status"] = "running"
-            elif event.type == "status":
-                info["status"] = event.data.get("status", info["status"])
-            elif event.type == "metadata":
-                info["metadata"].update(event.data.get("metadata") or {})
-        return info
+        state = self.store.records.run_state(run)
+        return {"status": state.status, "start": state.start_time, "config": state.config, "metadata": state.metadata}
 
     def run(self, name: str) -> bytes:
         records = self.store.records
