@@ -176,15 +176,15 @@ def test_in_headless_chromium_a_person_finds_a_run_and_downloads_a_version(site,
         rows = browser.find_elements(By.CSS_SELECTOR, "tbody tr")
         row = next(r for r in rows if r.find_elements(By.LINK_TEXT, "200"))
         row.find_element(By.LINK_TEXT, "download").click()
+        want = store.read_bytes("runs:/exp-1/model@200")
         target = None
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            done = [p for p in downloads.iterdir() if not p.name.endswith(".crdownload")]
-            if done:
-                target = done[0]
-                break
+        while target is None and time.monotonic() < deadline:  # Chromium writes to a hidden temp name first
+            done = [p for p in downloads.iterdir() if not p.name.startswith(".")
+                    and not p.name.endswith(".crdownload") and p.stat().st_size == len(want)]
+            target = done[0] if done else None
             time.sleep(0.1)
-        assert target is not None and target.read_bytes() == store.read_bytes("runs:/exp-1/model@200")
+        assert target is not None and target.name == "model" and target.read_bytes() == want
         browser.find_element(By.LINK_TEXT, "300").click()
         assert "layer.weight" in browser.page_source
         browser.save_screenshot(os.path.join(shots, "version.png"))
