@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import layout, refs
-from .errors import InvalidInput, NotFound
+from .errors import InvalidInput, NotFound, PackMissing
 from .pack import CHUNK, TREE_MANIFEST
 from .walk import RAISE, Walk
 
@@ -76,6 +76,32 @@ class CopyReport:
                 "skipped_objects": self.skipped_objects, "records": self.records, "pins": self.pins}
 
 
+def _send(reader, target, blobs, report: CopyReport, on_progress) -> None:
+    """Send the blobs the target lacks in one put session. The ones its index says it holds are relied
+    on like any deduplicated blob: their packs must still exist when the session commits; if one is
+    gone (the target's cache was stale), the target relearns what it holds and the copy runs again."""
+    for attempt in (1, 2):
+        try:
+            with target.write_session(on_progress) as session:
+                missing = [loc for loc in blobs if not session.rely_on(loc.kind, loc.key)]
+                report.skipped_objects = len(blobs) - len(missing)
+                report.skipped_bytes = sum(loc.stored_len for loc in blobs) - sum(loc.stored_len for loc in missing)
+                report.objects = report.sent_bytes = 0
+                if on_progress is not None and hasattr(on_progress, "total"):
+                    on_progress.total = sum(loc.stored_len for loc in missing)  # a progress bar's 100 %
+                for loc, stored in reader.stored_blobs(missing):  # each verified as it is read
+                    session.copy_blob(loc, stored)
+                    report.objects += 1
+                    report.sent_bytes += loc.stored_len
+                    if on_progress is not None:
+                        on_progress(loc.stored_len)
+            return
+        except PackMissing:
+            if attempt == 2:
+                raise
+            target.relearn()
+
+
 def copy(source, target, names: list[str], *, on_progress=None) -> CopyReport:
     """Copy what `names` name from source to target; returns what was sent and skipped."""
     if source.location() == target.location():
@@ -89,20 +115,7 @@ def copy(source, target, names: list[str], *, on_progress=None) -> CopyReport:
         if loc is not None:  # None: content kept inline in a run record, which comes with the record
             blobs.append(loc)
     with target.writing():  # synced: the target's index knows what it holds
-        missing = [loc for loc in blobs if target.index.usable(loc.kind, loc.key) is None]
-        held = len(blobs) - len(missing)
-        report.skipped_objects, report.skipped_bytes = held, sum(loc.stored_len for loc in blobs) - \
-            sum(loc.stored_len for loc in missing)
-        if on_progress is not None and hasattr(on_progress, "total"):
-            on_progress.total = sum(loc.stored_len for loc in missing)  # a progress bar's 100 %
-        if missing:
-            with target.write_session(on_progress) as session:
-                for loc, stored in reader.stored_blobs(missing):  # each verified as it is read
-                    session.copy_blob(loc, stored)
-                    report.objects += 1
-                    report.sent_bytes += loc.stored_len
-                    if on_progress is not None:
-                        on_progress(loc.stored_len)
+        _send(reader, target, blobs, report, on_progress)
         # the data is durable in the target: now the records and pins that name it
         report.records = target.records.copy_records(what.records)
         for pin in what.pins:

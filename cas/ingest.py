@@ -297,11 +297,19 @@ class PutSession:
         stored bytes ChunkReader.stored_blobs handed out (verified there: no unchecked blob is copied).
         With force, copy it even if the index knows it (repack moves blobs out of packs still indexed).
         """
-        if (loc.kind, loc.key) in self.pending or (not force and self.index.usable(loc.kind, loc.key)):
+        if (loc.kind, loc.key) in self.pending or (not force and self.rely_on(loc.kind, loc.key)):
             return
         if loc.kind == CHUNK:
             self.new_bytes += loc.raw_len
         self._add(loc.kind, loc.key, bytes(stored), loc.raw_len, loc.codec, loc.check, loc.size, loc.base)
+
+    def rely_on(self, kind: int, key: bytes) -> bool:
+        """Whether the store holds this blob in a pack a writer may use; if so that pack is checked to
+        exist before this session commits (the index saying so is only a hint)."""
+        home = self.index.usable(kind, key)
+        if home is not None:
+            self.relied.add(home)
+        return home is not None
 
     def store_alone(self, chunk_id: bytes, raw: bytes, width: int) -> None:
         """Store a chunk again without a base (gc: a delta whose base only it needs), even though the

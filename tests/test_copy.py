@@ -95,3 +95,20 @@ def test_s3_to_local_and_s3_to_s3(store_dir, s3_store, tmp_path):
         fresh = Store.open(target, cache_dir=str(tmp_path / f"fresh-{len(target)}"))
         assert fresh.read_bytes("runs:/cloud/model") == (tmp_path / "w.bin").read_bytes()
         assert tracker.copy("cloud", to=target, store=s3_store)["sent_bytes"] == 0
+
+
+def test_a_stale_target_cache_never_makes_a_copy_skip_data_that_is_gone(store_dir, tmp_path):
+    """The target's index is a hint: packs it names are checked at commit; a gone one is sent again."""
+    import glob
+    other = str(tmp_path / "other")
+    (tmp_path / "w.bin").write_bytes(os.urandom(3 * MiB))
+    with tracker.init("r", store=store_dir) as run:
+        run.log_artifact(tmp_path / "w.bin", name="model")
+    target = Store.open(other)
+    assert tracker.copy("r", to=target, store=store_dir)["sent_bytes"] > 0
+    for pack in glob.glob(os.path.join(other, "packs", "*", "*")):
+        os.unlink(pack)  # gone behind the target's cache (a restored backup, a gc elsewhere)
+    again = tracker.copy("r", to=target, store=store_dir)
+    assert again["sent_bytes"] > 0
+    fresh = Store.open(other, cache_dir=str(tmp_path / "fresh"))
+    assert fresh.read_bytes("runs:/r/model") == (tmp_path / "w.bin").read_bytes()
