@@ -65,8 +65,8 @@ def _names(uri: str | None, command: str) -> list[str]:
         if not store.exists:
             return []
         names = [] if command in ("pin", "unpin") else list(store.records.run_names())
-        if store.backend.spool_dir() is not None or command == "unpin":  # a local store: listing pins is cheap
-            names += [p.label for p in store.pins()] if not store.backend.cached_reads else []
+        if not store.backend.cached_reads:  # a store on this disk: listing its pins is cheap
+            names += [p.label for p in store.pins()]
         return names
     except Exception:  # completing a word never fails loudly
         return []

@@ -335,3 +335,16 @@ def test_a_version_read_once_is_read_again_from_the_cache_while_the_server_is_pa
     on_disk = sum(os.path.getsize(os.path.join(p, f)) for p, _, fs in os.walk(folder) for f in fs)
     assert on_disk <= 200 * MiB + 64 * 1024, on_disk / MiB
     assert _cas(s3_store, {"CAS_CACHE_DIR": str(tmp_path / "cache")}, "cache", "clear")["bytes"] == 0
+
+
+def test_the_chunk_cache_size_is_read_and_a_malformed_one_is_one_line(s3_store, tmp_path, monkeypatch):
+    from conftest import one_error_line
+
+    from cas.chunk_cache import DEFAULT_SIZE, size_from_env
+    for text, size in (("", DEFAULT_SIZE), ("20GiB", 20 << 30), ("500MB", 500 * 1000 ** 2), ("0", 0), ("4096", 4096)):
+        monkeypatch.setenv("CAS_CHUNK_CACHE_SIZE", text)
+        assert size_from_env() == size
+    _cas(s3_store, {}, "init")
+    r = run_cas("--store", s3_store, "cache", env={"CAS_CHUNK_CACHE_SIZE": "lots"})
+    assert r.returncode == 2 and "malformed CAS_CHUNK_CACHE_SIZE" in one_error_line(r.stderr)
+    assert _cas(s3_store, {"CAS_CHUNK_CACHE_SIZE": "0"}, "cache")["folder"] is None

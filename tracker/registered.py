@@ -33,9 +33,22 @@ def parquet_available() -> bool:
     return True
 
 
+def _kind(obj) -> str:
+    """table, dict or numpy: what a registered object is; InvalidInput for anything else."""
+    if hasattr(obj, "to_csv") and hasattr(obj, "columns"):  # a pandas DataFrame
+        return "table"
+    if isinstance(obj, dict):
+        return "dict"
+    if hasattr(obj, "dtype") and hasattr(obj, "shape"):
+        return "numpy"
+    raise InvalidInput(f"register_artifact takes a pandas DataFrame, a dict or a numpy array, not "
+                       f"{type(obj).__name__}", subject="register_artifact")
+
+
 def serialize(obj) -> tuple[bytes, str, str]:
     """(bytes, format, kind) of a registered object."""
-    if hasattr(obj, "to_csv") and hasattr(obj, "columns"):  # a pandas DataFrame
+    kind = _kind(obj)
+    if kind == "table":
         buf = io.BytesIO()
         if not parquet_available():
             obj.to_csv(buf)
@@ -43,18 +56,15 @@ def serialize(obj) -> tuple[bytes, str, str]:
         per_row = max(1, int(obj.memory_usage(deep=True).sum()) // max(1, len(obj)))
         obj.to_parquet(buf, row_group_size=max(1024, ROW_GROUP_BYTES // per_row))
         return buf.getvalue(), "parquet", "table"
-    if isinstance(obj, dict):
+    if kind == "dict":
         try:
             return json.dumps(obj, sort_keys=True, default=str).encode(), "json", "dict"
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"cannot register this dict: {exc}", subject="register_artifact") from None
-    if hasattr(obj, "dtype") and hasattr(obj, "shape"):
-        import numpy as np
-        buf = io.BytesIO()
-        np.save(buf, obj, allow_pickle=False)
-        return buf.getvalue(), "npy", "numpy"
-    raise InvalidInput(f"register_artifact takes a pandas DataFrame, a dict or a numpy array, not "
-                       f"{type(obj).__name__}", subject="register_artifact")
+    import numpy as np
+    buf = io.BytesIO()
+    np.save(buf, obj, allow_pickle=False)
+    return buf.getvalue(), "npy", "numpy"
 
 
 @dataclass
@@ -78,7 +88,8 @@ class Watcher:
         self._error: BaseException | None = None
 
     def register(self, name: str, obj, metadata: dict, interval: float) -> None:
-        serialize(obj)  # refuse what cannot be written, now rather than in the thread
+        if _kind(obj) == "dict":  # refuse what cannot be written now; a table or array is not written
+            serialize(obj)        # twice for it (the first sync does)
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
             raise InvalidInput(f"invalid interval {interval!r}: seconds, more than 0", subject=name)
         with self._lock:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from fsspec.spec import AbstractFileSystem
 
-from cas import Store
+from cas import Store, layout
 from cas.errors import CasError, InvalidInput, NotFound
 from cas.manifest import DIR, FILE, TreeEntry
 from cas.pack import TREE_MANIFEST
@@ -187,7 +187,7 @@ class RunsFileSystem(AbstractFileSystem):
 
     def _live(self, run: str) -> dict[str, list[Version]]:
         names: dict[str, list[Version]] = {}
-        self.store.records.sync()
+        self.store.records.sync(layout.run_prefix(run))  # this run's records only: one listing, not the store's
         for v in self.store.records.versions(run) if self.store.records.exists(run) else []:
             names.setdefault(v.name, []).append(v)
         return names
