@@ -5,11 +5,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import layout, pack_index, records, refs
+from . import codec, layout, pack_index, records, refs
 from .digest import hash_bytes
 from .errors import CasError, IntegrityError, NotFound
 from .gc import decode_list, decode_sessions
-from .pack import FILE_MANIFEST, HEADER, read_pack_entries
+from .pack import CHUNK, FILE_MANIFEST, HEADER, read_pack_entries
 from .walk import REPORT, Walk, bases_of
 
 
@@ -42,9 +42,12 @@ def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyR
     index = store.index
     listed = {pid: size for key, size in store.backend.list(layout.PACKS)
               if (pid := layout.pack_id_from_key(key)) is not None}
+    _check_records(store, report)
+    walk = Walk(store, policy=REPORT, packs=listed)
+    reached = walk.reach(store.roots(on_damaged=lambda exc: None))  # damaged pins and records are reported below
     for pid, size in listed.items():
         try:
-            _check_pack(store, pid, size, read_data=read_data, report=report)
+            _check_pack(store, pid, size, read_data=read_data, report=report, reached=reached)
         except CasError as exc:
             report.problems.append(f"pack {pid.hex()}: {exc}")
         if on_progress:
@@ -55,9 +58,6 @@ def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyR
         report.chunks += 1
         if loc.pack_id not in listed:
             gone.setdefault(loc.pack_id, [0, 0])[0] += 1
-    _check_records(store, report)
-    walk = Walk(store, policy=REPORT, packs=listed)
-    walk.reach(store.roots(on_damaged=lambda exc: None))  # damaged pins and records are reported below
     _check_manifests(store, listed, walk, gone, report)
     if read_data:
         _check_file_digests(store, report, on_progress)
@@ -69,9 +69,13 @@ def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyR
     return report
 
 
-def _check_pack(store, pid: bytes, size: int, *, read_data: bool, report: VerifyReport) -> None:
+def _check_pack(store, pid: bytes, size: int, *, read_data: bool, report: VerifyReport, reached: set) -> None:
     """A pack's footer reads back; with read_data, its bytes match its id and every blob its checksum
-    (read whole, once, then through the same footer checks and blob reads as any other)."""
+    (read whole, once, then through the same footer checks and blob reads as any other).
+
+    A delta chunk no root reaches may have lost its base: gc keeps a pack for its live blobs and deletes
+    the packs only dead ones need. Such a chunk is garbage, checked as far as it can be (its frame), not a
+    problem; a reached one whose base is gone is."""
     backend = store.backend
     if not read_data:
         read_pack_entries(backend, pid, size)
@@ -83,8 +87,31 @@ def _check_pack(store, pid: bytes, size: int, *, read_data: bool, report: Verify
         raise IntegrityError(f"pack {name} is damaged: its content does not match its id", subject=name)
     if not data.startswith(HEADER):
         raise IntegrityError(f"pack {name} has a bad header", subject=name)
-    for _ in store.chunk_reader().stored_blobs(read_pack_entries(backend, pid, size, data=data), whole=data):
-        pass  # each blob is verified as it is handed out (a delta through its bases, read from their packs)
+    entries = read_pack_entries(backend, pid, size, data=data)
+    reader = store.chunk_reader()
+    for _ in reader.stored_blobs([e for e in entries if not e.base], whole=data):
+        pass  # each blob is verified as it is handed out
+    for e in (e for e in entries if e.base):  # a delta through its bases, read from their packs
+        try:
+            next(reader.stored_blobs([e], whole=data))
+        except IntegrityError:
+            if (CHUNK, e.key) in reached or _base_readable(reader, e.base):
+                raise
+            codec.delta_base(memoryview(data)[e.offset:e.offset + e.stored_len], name=f"chunk {e.key.hex()}")
+
+
+def _base_readable(reader, chunk_id: bytes) -> bool:
+    """Whether a delta base (and each base under it) is in the index and its pack in the store."""
+    for _ in range(codec.MAX_DELTA_DEPTH + 1):
+        try:
+            loc = reader.location(chunk_id)
+            reader.backend.get(layout.pack_key(loc.pack_id), loc.offset, loc.offset + 1)
+        except (IntegrityError, NotFound):
+            return False
+        if not loc.base:
+            return True
+        chunk_id = loc.base
+    return True
 
 
 def _check_records(store, report: VerifyReport) -> None:

@@ -315,7 +315,8 @@ def _gc_beside_writer(store: str, tmp_path, rounds: int) -> None:
     assert _restored(store, logged[-1]["uri"], tmp_path / "last", env=other) == last
     assert _cas(store, "verify", "--read-data", env=other).returncode == 0
     _ok(store, "gc", "--grace", "0", env=other)
-    assert _cas(store, "verify", "--read-data", env=_machine(tmp_path, "final")).returncode == 0
+    final = _cas(store, "verify", "--read-data", env=_machine(tmp_path, "final"))
+    assert final.returncode == 0, final.stderr + final.stdout
     assert _restored(store, logged[-1]["uri"], tmp_path / "last2", env=_machine(tmp_path, "final")) == last
 
 

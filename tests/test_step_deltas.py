@@ -243,3 +243,30 @@ def test_a_folder_logged_again_stores_its_checkpoints_as_deltas_against_the_same
     out = tracker.download("runs:/ft/checkpoint@2", tmp_path / "restored", store=store_dir,
                            force=True)
     assert open(os.path.join(out, "model.pt"), "rb").read() == (folders[1] / "model.pt").read_bytes()
+
+
+def test_verify_reads_a_kept_pack_whose_dead_delta_lost_its_base(cli, store_dir, tmp_path):
+    """gc keeps a pack for its live blobs as it is (little of it dead) and deletes the pack that only the
+    dead delta chunks in it needed as bases: verify --read-data still passes (such a chunk is garbage)."""
+    paths = _versions(str(tmp_path), 2)
+    folders = []
+    for k, path in enumerate(paths):
+        folder = tmp_path / f"v{k}"
+        folder.mkdir()
+        os.replace(path, folder / "model.pt")
+        if k:
+            (folder / "data.bin").write_bytes(np.random.default_rng(k).bytes(4 << 20))  # live, most of the pack
+        folders.append(folder)
+    with tracker.init("ft", store=store_dir) as run:
+        run.log_artifact(folders[0], name="ckpt", step=1)
+        run.log_artifact(folders[1], name="ckpt", step=2)
+        assert _delta_chunks(run.store)
+    data = cli("--json", "put", str(folders[1] / "data.bin"), "--label", "data").json()
+    assert data["new_bytes"] == 0  # already stored, in the pack of version 2
+    assert cli("forget", "ft", "--all").code == 0  # only the label keeps data.bin, in version 2's pack
+    report = cli("--json", "gc", "--grace", "0").json()
+    assert report["deleted_packs"] >= 1 and report["partly_dead_packs"] >= 1, report
+    os.environ["CAS_CACHE_DIR"] = str(tmp_path / "fresh-cache")
+    checked = cli("verify", "--read-data")
+    assert checked.code == 0, checked.err
+    assert Store.open(store_dir).read_bytes("data") == (folders[1] / "data.bin").read_bytes()
