@@ -14,12 +14,17 @@ import lmdb
 
 from . import lmdb_check
 from .errors import StorageError
-from .pack import CHUNK, Location
+from .pack import CHUNK, FILE_MANIFEST, Location
 
-_LOC = struct.Struct("<32sQIIB")        # pack id, offset, stored len, raw len, codec
-_DELTA_LOC = struct.Struct("<32sQIIB32s")  # ... plus the base of a delta chunk
-_MAN = struct.Struct("<32sQIIB32sBQ")   # ... plus check, kind, logical size
-_PACK = struct.Struct("<QI")            # pack size, entry count
+# blob locations name their pack by a small number (packs db), not its 32-byte id: a third less per chunk
+_LOC = struct.Struct("<IQIIB")        # pack number, offset, stored len, raw len, codec
+_DELTA_LOC = struct.Struct("<IQIIB32s")  # ... plus the base of a delta chunk
+_MAN = struct.Struct("<IQIIB32sBQ")   # ... plus check, kind, logical size
+_PACK = struct.Struct("<QII")          # pack size, entry count, pack number
+_NUMBER = struct.Struct(">I")          # key of pack_numbers: pack number → pack id
+# meta b"counts": what `cas stats` reports of the cache, kept up to date as packs are learned (no scan)
+_COUNTS = struct.Struct("<QQQQQ")  # in the order of COUNT_NAMES
+COUNT_NAMES = ("unique_bytes", "delta_chunks", "delta_stored_bytes", "logical_bytes", "files")
 INITIAL_MAP = 64 << 20
 INLINE = 3  # Location.kind of content kept inline in a run record, not in a pack
 INLINE_PACK = bytes(32)  # Location.pack_id of inline content
@@ -31,17 +36,6 @@ _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.
            lmdb.IncompatibleError, lmdb.BadTxnError, struct.error)
 
 
-def _chunk_location(chunk_id: bytes, raw) -> Location:
-    if len(raw) == _DELTA_LOC.size:
-        pack_id, offset, stored_len, raw_len, codec, base = _DELTA_LOC.unpack(raw)
-        return Location(pack_id, CHUNK, chunk_id, offset, stored_len, raw_len, codec, chunk_id, 0, base)
-    pack_id, offset, stored_len, raw_len, codec = _LOC.unpack(raw)
-    return Location(pack_id, CHUNK, chunk_id, offset, stored_len, raw_len, codec, chunk_id)
-
-
-def _manifest_location(digest: bytes, raw) -> Location:
-    pack_id, offset, stored_len, raw_len, codec, check, kind, size = _MAN.unpack(raw)
-    return Location(pack_id, kind, digest, offset, stored_len, raw_len, codec, check, size)
 
 
 def _environment(path: str, *, fresh: bool = False) -> lmdb.Environment:
@@ -154,7 +148,8 @@ class Index:
     def _open_dbs(self) -> None:
         self.chunks = self.env.open_db(b"chunks")
         self.manifests = self.env.open_db(b"manifests")
-        self.packs = self.env.open_db(b"packs")
+        self.packs = self.env.open_db(b"packs")  # pack id → size, entry count, number
+        self.pack_numbers = self.env.open_db(b"pack_numbers")  # pack number (big-endian u32) → pack id
         self.index_objects = self.env.open_db(b"index_objects")  # keys of the store's index objects read
         self.records = self.env.open_db(b"records")  # run record key → its raw bytes
         self.inline = self.env.open_db(b"inline")  # digest → content kept inline in a record
@@ -207,21 +202,66 @@ class Index:
         except (lmdb.Error, struct.error) as exc:
             raise _cache_error(self.path, exc) from None
 
+    # ---- locations: a pack named by its number ---------------------------------------------
+    def _pack_id(self, txn, number: int) -> bytes:
+        pid = txn.get(_NUMBER.pack(number), db=self.pack_numbers)
+        if pid is None:
+            raise struct.error(f"pack number {number} is not in the cache")  # damage: the cache is replaced
+        return bytes(pid)
+
+    def _chunk_location(self, txn, chunk_id: bytes, raw) -> Location:
+        if len(raw) == _DELTA_LOC.size:
+            number, offset, stored_len, raw_len, codec, base = _DELTA_LOC.unpack(raw)
+            return Location(self._pack_id(txn, number), CHUNK, chunk_id, offset, stored_len, raw_len, codec,
+                            chunk_id, 0, base)
+        number, offset, stored_len, raw_len, codec = _LOC.unpack(raw)
+        return Location(self._pack_id(txn, number), CHUNK, chunk_id, offset, stored_len, raw_len, codec, chunk_id)
+
+    def _manifest_location(self, txn, digest: bytes, raw) -> Location:
+        number, offset, stored_len, raw_len, codec, check, kind, size = _MAN.unpack(raw)
+        return Location(self._pack_id(txn, number), kind, digest, offset, stored_len, raw_len, codec, check, size)
+
     # ---- writes -------------------------------------------------------------------------
     def _put_pack(self, txn, pack_id: bytes, size: int, entries) -> None:
-        txn.put(pack_id, _PACK.pack(size, len(entries)), db=self.packs)
+        """Learn one pack and its blobs, numbering it and keeping the counters of `counts` up to date."""
+        known = txn.get(pack_id, db=self.packs)
+        if known is not None:
+            number = _PACK.unpack(known)[2]
+        else:
+            raw_next = txn.get(b"next_pack", db=self.meta)
+            number = 0 if raw_next is None else int(raw_next)
+            txn.put(b"next_pack", str(number + 1).encode(), db=self.meta)
+            txn.put(_NUMBER.pack(number), pack_id, db=self.pack_numbers)
+        txn.put(pack_id, _PACK.pack(size, len(entries), number), db=self.packs)
+        unique, deltas, delta_stored, logical, files = self._counts(txn)
         for e in entries:
-            if e.kind == CHUNK and e.base:
-                known = txn.get(e.key, db=self.chunks)
-                if known is not None and len(known) == _LOC.size:
+            if e.kind == CHUNK:
+                before = txn.get(e.key, db=self.chunks)
+                if e.base and before is not None and len(before) == _LOC.size:
                     continue  # a copy stored alone is known: it wins (it needs no base, and gc prefers it)
-                txn.put(e.key, _DELTA_LOC.pack(pack_id, e.offset, e.stored_len, e.raw_len, e.codec, e.base),
-                        db=self.chunks)
-            elif e.kind == CHUNK:
-                txn.put(e.key, _LOC.pack(pack_id, e.offset, e.stored_len, e.raw_len, e.codec), db=self.chunks)
+                if before is None:
+                    unique += e.raw_len
+                elif len(before) == _DELTA_LOC.size:  # the delta copy known until now is replaced
+                    deltas -= 1
+                    delta_stored -= _DELTA_LOC.unpack(before)[2]
+                if e.base:
+                    deltas += 1
+                    delta_stored += e.stored_len
+                    txn.put(e.key, _DELTA_LOC.pack(number, e.offset, e.stored_len, e.raw_len, e.codec, e.base),
+                            db=self.chunks)
+                else:
+                    txn.put(e.key, _LOC.pack(number, e.offset, e.stored_len, e.raw_len, e.codec), db=self.chunks)
             else:
-                txn.put(e.key, _MAN.pack(pack_id, e.offset, e.stored_len, e.raw_len, e.codec, e.check,
+                if e.kind == FILE_MANIFEST and txn.get(e.key, db=self.manifests) is None:
+                    logical += e.size
+                    files += 1
+                txn.put(e.key, _MAN.pack(number, e.offset, e.stored_len, e.raw_len, e.codec, e.check,
                                          e.kind, e.size), db=self.manifests)
+        txn.put(b"counts", _COUNTS.pack(unique, deltas, delta_stored, logical, files), db=self.meta)
+
+    def _counts(self, txn) -> tuple[int, int, int, int, int]:
+        raw = txn.get(b"counts", db=self.meta)
+        return (0, 0, 0, 0, 0) if raw is None else _COUNTS.unpack(raw)
 
     def add_pack(self, pack_id: bytes, size: int, entries: list[Location]) -> None:
         self._write(lambda txn: self._put_pack(txn, pack_id, size, entries))
@@ -274,15 +314,15 @@ class Index:
             if raw is not None and int(raw) == version:
                 return False
             for db in self._all_dbs():
-                if db is not self.meta:
-                    txn.drop(db, delete=False)
+                txn.drop(db, delete=False)
             txn.put(b"format", str(version).encode(), db=self.meta)
             return True
         return self._write(fn)
 
     def _all_dbs(self):
-        return (self.chunks, self.manifests, self.packs, self.index_objects, self.records, self.inline,
-                self.condemned, self.deleted, self.gc_lists, self.seen, self.where, self.missing, self.meta)
+        return (self.chunks, self.manifests, self.packs, self.pack_numbers, self.index_objects, self.records,
+                self.inline, self.condemned, self.deleted, self.gc_lists, self.seen, self.where, self.missing,
+                self.meta)
 
     def forget_records(self, keys) -> None:
         """Drop cached records the store no longer holds (it was restored from a copy or replaced)."""
@@ -363,9 +403,16 @@ class Index:
     def forget_packs(self) -> None:
         """Drop what the cache knows of packs (not records): the next sync relearns them from index objects."""
         def fn(txn):
-            for db in (self.chunks, self.manifests, self.packs, self.index_objects):
-                txn.drop(db, delete=False)
+            self._drop_packs(txn)
+            txn.drop(self.index_objects, delete=False)
         self._write(fn)
+
+    def _drop_packs(self, txn) -> None:
+        """Forget every pack and blob location, with their numbers and counters."""
+        for db in (self.chunks, self.manifests, self.packs, self.pack_numbers):
+            txn.drop(db, delete=False)
+        for key in (b"next_pack", b"counts"):
+            txn.delete(key, db=self.meta)
 
     def condemned_packs(self) -> set[bytes]:
         return self._read(lambda txn: {bytes(k) for k in txn.cursor(db=self.condemned).iternext(values=False)})
@@ -381,7 +428,7 @@ class Index:
         every gc list readable)."""
         if raw is None or txn.get(b"gc_unreadable", db=self.meta) is not None:
             return None
-        pid = bytes(raw[:32])
+        pid = self._pack_id(txn, _LOC.unpack_from(raw)[0])
         if txn.get(pid, db=self.condemned) is not None or txn.get(pid, db=self.missing) is not None:
             return None
         return pid
@@ -393,8 +440,8 @@ class Index:
 
     def clear(self) -> None:
         def fn(txn):
-            for db in (self.chunks, self.manifests, self.packs, self.index_objects, self.records, self.inline,
-                       self.seen, self.where, self.missing):
+            self._drop_packs(txn)
+            for db in (self.index_objects, self.records, self.inline, self.seen, self.where, self.missing):
                 txn.drop(db, delete=False)
         self._write(fn)
 
@@ -408,7 +455,7 @@ class Index:
             out = []
             for chunk_id in ids:
                 raw = txn.get(chunk_id, db=self.chunks)
-                out.append(None if raw is None else _chunk_location(chunk_id, raw))
+                out.append(None if raw is None else self._chunk_location(txn, chunk_id, raw))
             return out
         return self._read(fn)
 
@@ -429,7 +476,7 @@ class Index:
     def manifest(self, digest: bytes) -> Location | None:
         def fn(txn):
             raw = txn.get(digest, db=self.manifests)
-            return None if raw is None else _manifest_location(digest, raw)
+            return None if raw is None else self._manifest_location(txn, digest, raw)
         return self._read(fn)
 
     def manifests_with_prefix(self, prefix_hex: str, limit: int = 2) -> list[bytes]:
@@ -499,17 +546,20 @@ class Index:
         with self._reading() as txn:
             for key, raw in txn.cursor(db=self.chunks):
                 chunk_id = bytes(key)
-                yield chunk_id, _chunk_location(chunk_id, raw)
+                yield chunk_id, self._chunk_location(txn, chunk_id, raw)
 
     def iter_manifests(self):
         with self._reading() as txn:
             for key, raw in txn.cursor(db=self.manifests):
                 digest = bytes(key)
-                yield digest, _manifest_location(digest, raw)
+                yield digest, self._manifest_location(txn, digest, raw)
 
     def counts(self) -> dict[str, int]:
+        """How many chunks, manifests and packs the cache knows, and the counters kept as they are learned
+        (COUNT_NAMES): no scan."""
         def fn(txn):
-            return {name: txn.stat(db)["entries"]
-                    for name, db in (("chunks", self.chunks), ("manifests", self.manifests),
-                                     ("packs", self.packs))}
+            out = {name: txn.stat(db)["entries"]
+                   for name, db in (("chunks", self.chunks), ("manifests", self.manifests), ("packs", self.packs))}
+            out.update(zip(COUNT_NAMES, self._counts(txn)))
+            return out
         return self._read(fn)

@@ -17,12 +17,16 @@ from . import codec, framing, layout
 from .digest import hash_bytes
 from .errors import IntegrityError, NotFound
 from .pack import HEADER as PACK_HEADER, MAX_INDEX_RATIO, TRAILER, Location, entries_of, entry_limits
+from .parallel import ordered_map
 
 MAGIC = b"CASIDX01"
 HEADER = struct.Struct("<8sQB")  # magic, raw (uncompressed msgpack) length, codec
 INDEX_FORMAT = 1
 MAX_RAW = 1 << 30
-MERGE_AT = 32  # a writer that sees more index objects than this merges them
+MERGE_AT = 32  # a writer that sees more small index objects than this merges them
+# stored bytes of an index object never merged again (about 200,000 blobs): a reader decodes one object
+# at a time, so this bounds the memory a sync needs, however large the store
+FULL_OBJECT = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +96,15 @@ def write(backend, packs: list[PackRecord]) -> str:
     return key
 
 
-def read(backend, key: str) -> list[PackRecord]:
+def _name(key: str) -> str:
     name = layout.index_name_from_key(key)
     if name is None:
         raise IntegrityError(f"not an index object key: {key}", subject=key)
-    return decode(backend.get(key), name=name)
+    return name
+
+
+def read(backend, key: str) -> list[PackRecord]:
+    return decode(backend.get(key), name=_name(key))
 
 
 def list_keys(backend) -> list[str]:
@@ -111,21 +119,44 @@ def read_many(backend, keys: list[str]) -> list[tuple[str, list[PackRecord]]]:
         return list(zip(keys, pool.map(lambda k: read(backend, k), keys)))
 
 
-def read_present(backend, keys: list[str]) -> tuple[list[tuple[str, list[PackRecord]]], bool]:
-    """Read the index objects that are still there; True as well if any vanished since it was listed
-    (a writer merged it, or gc replaced it: list again to read what names its packs now)."""
-    def one(key):
+def iter_present(backend, keys: list[str]):
+    """(key, its packs) of each index object still there, one decoded at a time (the next few are fetched
+    meanwhile, as bytes), or (key, None) for one that vanished since it was listed (a writer merged it,
+    or gc replaced it: list again to read what names its packs now)."""
+    def fetch(key):
         try:
-            return key, read(backend, key)
+            return backend.get(key)
         except NotFound:
             return None
-    if len(keys) <= 1 or backend.read_concurrency <= 1:
-        got = [one(k) for k in keys]
-    else:
-        with ThreadPoolExecutor(max_workers=backend.read_concurrency, thread_name_prefix="cas-sync") as pool:
-            got = list(pool.map(one, keys))
-    present = [item for item in got if item is not None]
+
+    def decoded(key, data):
+        return key, None if data is None else decode(data, name=_name(key))
+    for key, data in ordered_map(lambda k: (k, fetch(k)), keys, workers=backend.read_concurrency, name="cas-sync"):
+        yield decoded(key, data)
+
+
+def read_present(backend, keys: list[str]) -> tuple[list[tuple[str, list[PackRecord]]], bool]:
+    """Every index object of `keys` still there, decoded; True as well if any vanished (see iter_present)."""
+    present = [(key, packs) for key, packs in iter_present(backend, keys) if packs is not None]
     return present, len(present) < len(keys)
+
+
+def merge_groups(backend) -> list[list[str]]:
+    """The small index objects to merge, in groups of at most FULL_OBJECT stored bytes each, when there are
+    more than MERGE_AT of them; objects of FULL_OBJECT or more are never merged again."""
+    small = [(key, size) for key, size in backend.list(layout.INDEXES)
+             if layout.index_name_from_key(key) is not None and size < FULL_OBJECT]
+    if len(small) <= MERGE_AT:
+        return []
+    groups: list[list[str]] = [[]]
+    total = 0
+    for key, size in small:
+        if groups[-1] and total + size > FULL_OBJECT:
+            groups.append([])
+            total = 0
+        groups[-1].append(key)
+        total += size
+    return [g for g in groups if len(g) > 1]
 
 
 def merge(backend, keys: list[str]) -> tuple[str, list[bytes]] | None:

@@ -10,7 +10,6 @@ import threading
 import time
 from array import array
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -36,6 +35,7 @@ from .ingest import PutResult, PutSession
 from .leases import WriterLease
 from .manifest import DIR, FILE, FileManifest, TreeEntry, TreeManifest
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, Location, read_pack_entries
+from .parallel import ordered_map
 from .records import RecordBook, RunRoots
 from .restore import (
     ChunkReader,
@@ -51,7 +51,8 @@ from .roots import PinRoots, RootProvider, registered as registered_providers
 Progress = Callable[[int], None]
 SYNC_PASSES = 50  # listings of index objects before giving up on a store that keeps merging them
 # 2: index objects remembered with the packs they name; missing packs. 3: a delta chunk's entry holds its base
-CACHE_FORMAT = 3
+# 4: blob locations name packs by number; counters for stats
+CACHE_FORMAT = 4
 
 
 def default_cache_dir() -> str:
@@ -168,8 +169,12 @@ class Store:
         for _ in range(SYNC_PASSES):
             seen = index.index_objects_read()  # before listing: an object read by now is durable, so listed
             listed = pack_index.list_keys(self.backend)
-            got, vanished = pack_index.read_present(self.backend, [k for k in listed if k not in seen])
-            added += sum(index.add_index_object(key, records) for key, records in got)
+            vanished = False
+            for key, records in pack_index.iter_present(self.backend, [k for k in listed if k not in seen]):
+                if records is None:
+                    vanished = True
+                else:
+                    added += index.add_index_object(key, records)
             if self._drop_vanished(index, seen - set(listed), listed):
                 continue  # the cache was emptied of packs: read every index object again
             if not vanished:  # else a writer merged one as we read: list again for the merged object
@@ -265,17 +270,17 @@ class Store:
         def footer(item):
             pid, size = item
             return pid, size, read_pack_entries(self.backend, pid, size)
-        workers = max(1, self.backend.read_concurrency)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cas-reindex") as pool:
-            for pid, size, entries in pool.map(footer, listed):
-                index.add_pack(pid, size, entries)
-                if on_progress is not None:
-                    on_progress(1)
+        for pid, size, entries in ordered_map(footer, listed, workers=self.backend.read_concurrency,
+                                              name="cas-reindex"):
+            index.add_pack(pid, size, entries)
+            if on_progress is not None:
+                on_progress(1)
         # what each index object names (packs are learned above, from the footers): so that later syncs
         # read only new ones and can tell when packs this cache knows stop being named
         # (one merged by a writer while we read is skipped: the next sync reads the merged object)
-        present, _ = pack_index.read_present(self.backend, index_keys)
-        index.mark_index_objects({key: [r.pack_id for r in records] for key, records in present})
+        for key, records in pack_index.iter_present(self.backend, index_keys):
+            if records is not None:
+                index.mark_index_objects({key: [r.pack_id for r in records]})
         return index.counts()
 
     # ---- references -------------------------------------------------------------------------
@@ -466,10 +471,10 @@ class Store:
                 self.relearn()
 
     def _merge_index_objects(self) -> None:
-        """Keep a new machine's sync to a few reads: fold many small index objects into one."""
-        keys = pack_index.list_keys(self.backend)
-        if len(keys) > pack_index.MERGE_AT:
-            merged = pack_index.merge(self.backend, keys)
+        """Keep a new machine's sync to a few reads: fold many small index objects into a few, each of at
+        most pack_index.FULL_OBJECT bytes (a reader decodes one at a time)."""
+        for group in pack_index.merge_groups(self.backend):
+            merged = pack_index.merge(self.backend, group)
             if merged is not None:
                 self.index.mark_index_objects({merged[0]: merged[1]})
 
@@ -704,26 +709,16 @@ class Store:
     def stats(self) -> dict[str, int | bool | str]:
         index = self.index
         self.open_records()  # learn content kept inline in run records
-        logical = files = 0
-        for _, loc in index.iter_manifests():
-            if loc.kind == FILE_MANIFEST:
-                logical += loc.size
-                files += 1
+        counts = index.counts()  # kept up to date as packs are learned: no scan of the chunks
+        logical, files = counts["logical_bytes"], counts["files"]
         for _, size in index.iter_inline_sizes():
             logical += size
             files += 1
-        unique = chunks = deltas = delta_stored = 0
-        for _, loc in index.iter_chunks():
-            unique += loc.raw_len
-            chunks += 1
-            if loc.base:
-                deltas += 1
-                delta_stored += loc.stored_len
         stored = sum(size for _, size in self.backend.list(""))
         leftovers = temps.find(self.temp_folders())
-        return {"logical_bytes": logical, "unique_bytes": unique, "stored_bytes": stored, "files": files,
-                "chunks": chunks, "delta_chunks": deltas, "delta_stored_bytes": delta_stored,
-                "packs": len(index.pack_ids()),
+        return {"logical_bytes": logical, "unique_bytes": counts["unique_bytes"], "stored_bytes": stored,
+                "files": files, "chunks": counts["chunks"], "delta_chunks": counts["delta_chunks"],
+                "delta_stored_bytes": counts["delta_stored_bytes"], "packs": counts["packs"],
                 "conditional_writes": bool(self.backend.conditional_writes),
                 "temp_files": len(leftovers), "temp_bytes": sum(t.size for t in leftovers),
                 "store": self.location(), "cache": index.path}

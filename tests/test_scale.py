@@ -1,0 +1,103 @@
+"""Scale: the synthetic store generator as a fixture (small sizes), the cache's counters against a full
+scan, and the store-wide commands on a generated store."""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+
+import pytest
+
+from cas import Store
+from cas.digest import hash_bytes
+from cas.index import COUNT_NAMES
+from cas.pack import FILE_MANIFEST
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from synth_store import make_store  # noqa: E402
+
+
+def scanned_counts(index) -> dict[str, int]:
+    """What the counters must say, from a scan of every location (the way stats worked before them)."""
+    out = dict.fromkeys(("chunks", *COUNT_NAMES), 0)
+    for _, loc in index.iter_chunks():
+        out["chunks"] += 1
+        out["unique_bytes"] += loc.raw_len
+        if loc.base:
+            out["delta_chunks"] += 1
+            out["delta_stored_bytes"] += loc.stored_len
+    for _, loc in index.iter_manifests():
+        if loc.kind == FILE_MANIFEST:
+            out["files"] += 1
+            out["logical_bytes"] += loc.size
+    return out
+
+
+def kept_counts(index) -> dict[str, int]:
+    counts = index.counts()
+    return {k: counts[k] for k in ("chunks", *COUNT_NAMES)}
+
+
+@pytest.fixture
+def synthetic(store_dir):
+    """A generated store of 20,000 chunks (20 files), a quarter of its files unpinned, where `cli` looks."""
+    where = store_dir
+    made = make_store(where, 20_000, chunk_size=64, chunks_per_file=1000, files_per_pack=8, packs_per_index=2,
+                      garbage=0.25, seed=b"testseed")
+    return where, made
+
+
+def synthetic_file(f: int, seed: bytes = b"testseed", chunk_size: int = 64, chunks_per_file: int = 1000) -> bytes:
+    """The bytes make_store writes for file number f."""
+    pad = bytes(chunk_size - 16)
+    return b"".join((seed + struct.pack("<Q", f * chunks_per_file + c) + pad)[:chunk_size]
+                    for c in range(chunks_per_file))
+
+
+def test_a_generated_store_is_a_store_every_command_reads(cli, synthetic):
+    where, made = synthetic
+    assert made["files"] == 20 and made["chunks"] == 20_000 and made["packs"] == 3 and made["index_objects"] == 2
+    stats = cli("--json", "stats").json()
+    assert (stats["chunks"], stats["files"], stats["packs"]) == (20_000, 20, 3)
+    assert stats["logical_bytes"] == stats["unique_bytes"] == 20_000 * 64
+    assert cli("verify", "--read-data").code == 0
+    pins = {p["label"] for p in cli("--json", "pins").json()}
+    assert len(pins) == made["pins"] == 15  # per pack of 8 files, round(8 * 0.25) unpinned; 1 of the last 4
+    content = Store.open(where).read_bytes("synth/0")
+    assert content == synthetic_file(0) and hash_bytes(content).hex() == Store.open(where).resolve("synth/0")[0].hex()
+    report = cli("--json", "gc", "--grace", "0").json()
+    assert report["deleted_packs"] + report["repacked_packs"] >= 1, report
+    assert cli("verify", "--read-data").code == 0
+    after = cli("--json", "stats").json()
+    assert after["files"] == 15 and after["chunks"] == 15_000
+    for label in sorted(pins):
+        f = int(label.split("/")[1])
+        assert Store.open(where).read_bytes(label) == synthetic_file(f)
+
+
+def test_the_counters_agree_with_a_scan_through_puts_deltas_relearning_and_reindex(cli, store_dir, tmp_path):
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(3)
+    weights = rng.standard_normal(300_000).astype(np.float32)
+    for step in range(3):
+        path = tmp_path / "w.npy"
+        np.save(path, weights)
+        assert cli("put", str(path), "--label", "w").code == 0
+        (tmp_path / f"other{step}.bin").write_bytes(os.urandom(100_000 + step))
+        assert cli("put", str(tmp_path / f"other{step}.bin")).code == 0
+        weights = weights + rng.standard_normal(weights.size).astype(np.float32) * 1e-4
+    store = Store.open(store_dir)
+    counts = kept_counts(store.index)
+    assert counts == scanned_counts(store.index)
+    assert counts["delta_chunks"] > 0 and counts["files"] == 6
+    stats = cli("--json", "stats").json()
+    assert {k: stats[k] for k in counts} == counts
+    store.relearn()  # every pack forgotten and learned again from the index objects
+    assert kept_counts(store.index) == scanned_counts(store.index) == counts
+    assert cli("reindex").code == 0  # learned from the packs' footers instead
+    assert kept_counts(Store.open(store_dir).index) == counts
+    assert cli("gc", "--grace", "0").code == 0
+    store = Store.open(store_dir)
+    store.sync()
+    assert kept_counts(store.index) == scanned_counts(store.index)
