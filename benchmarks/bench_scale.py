@@ -45,7 +45,7 @@ COMMANDS = (  # (key, arguments after `cas`), in the order they run
 )
 
 
-def one_size(millions: float, work: Path, cas: list[str]) -> dict:
+def one_size(millions: float, work: Path, cas: list[str], commands=COMMANDS) -> dict:
     store, cache = work / "store", work / "cache"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -53,7 +53,7 @@ def one_size(millions: float, work: Path, cas: list[str]) -> dict:
     shutil.rmtree(work / "writer-cache", ignore_errors=True)
     out: dict = {"millions": millions, "made": made, "store_bytes": tree_bytes(store)}
     env = child_env(cache)
-    for key, args in COMMANDS:
+    for key, args in commands:
         proc = run([*cas, *args, "--store", str(store)], env)
         out[key] = {"seconds": round(proc.seconds, 2), "peak_rss_mb": round(proc.rss_mb, 1)}
         if key == "stats_cold":
@@ -69,15 +69,18 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "scale.json"))
     ap.add_argument("--keep", help="work folder (kept); default a temporary one, removed")
     ap.add_argument("--cas", help="the cas command line (default: beside this python)")
+    ap.add_argument("--commands", help="comma-separated keys of the commands to run (default: all): "
+                                       + ",".join(k for k, _ in COMMANDS))
     args = ap.parse_args()
     cas = cas_command(args.cas)
+    commands = [c for c in COMMANDS if not args.commands or c[0] in args.commands.split(",")]
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cas-scale-"))
     started = time.time()
     sizes = []
     try:
         for m in (float(s) for s in args.sizes.split(",")):
             print(f"bench_scale: {m:g} M chunks", file=sys.stderr)
-            sizes.append(one_size(m, base / f"{m:g}M", cas))
+            sizes.append(one_size(m, base / f"{m:g}M", cas, commands))
             shutil.rmtree(base / f"{m:g}M", ignore_errors=True)
     finally:
         if not args.keep:
@@ -86,7 +89,7 @@ def main() -> None:
     for s in sizes:
         s["vs_first"] = {k: {"seconds": round(s[k]["seconds"] / max(first[k]["seconds"], 1e-9), 2),
                              "peak_rss": round(s[k]["peak_rss_mb"] / max(first[k]["peak_rss_mb"], 1e-9), 2)}
-                         for k, _ in COMMANDS}
+                         for k, _ in commands}
     result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "wall_seconds": round(time.time() - started, 1), "sizes": sizes}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 Each file is `chunks_per_file` unique chunks of `chunk_size` bytes, stored raw in packs of
 `files_per_pack` files, with its file manifest in the same pack; an index object names every
-`packs_per_index` packs; each file is pinned (`synth/<n>`) unless it falls in the `garbage` share,
+`packs_per_index` packs (by default as many as make an object of the size writers merge small ones
+into, pack_index.FULL_OBJECT); each file is pinned (`synth/<n>`) unless it falls in the `garbage` share,
 which gc may reclaim. Everything is written through the backend, so the same call makes a local or an
 S3 store; the packs, index objects and pins are the ones a real put would write (valid footers,
 trailers, checksums), so every command reads them as it reads any store.
@@ -57,11 +58,13 @@ def _pack(blobs: list[tuple[int, bytes, bytes, bytes, int]]) -> tuple[bytes, byt
 
 
 def make_store(uri: str, chunks: int, *, chunk_size: int = 64, chunks_per_file: int = 1000,
-               files_per_pack: int = 64, packs_per_index: int = 16, garbage: float = 0.0,
+               files_per_pack: int = 8, packs_per_index: int | None = None, garbage: float = 0.0,
                seed: bytes | None = None, cache_dir: str | None = None) -> dict:
     """Write a store of about `chunks` distinct chunks at uri (created if needed); returns what it made.
     A `garbage` share of the files (the last ones of each pack) gets no pin."""
     seed = seed or secrets.token_bytes(8)
+    if packs_per_index is None:  # index objects as large as writers merge them (about 45 stored bytes a blob)
+        packs_per_index = max(1, pack_index.FULL_OBJECT // (45 * files_per_pack * (chunks_per_file + 1)))
     store = Store.open(uri, cache_dir=cache_dir)
     store.init()
     backend = store.backend

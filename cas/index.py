@@ -15,6 +15,7 @@ import lmdb
 from . import lmdb_check
 from .errors import StorageError
 from .pack import CHUNK, FILE_MANIFEST, Location
+from .resident import Releaser, release
 
 # blob locations name their pack by a small number (packs db), not its 32-byte id: a third less per chunk
 _LOC = struct.Struct("<IQIIB")        # pack number, offset, stored len, raw len, codec
@@ -26,6 +27,7 @@ _NUMBER = struct.Struct(">I")          # key of pack_numbers: pack number → pa
 _COUNTS = struct.Struct("<QQQQQ")  # in the order of COUNT_NAMES
 COUNT_NAMES = ("unique_bytes", "delta_chunks", "delta_stored_bytes", "logical_bytes", "files")
 INITIAL_MAP = 64 << 20
+SYNC_BATCH = 16384  # blobs learned per write transaction of a sync (its dirty pages are held until commit)
 INLINE = 3  # Location.kind of content kept inline in a run record, not in a pack
 INLINE_PACK = bytes(32)  # Location.pack_id of inline content
 _envs: dict[str, tuple[int, int, lmdb.Environment]] = {}  # path → (pid, inode of its data.mdb, environment)
@@ -95,7 +97,9 @@ def _open_if_sound(path: str) -> tuple[lmdb.Environment, int] | str:
 
 
 def _open(path: str) -> tuple[lmdb.Environment, int]:
-    env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=16, subdir=True, metasync=True, sync=True)
+    # the map stays read-only (writes go through the file): cas/resident.py drops its pages during long scans
+    env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=16, subdir=True, metasync=True, sync=True, readahead=False,
+                    writemap=False)
     stamp = lmdb_check.stamp(path)
     if stamp is None:  # LMDB made data.mdb just now: only a concurrent deletion takes it away
         env.close()
@@ -131,6 +135,7 @@ def _cache_error(path: str, exc: Exception) -> StorageError:
 class Index:
     def __init__(self, path: str, *, fresh: bool = False):
         self.path = path
+        self._releaser = Releaser(path)  # long scans and syncs keep the map's resident pages bounded
         self._attach(fresh=fresh)
 
     def _attach(self, *, fresh: bool) -> None:
@@ -234,7 +239,9 @@ class Index:
             txn.put(_NUMBER.pack(number), pack_id, db=self.pack_numbers)
         txn.put(pack_id, _PACK.pack(size, len(entries), number), db=self.packs)
         unique, deltas, delta_stored, logical, files = self._counts(txn)
+        tick = self._releaser.tick
         for e in entries:
+            tick()
             if e.kind == CHUNK:
                 before = txn.get(e.key, db=self.chunks)
                 if e.base and before is not None and len(before) == _LOC.size:
@@ -268,17 +275,33 @@ class Index:
 
     def add_index_object(self, key: str, records) -> int:
         """Learn the packs of one index object (those not yet known, deleted or missing) and remember
-        it was read, with the packs it names."""
-        def fn(txn):
-            added = 0
-            for rec in records:
-                if (txn.get(rec.pack_id, db=self.packs) is None and txn.get(rec.pack_id, db=self.deleted) is None
-                        and txn.get(rec.pack_id, db=self.missing) is None):
-                    self._put_pack(txn, rec.pack_id, rec.size, rec.entries)
-                    added += 1
-            txn.put(key.encode(), b"".join(rec.pack_id for rec in records), db=self.index_objects)
+        it was read, with the packs it names: a few write transactions of at most SYNC_BATCH blobs, each
+        pack whole in one of them, the object marked read in the last (a crash between them leaves it
+        unread, and the next sync learns the packs still unknown)."""
+        def learn(batch):
+            def fn(txn):
+                added = 0
+                for rec in batch:
+                    if (txn.get(rec.pack_id, db=self.packs) is None and txn.get(rec.pack_id, db=self.deleted) is None
+                            and txn.get(rec.pack_id, db=self.missing) is None):
+                        self._put_pack(txn, rec.pack_id, rec.size, rec.entries)
+                        added += 1
+                if batch is last:
+                    txn.put(key.encode(), b"".join(rec.pack_id for rec in records), db=self.index_objects)
+                return added
+            added = self._write(fn)
+            release(self.path)  # what the commit read of the map, too
             return added
-        return self._write(fn)
+        batches: list[list] = [[]]
+        size = 0
+        for rec in records:
+            if batches[-1] and size + len(rec.entries) > SYNC_BATCH:
+                batches.append([])
+                size = 0
+            batches[-1].append(rec)
+            size += len(rec.entries)
+        last = batches[-1]
+        return sum(learn(batch) for batch in batches)
 
     def mark_index_objects(self, named: dict[str, list[bytes]]) -> None:
         """Remember index objects as read, each with the ids of the packs it names."""
@@ -456,6 +479,7 @@ class Index:
             for chunk_id in ids:
                 raw = txn.get(chunk_id, db=self.chunks)
                 out.append(None if raw is None else self._chunk_location(txn, chunk_id, raw))
+            self._releaser.tick(len(ids))
             return out
         return self._read(fn)
 
@@ -547,12 +571,14 @@ class Index:
             for key, raw in txn.cursor(db=self.chunks):
                 chunk_id = bytes(key)
                 yield chunk_id, self._chunk_location(txn, chunk_id, raw)
+                self._releaser.tick()
 
     def iter_manifests(self):
         with self._reading() as txn:
             for key, raw in txn.cursor(db=self.manifests):
                 digest = bytes(key)
                 yield digest, self._manifest_location(txn, digest, raw)
+                self._releaser.tick()
 
     def counts(self) -> dict[str, int]:
         """How many chunks, manifests and packs the cache knows, and the counters kept as they are learned

@@ -101,3 +101,40 @@ def test_the_counters_agree_with_a_scan_through_puts_deltas_relearning_and_reind
     store = Store.open(store_dir)
     store.sync()
     assert kept_counts(store.index) == scanned_counts(store.index)
+
+
+def _mapped_kib(path: str) -> int:
+    """KiB of this process's resident pages of the maps of path (from /proc/self/smaps)."""
+    total, inside = 0, False
+    target = os.path.realpath(path)
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            parts = line.split()
+            if parts and "-" in parts[0] and not parts[0].endswith(":"):
+                inside = line.rstrip().endswith(target)
+            elif inside and parts[0] == "Rss:":
+                total += int(parts[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs /proc/self/smaps")
+def test_a_long_scan_of_the_cache_keeps_few_of_its_pages_resident(tmp_path):
+    from cas.index import Index
+    from cas.pack import CHUNK, Location
+    from cas.resident import release
+    index = Index(str(tmp_path / "cache"))
+    for p in range(40):
+        pid = hash_bytes(b"pack%d" % p)
+        index.add_pack(pid, 1 << 20, [Location(pid, CHUNK, hash_bytes(b"%d-%d" % (p, i)), 8 + i, 1, 1, 0,
+                                               hash_bytes(b"%d-%d" % (p, i))) for i in range(5000)])
+    data = os.path.join(index.path, "data.mdb")
+    release(index.path)
+    assert sum(1 for _ in index.iter_chunks()) == 200_000  # released every RELEASE_EVERY chunks as it goes
+    scanned = _mapped_kib(data)
+    assert scanned < 0.25 * os.path.getsize(data) / 1024, (scanned, os.path.getsize(data))
+    with index._reading() as txn:  # a scan that never releases holds what it touched
+        assert sum(1 for _ in txn.cursor(db=index.chunks)) == 200_000
+    assert _mapped_kib(data) > 0.5 * os.path.getsize(data) / 1024
+    release(index.path)
+    assert _mapped_kib(data) < 1024
+    assert index.chunk(hash_bytes(b"3-7")).offset == 15  # the pages read back unchanged
