@@ -17,13 +17,16 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import framing, layout, pack_index, temps
+from .blobset import Blobs
 from .errors import IntegrityError, InvalidInput, NotFound, StorageError
 from .leases import backend_now, expired_sessions, lease_seconds, live_sessions
-from .pack import CHUNK, Location, read_pack_entries
+from .pack import read_pack_entries
 from .pack_index import PackRecord
+from .supply import PackSummary, Supplied, needed, summarize
 from .walk import RAISE, Walk
 
 DEFAULT_GRACE = 24 * 3600.0
@@ -94,7 +97,7 @@ class Condemnation:
 class GcPlan:
     keep: set[bytes] = field(default_factory=set)
     repack: list[bytes] = field(default_factory=list)
-    supplies: dict[bytes, list] = field(default_factory=dict)  # kept pack → the blobs it is the home of
+    supplies: dict[bytes, Supplied] = field(default_factory=dict)  # kept pack → the blobs it is the home of
     condemn: set[bytes] = field(default_factory=set)
     delete: set[bytes] = field(default_factory=set)
     finished: list[str] = field(default_factory=list)  # condemnation stamps fully handled by this run
@@ -104,49 +107,7 @@ class GcPlan:
     condemn_now_deletes: bool = False  # grace 0, no writer live: `delete` holds what this run condemns too
 
 
-def _needed(packs: dict[bytes, PackRecord], reachable: set, condemned: set[bytes]) -> tuple[set, dict]:
-    """Packs that must stay so every reachable blob has a home, and which blobs each one supplies.
-
-    Every blob is supplied by one pack, preferring packs not condemned, then packs mostly alive. A
-    supplying delta chunk needs its base: the bases of the copies chosen are added and the choice made
-    again, until nothing new is needed.
-    """
-    reachable = set(reachable)
-    while True:
-        keep, supplies = _supply(packs, reachable, condemned)
-        bases = {(CHUNK, e.base) for blobs in supplies.values() for e in blobs if e.base} - reachable
-        if not bases:
-            return keep, supplies
-        reachable |= bases
-
-
-def _supply(packs: dict[bytes, PackRecord], reachable: set, condemned: set[bytes]) -> tuple[set, dict]:
-    alone = {e.key for rec in packs.values() for e in rec.entries if e.kind == CHUNK and not e.base}
-    # a delta copy of a chunk that is also stored alone never supplies it: its base would be kept for nothing
-    live = {pid: [e for e in rec.entries if (e.kind, e.key) in reachable and not (e.base and e.key in alone)]
-            for pid, rec in packs.items()}
-
-    def order(pid):
-        share = sum(e.stored_len for e in live[pid]) / max(1, packs[pid].size)
-        return (pid in condemned, -share, pid)
-    covered: set = set()
-    keep: set[bytes] = set()
-    supplies: dict[bytes, list] = {}
-    for pid in sorted(packs, key=order):
-        need = [e for e in live[pid] if (e.kind, e.key) not in covered]
-        if need:
-            keep.add(pid)
-            supplies[pid] = need
-            covered.update((e.kind, e.key) for e in need)
-    missing = reachable - covered
-    if missing:
-        kind, key = next(iter(missing))
-        raise IntegrityError(f"gc stopped: {len(missing)} reachable blobs are in no pack (e.g. {key.hex()}); "
-                             f"nothing was changed", subject=key.hex())
-    return keep, supplies
-
-
-def plan_gc(packs: dict[bytes, PackRecord], reachable: set, condemnations: list[Condemnation],
+def plan_gc(packs: Mapping[bytes, PackSummary | PackRecord], reachable: Blobs | set, condemnations: list[Condemnation],
             live: set[str], now: float, grace: float, repack_threshold: float = REPACK_THRESHOLD) -> GcPlan:
     """What to repack, condemn and delete; a pure function of the store's metadata (`collect` reads it).
 
@@ -155,10 +116,12 @@ def plan_gc(packs: dict[bytes, PackRecord], reachable: set, condemnations: list[
     """
     plan = GcPlan()
     condemned = {p for c in condemnations for p in c.packs}
-    plan.keep, plan.supplies = _needed(packs, reachable, condemned)
+    summaries = {pid: rec if isinstance(rec, PackSummary) else summarize(rec) for pid, rec in packs.items()}
+    plan.keep, plan.supplies = needed(summaries, reachable if isinstance(reachable, Blobs) else Blobs(reachable),
+                                      condemned)
     for pid in sorted(plan.keep):
-        supplied = sum(e.stored_len for e in plan.supplies[pid])
-        blobs = sum(e.stored_len for e in packs[pid].entries)  # not the pack's size: a tiny pack is mostly footer
+        supplied = plan.supplies[pid].stored
+        blobs = summaries[pid].blob_bytes
         share = 1 - supplied / max(1, blobs)
         if pid not in condemned and share >= repack_threshold:
             plan.repack.append(pid)
@@ -187,9 +150,10 @@ def plan_gc(packs: dict[bytes, PackRecord], reachable: set, condemnations: list[
 class Collected:
     """What gc read of a store (all it plans from): pack catalog, reachable blobs, condemnations, writers."""
 
-    packs: dict[bytes, PackRecord]
+    packs: dict[bytes, PackSummary]
     index_keys: list[str]
-    reachable: set
+    named: dict[str, list[bytes]]  # index object key → the packs it names
+    reachable: Blobs
     condemnations: list[Condemnation]
     live: set[str]
     now: float
@@ -200,11 +164,12 @@ class _Reader:
 
     def __init__(self, store):
         self.store = store
-        self.walk = Walk(store, policy=RAISE)  # memoized: later passes read only the manifests of new roots
-        self.reached: set = set()
-        self.index_objects: dict[str, list[PackRecord]] = {}
+        # memoized: later passes read only the manifests of new roots; nodes keep no chunk lists
+        self.walk = Walk(store, policy=RAISE, keep_chunks=False)
+        self.reached = Blobs()
+        self.index_objects: dict[str, list[PackSummary]] = {}
 
-    def reachable(self) -> set:
+    def reachable(self) -> Blobs:
         """(kind, key) of every blob the roots as they are now need, and those earlier calls found:
         manifests and chunks, from manifests only. The walk's policy is RAISE: a root whose content is
         missing or damaged stops gc before it deletes. The roots are read first, and only then the
@@ -216,9 +181,9 @@ class _Reader:
             self.reached |= self.walk.reach(roots)
         except IntegrityError as exc:
             raise type(exc)(f"gc stopped: {exc}; nothing was deleted (run cas verify)", subject=exc.subject) from None
-        return set(self.reached)
+        return self.reached.copy()
 
-    def catalog(self) -> tuple[dict[bytes, PackRecord], list[str]]:
+    def catalog(self) -> tuple[dict[bytes, PackSummary], list[str]]:
         """Every pack of the store with its entries (from index objects, plus the footers of packs none
         names), and the index object keys.
 
@@ -229,8 +194,12 @@ class _Reader:
         backend = self.store.backend
         for _ in range(LIST_PASSES):
             keys = pack_index.list_keys(backend)
-            got, vanished = pack_index.read_present(backend, [k for k in keys if k not in self.index_objects])
-            self.index_objects.update(got)
+            vanished = False
+            for key, records in pack_index.iter_present(backend, [k for k in keys if k not in self.index_objects]):
+                if records is None:
+                    vanished = True
+                else:  # summarized as each object is read: no Location object per chunk is kept
+                    self.index_objects[key] = [summarize(rec) for rec in records]
             if not vanished:
                 break
         else:
@@ -238,15 +207,18 @@ class _Reader:
                                "run gc again", subject=layout.INDEXES)
         listed = {pid: size for key, size in backend.list(layout.PACKS)
                   if (pid := layout.pack_id_from_key(key)) is not None}
-        packs: dict[bytes, PackRecord] = {}
+        packs: dict[bytes, PackSummary] = {}
         for key in keys:
             for rec in self.index_objects[key]:
                 if rec.pack_id in listed:
                     packs.setdefault(rec.pack_id, rec)
         for pid, size in listed.items():
             if pid not in packs:  # a crash left it unnamed (or a writer is still uploading)
-                packs[pid] = PackRecord(pid, size, tuple(read_pack_entries(backend, pid, size)))
+                packs[pid] = summarize(PackRecord(pid, size, tuple(read_pack_entries(backend, pid, size))))
         return packs, keys
+
+    def named(self, keys: list[str]) -> dict[str, list[bytes]]:
+        return {key: [rec.pack_id for rec in self.index_objects[key]] for key in keys}
 
     def collect(self, *, dry_run: bool) -> Collected:
         backend = self.store.backend
@@ -254,7 +226,8 @@ class _Reader:
         reachable = self.reachable()
         packs, keys = self.catalog()
         now = time.time() if dry_run else backend_now(backend)  # a dry run writes nothing, not even a clock probe
-        return Collected(packs, keys, reachable, _condemnations(backend), set(live_sessions(backend, now)), now)
+        return Collected(packs, keys, self.named(keys), reachable, _condemnations(backend),
+                         set(live_sessions(backend, now)), now)
 
 
 def _condemnations(backend) -> list[Condemnation]:
@@ -343,9 +316,7 @@ def _execute(store, plan: GcPlan, seen: Collected, reader: _Reader, on_progress)
         now = backend_now(backend)
         backend.put(layout.deleted_key(_stamp(now)), encode_list(plan.delete, now), create_only=True)
         backend.delete([layout.pack_key(p) for p in sorted(plan.delete)])
-        remaining = [rec for pid, rec in sorted(seen.packs.items()) if pid not in plan.delete]
-        merged = pack_index.write(backend, remaining) if remaining else None
-        backend.delete([k for k in seen.index_keys if k != merged])
+        _rename_packs(backend, seen, plan.delete)
     backend.delete([k for stamp in plan.finished + plan.void
                     for k in (layout.condemned_key(stamp), layout.gc_sessions_key(stamp))])
 
@@ -358,9 +329,33 @@ def _confirm(store, plan: GcPlan, seen: Collected, reader: _Reader) -> None:
     not our concern, as we delete none of those."""
     still = reader.reachable()
     packs = reader.catalog()[0] if plan.repack else seen.packs
-    still &= {(e.kind, e.key) for rec in packs.values() for e in rec.entries}
-    keep, _ = _needed(packs, still, {p for c in _condemnations(store.backend) for p in c.packs})
+    keep, _ = needed(packs, still, {p for c in _condemnations(store.backend) for p in c.packs}, missing_ok=True)
     plan.delete -= keep  # its condemnation ends with this run: the pack is live again
+
+
+def _rename_packs(backend, seen: Collected, deleted: set[bytes]) -> None:
+    """Index objects name only packs that are still there: each one that named a deleted pack is
+    written again without it (one object at a time: a reader never holds more than one), and the packs
+    a crash left unnamed that this run kept are named in a new one. An object a writer merged away
+    meanwhile is left to the merged one, which readers read against gc's deleted lists."""
+    named: set[bytes] = set()
+    for key in seen.index_keys:
+        pids = seen.named[key]
+        named.update(pids)
+        if not deleted.intersection(pids):
+            continue
+        try:
+            records = [rec for rec in pack_index.read(backend, key) if rec.pack_id not in deleted]
+        except NotFound:
+            continue
+        rewritten = pack_index.write(backend, records) if records else None
+        if rewritten != key:
+            backend.delete([key])
+    unnamed = [pid for pid in sorted(seen.packs) if pid not in named and pid not in deleted]
+    if unnamed:
+        pack_index.write(backend, [PackRecord(pid, seen.packs[pid].size,
+                                              tuple(read_pack_entries(backend, pid, seen.packs[pid].size)))
+                                   for pid in unnamed])
 
 
 def _stored_bytes(backend) -> int:
@@ -417,7 +412,7 @@ def _store_alone_what_only_bases_need(store) -> int:
     return len(todo)
 
 
-def _repack(store, supplies: dict[bytes, list[Location]], victims: list[bytes], on_progress) -> None:
+def _repack(store, supplies: dict[bytes, Supplied], victims: list[bytes], on_progress) -> None:
     """Copy the blobs partly dead packs are the home of, still compressed, into new packs (durable and indexed).
 
     Only those: a reachable blob of a victim that another kept pack supplies stays there, else every
@@ -427,6 +422,7 @@ def _repack(store, supplies: dict[bytes, list[Location]], victims: list[bytes], 
     reader = store.chunk_reader()
     with store.write_session() as session:
         for pid in victims:
-            for loc, stored in reader.stored_blobs(supplies[pid]):
+            size = supplies[pid].pack.size
+            for loc, stored in reader.stored_blobs(supplies[pid].select(read_pack_entries(store.backend, pid, size))):
                 session.copy_blob(loc, stored, force=True)
                 on_progress(loc.stored_len)

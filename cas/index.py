@@ -488,10 +488,8 @@ class Index:
         return self._read(lambda txn: [self._home(txn, txn.get(i, db=self.chunks)) for i in ids])
 
     def has_delta_chunks(self) -> bool:
-        """Whether any chunk this cache knows is stored as a delta (a scan of values, stopping at the first)."""
-        def fn(txn):
-            return any(len(raw) == _DELTA_LOC.size for raw in txn.cursor(db=self.chunks).iternext(keys=False))
-        return self._read(fn)
+        """Whether any chunk this cache knows is stored as a delta (its home is a delta copy): a counter."""
+        return self.counts()["delta_chunks"] > 0
 
     def chunks_present(self, ids: list[bytes]) -> list[bool]:
         """Which of the ids the index has a location for, condemned or not."""

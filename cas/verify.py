@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import codec, layout, pack_index, records, refs
+from .blobset import Blobs
 from .digest import hash_bytes
 from .errors import CasError, IntegrityError, NotFound
 from .gc import decode_list, decode_sessions
@@ -43,7 +44,7 @@ def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyR
     listed = {pid: size for key, size in store.backend.list(layout.PACKS)
               if (pid := layout.pack_id_from_key(key)) is not None}
     _check_records(store, report)
-    walk = Walk(store, policy=REPORT, packs=listed)
+    walk = Walk(store, policy=REPORT, packs=listed, keep_chunks=False)
     reached = walk.reach(store.roots(on_damaged=lambda exc: None))  # damaged pins and records are reported below
     for pid, size in listed.items():
         try:
@@ -69,7 +70,7 @@ def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyR
     return report
 
 
-def _check_pack(store, pid: bytes, size: int, *, read_data: bool, report: VerifyReport, reached: set) -> None:
+def _check_pack(store, pid: bytes, size: int, *, read_data: bool, report: VerifyReport, reached: Blobs) -> None:
     """A pack's footer reads back; with read_data, its bytes match its id and every blob its checksum
     (read whole, once, then through the same footer checks and blob reads as any other).
 

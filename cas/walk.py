@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from .blobset import Blobs, ids_array
+from .digest import DIGEST_SIZE
 from .errors import CasError, IntegrityError
 from .index import INLINE
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST
@@ -53,20 +55,22 @@ class Walk:
     None, since its catalog decides where every blob lives.
     """
 
-    def __init__(self, store, *, policy: str = RAISE, packs=None):
+    def __init__(self, store, *, policy: str = RAISE, packs=None, keep_chunks: bool = True):
         if policy not in (RAISE, REPORT, SKIP):
             raise ValueError(f"unknown policy {policy!r}")
         self.store = store
+        self.keep_chunks = keep_chunks  # False: nodes forget their chunks once reach() has them (gc)
         self.policy = policy
         self.packs = None if packs is None else frozenset(packs)
         self.nodes: dict[bytes, Node | None] = {}  # None: missing or damaged
         self.roots: dict[str, bytes] = {}
         self._damage: dict[bytes, tuple[str, frozenset[bytes]]] = {}
 
-    def reach(self, roots: dict[str, bytes]) -> set[tuple[int, bytes]]:
+    def reach(self, roots: dict[str, bytes]) -> Blobs:
         """Walk from roots; returns (kind, key) of the blobs (manifests, chunks) of the objects this call
         reached first, so a caller that walks again (gc) reads only the manifests of new roots."""
-        blobs: set[tuple[int, bytes]] = set()
+        blobs = Blobs()
+        deltas = self.store.index.counts()["delta_chunks"] > 0  # else no chunk has a base to look up
         for name, digest in roots.items():
             self.roots[name] = digest
             todo = [(digest, name)]
@@ -74,17 +78,20 @@ class Walk:
                 d, via = todo.pop()
                 if d in self.nodes:
                     continue
-                node = self.nodes[d] = self._load(d, via)
+                node, ids = self._load(d, via)
+                self.nodes[d] = node
                 if node is None:
                     continue
                 if node.kind != INLINE:
                     blobs.add((node.kind, d))
-                blobs.update((CHUNK, c) for c in node.chunks)
-                blobs.update((CHUNK, b) for b in self._bases(node.chunks))
+                if ids:
+                    blobs.chunks.add_array(ids_array(ids))
+                    if deltas:
+                        blobs.update((CHUNK, b) for b in self._bases(_split(ids)))
                 todo.extend((f, f"tree {d.hex()}") for f in node.files)
         return blobs
 
-    def _bases(self, chunks: tuple[bytes, ...]) -> set[bytes]:
+    def _bases(self, chunks) -> set[bytes]:
         return bases_of(self.store.index, chunks)
 
     def node(self, digest: bytes) -> Node | None:
@@ -120,21 +127,22 @@ class Walk:
         return out
 
     # ---- the edges --------------------------------------------------------------------------
-    def _load(self, digest: bytes, via: str) -> Node | None:
+    def _load(self, digest: bytes, via: str) -> tuple[Node | None, bytes]:
+        """The object at digest, and the ids of its chunks back to back (a file's)."""
         store, index = self.store, self.store.index
         loc = index.object_location(digest)
         if loc is None:
             self._fail(digest, IntegrityError(f"{via} names {digest.hex()}, which is not in the store",
                                               subject=digest.hex()))
-            return None
+            return None, b""
         if loc.kind == INLINE:
-            return Node(INLINE, loc.size)
+            return Node(INLINE, loc.size), b""
         try:
             manifest = store.load_manifest(digest, loc)
         except CasError as exc:
             gone = self.packs is not None and loc.pack_id not in self.packs
             self._fail(digest, exc, frozenset([loc.pack_id]) if gone else frozenset())
-            return None
+            return None, b""
         if loc.kind == TREE_MANIFEST:
             files = []
             for entry in manifest.entries:
@@ -146,14 +154,13 @@ class Walk:
                     self._fail(digest, exc)
                     continue
                 files.append(entry.digest)
-            return Node(TREE_MANIFEST, manifest.size, files=tuple(files))
-        chunks = tuple(manifest.chunk_id(i) for i in range(len(manifest)))
-        node = Node(FILE_MANIFEST, manifest.size, chunks=chunks)
-        if self.packs is not None and chunks:
-            self._check_chunks(digest, chunks)
-        return node
+            return Node(TREE_MANIFEST, manifest.size, files=tuple(files)), b""
+        ids = manifest.ids
+        if self.packs is not None and ids:
+            self._check_chunks(digest, _split(ids))
+        return Node(FILE_MANIFEST, manifest.size, chunks=tuple(_split(ids)) if self.keep_chunks else ()), ids
 
-    def _check_chunks(self, digest: bytes, chunks: tuple[bytes, ...]) -> None:
+    def _check_chunks(self, digest: bytes, chunks: list[bytes]) -> None:
         listed = self.packs or frozenset()
         homes = self.store.index.chunks_at(list(dict.fromkeys(chunks)))
         unknown = sum(1 for loc in homes if loc is None)
@@ -174,6 +181,11 @@ class Walk:
         if self.policy == REPORT and digest not in self._damage:
             self._damage[digest] = (str(exc), packs)
         return None
+
+
+def _split(ids: bytes) -> list[bytes]:
+    """32-byte ids back to back, one by one."""
+    return [ids[i:i + DIGEST_SIZE] for i in range(0, len(ids), DIGEST_SIZE)]
 
 
 def bases_of(index, chunks) -> set[bytes]:

@@ -12,13 +12,15 @@ from conftest import one_error_line
 
 import tracker
 from cas import Store, codec
+from cas.blobset import Blobs
 from cas.digest import hash_bytes
 from cas.errors import IntegrityError
 from cas.file_hints import ParentCopy
-from cas.gc import _needed, execute_gc
+from cas.gc import execute_gc
 from cas.pack import CHUNK, Location
 from cas.pack_index import PackRecord
 from cas.restore import ChunkReader
+from cas.supply import needed, summarize
 
 SHAPES = {"layer.0.weight": (512, 512), "layer.1.weight": (512, 512), "head.weight": (256, 512)}
 
@@ -130,10 +132,11 @@ def test_gc_keeps_the_base_of_a_delta_it_keeps():
     packs = {a: PackRecord(a, 400, (loc(a, chunk, 8, base), loc(a, other, 108))),
              b: PackRecord(b, 400, (loc(b, base, 8),)),
              c: PackRecord(c, 400, (loc(c, bytes([13]) * 32, 8),))}
-    keep, supplies = _needed(packs, {(CHUNK, chunk), (CHUNK, other)}, set())
-    assert keep == {a, b} and [e.key for e in supplies[b]] == [base]
+    summaries = {pid: summarize(rec) for pid, rec in packs.items()}
+    keep, supplies = needed(summaries, Blobs({(CHUNK, chunk), (CHUNK, other)}), set())
+    assert keep == {a, b} and supplies[b].keys() == [base]
     with pytest.raises(IntegrityError, match="in no pack"):
-        _needed({a: packs[a]}, {(CHUNK, chunk)}, set())
+        needed({a: summaries[a]}, Blobs({(CHUNK, chunk)}), set())
 
 
 def test_a_delta_frame_rebuilds_exactly_and_refuses_damage():
