@@ -201,7 +201,7 @@ class Store:
         A gc list that does not decode may name any pack, and gc may delete what it names: until every
         list reads again, this cache lets writers deduplicate against nothing (reads are unaffected).
         """
-        from .gc import decode_list
+        from .gc_lists import decode_list
         lists: dict[str, list[bytes]] = {}
         condemned: set[bytes] = set()
         deleted: set[bytes] = set()
@@ -281,7 +281,8 @@ class Store:
         for key, records in pack_index.iter_present(self.backend, index_keys):
             if records is not None:
                 index.mark_index_objects({key: [r.pack_id for r in records]})
-        return index.counts()
+        counts = index.counts()
+        return {k: counts[k] for k in ("chunks", "manifests", "packs")}
 
     # ---- references -------------------------------------------------------------------------
     def resolve(self, ref: str) -> tuple[bytes, Location]:

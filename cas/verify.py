@@ -9,7 +9,7 @@ from . import codec, layout, pack_index, records, refs
 from .blobset import Blobs
 from .digest import hash_bytes
 from .errors import CasError, IntegrityError, NotFound
-from .gc import decode_list, decode_sessions
+from .gc_lists import decode_list, decode_sessions
 from .pack import CHUNK, FILE_MANIFEST, HEADER, read_pack_entries
 from .walk import REPORT, Walk, bases_of
 
@@ -74,9 +74,10 @@ def _check_pack(store, pid: bytes, size: int, *, read_data: bool, report: Verify
     """A pack's footer reads back; with read_data, its bytes match its id and every blob its checksum
     (read whole, once, then through the same footer checks and blob reads as any other).
 
-    A delta chunk no root reaches may have lost its base: gc keeps a pack for its live blobs and deletes
-    the packs only dead ones need. Such a chunk is garbage, checked as far as it can be (its frame), not a
-    problem; a reached one whose base is gone is."""
+    A delta copy of a chunk may have lost its base: gc keeps a pack for its live blobs and deletes the
+    packs only dead copies need (a chunk no root reaches, or one whose home is another copy, a copy
+    stored alone most often). Such a copy is garbage, checked as far as it can be (its frame), not a
+    problem; the home copy of a reached chunk whose base is gone is."""
     backend = store.backend
     if not read_data:
         read_pack_entries(backend, pid, size)
@@ -96,7 +97,9 @@ def _check_pack(store, pid: bytes, size: int, *, read_data: bool, report: Verify
         try:
             next(reader.stored_blobs([e], whole=data))
         except IntegrityError:
-            if (CHUNK, e.key) in reached or _base_readable(reader, e.base):
+            home = store.index.chunk(e.key)
+            if ((CHUNK, e.key) in reached and home is not None and home.pack_id == pid) \
+                    or _base_readable(reader, e.base):
                 raise
             codec.delta_base(memoryview(data)[e.offset:e.offset + e.stored_len], name=f"chunk {e.key.hex()}")
 

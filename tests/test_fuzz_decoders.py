@@ -37,7 +37,7 @@ from cas.backends.memory import MemoryBackend
 from cas.config import StoreConfig
 from cas.digest import hash_bytes, tree_digest
 from cas.errors import FormatError, IntegrityError
-from cas.gc import decode_list, decode_sessions, encode_list, encode_sessions
+from cas.gc_lists import decode_list, decode_sessions, encode_list, encode_sessions
 from cas.layout import pack_key
 from cas.manifest import DIR, FILE, LINK, MAX_DEPTH, FileManifest, TreeEntry, TreeManifest, check_safe
 from cas.pack import CHUNK, FILE_MANIFEST, TRAILER, TREE_MANIFEST, PackWriter, read_pack_entries

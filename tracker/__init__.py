@@ -84,7 +84,7 @@ def forget(runs, *, name: str | None = None, kind: str | None = None, keep_last:
     whose digest is pinned and aliased versions are kept; so is the latest version (highest step) of
     each (run, name), unless keep_last=0 or all=True. With no keep option, `all=True` must be given.
     """
-    from cas.gc import parse_duration
+    from cas.gc_lists import parse_duration
 
     from .retention import Policy, to_forget
     st = _open_store(store)

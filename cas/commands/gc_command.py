@@ -9,7 +9,8 @@ from .common import open_store, progress_bar
 
 
 def cmd_gc(args, uri, as_json) -> int:
-    from ..gc import REPACK_THRESHOLD, execute_gc, parse_duration
+    from ..gc import REPACK_THRESHOLD, execute_gc
+    from ..gc_lists import parse_duration
     grace = parse_duration(args.grace)
     threshold = REPACK_THRESHOLD if args.repack_threshold is None else args.repack_threshold
     if not 0 < threshold <= 1:
