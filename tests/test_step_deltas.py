@@ -180,7 +180,7 @@ def test_delta_planes_in_the_base_exponent_order_rebuild_and_frames_of_the_first
             codec.decode_delta(bytes(damaged), new.nbytes, base.tobytes(), name="c")
     first = bytearray(old)  # a version 1 planes frame has no context
     first[37 + 3] = codec.BASE_CONTEXT
-    with pytest.raises(IntegrityError, match="unknown plane frame .version 1, width 2, context 1"):
+    with pytest.raises(IntegrityError, match="unknown plane frame .version 1, width 2, transform ., context 1"):
         codec.decode_delta(bytes(first), new.nbytes, base.tobytes(), name="c")
 
 
