@@ -7,12 +7,12 @@ mostly do not. Elements are first rotated left by one to three bits, so the sign
 byte: by one, the exponent fills the top byte; by two or three, its top bits (the same in almost every
 weight) go to the bottom byte, which zstd then codes in fewer bits, and the top mantissa bits, whose
 odds depend on the exponent, join it in the top byte (a BF16 chunk of weights: 66.3 -> 65.7 % of raw).
-The writer picks the rotation that zstd stores smallest on a sample. Each plane is stored raw or as one
-zstd frame, whichever is smaller.
-The frame, byte by byte (docs/format.md): version (1, or 2 when planes are in context order),
-width (2, 4 or 8), transform (1, 2 or 3: rotate left by that many bits), context (0 in version 1; 1: the delta
-base's exponent bytes, in a frame inside a delta frame), then per plane its coder (0 raw, 1 zstd)
-and stored length (u32 LE), then the planes in order. In version 2 the elements are in context
+The writer picks the rotation that zstd stores smallest on a sample. Each plane is stored raw or as
+one zstd frame, whichever is smaller.
+The frame, byte by byte (docs/format.md): version (1, or 2 when planes are in context order), width
+(2, 4 or 8), transform (1, 2 or 3: rotate left by that many bits), context (0 in version 1; 1: the
+delta base's exponent bytes, in a frame inside a delta frame), then per plane its coder (0 raw,
+1 zstd) and stored length (u32 LE), then the planes in order. In version 2 the elements are in context
 order: sorted, stably, by their base element's exponent byte, so the differences from base elements
 of one exponent sit together and zstd, ending a block where the exponent changes, gives each run its
 own Huffman table. numpy does the splitting, sorting and joining (imported on first use).
@@ -44,7 +44,7 @@ PLANES_VERSION = 1
 CONTEXT_VERSION = 2  # a planes frame with planes in context order
 NO_CONTEXT, BASE_CONTEXT = 0, 1  # what orders a frame's planes: nothing, or the delta base's exponent bytes
 PLANE_CODERS = {0: "raw", 1: "zstd"}
-SMALL_MOVES = 0.97  # share of elements whose difference leaves the top byte zero, for the base's exponent order
+SMALL_MOVES = 0.97  # share of sampled differences below 2^(8w-9) (zigzag-coded) for the base's exponent order
 MIN_BLOCK = 2048  # elements of one context run at least this long get a zstd block (a Huffman table) of their own
 MAX_PLANE_ENTROPY = 7.9  # bits per byte; a plane above it is stored raw without trying zstd
 ENTROPY_STRIDE = 16  # the entropy is estimated on every 16th byte (a uniform plane then reads ~7.97 bits)
