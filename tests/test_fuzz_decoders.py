@@ -294,6 +294,36 @@ def test_codec_decompresses_within_the_declared_length(codec_id, content, raw_le
     assert peak <= max(raw_len, 0) + 4 * len(stored) + MiB
 
 
+def _delta_seed() -> tuple[bytes, bytes, bytes]:
+    """A chunk, its base and its delta frame (differences in the base's exponent order, frame version 2)."""
+    import numpy as np
+    rng = np.random.default_rng(3)
+    base = (rng.standard_normal(8192) * 0.02).astype(np.float32)
+    new = base - (rng.standard_normal(8192) * 1e-4).astype(np.float32)
+    frame = codec.encode_delta(new.tobytes(), base.tobytes(), bytes(32), 0, 4, 1)
+    assert frame is not None and frame[37] == codec.CONTEXT_VERSION  # the inner planes frame is in context order
+    return new.tobytes(), base.tobytes(), frame
+
+
+_DELTA_NEW, _DELTA_BASE, _DELTA_FRAME = _delta_seed()
+
+
+@FUZZ
+@given(st.one_of(byte_change(_DELTA_FRAME), st.binary(max_size=600)))
+def test_a_damaged_delta_frame_is_refused_or_decodes_to_its_length(data):
+    """A delta frame whose planes are in the base's order: decoded or refused, never another length or error."""
+    tracemalloc.start()
+    try:
+        out = codec.decode_delta(data, len(_DELTA_NEW), _DELTA_BASE, name="blob")
+        assert len(out) == len(_DELTA_NEW)
+    except IntegrityError as exc:
+        assert "blob" in str(exc)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak <= 16 * len(_DELTA_NEW) + MiB
+
+
 # ---- the old formats still read; the new ones catch every flipped byte ---------------------------------------
 LEGACY_PIN = bytes.fromhex(  # the pin event of docs/format.md's worked example, format 1
     "86a17601a56c6162656ca968656c6c6f2e747874a6646967657374d94037323064663064396362306136646561373138"

@@ -152,6 +152,41 @@ def test_a_delta_frame_rebuilds_exactly_and_refuses_damage():
                               ) is None  # no deeper than three
 
 
+def test_delta_planes_in_the_base_exponent_order_rebuild_and_frames_of_the_first_delta_version_still_read():
+    """Differences are stored in the order of the base's exponents (planes frame version 2); a delta
+    frame written before that (its planes in element order, version 1) still decodes; a version 2
+    planes frame read without its base, or with a plane coder or context this cas does not know, is
+    refused by name."""
+    rng = np.random.default_rng(7)
+    for dtype, width, step in ((np.float32, 4, 1e-4), (np.float16, 2, 1e-6)):  # weights moved by small steps
+        base = (rng.standard_normal(40_000) * 0.02).astype(dtype)
+        new = (base - rng.standard_normal(40_000) * step).astype(dtype)
+        frame = codec.encode_delta(new.tobytes(), base.tobytes(), b"b" * 32, 0, width, 1)
+        assert frame is not None and frame[37] == codec.CONTEXT_VERSION
+        assert codec.decode_delta(frame, new.nbytes, base.tobytes(), name="c") == new.tobytes()
+        # the first delta version: the same head around a planes frame of the zigzag differences, version 1
+        uint, signed = {4: (np.uint32, np.int32), 2: (np.uint16, np.int16)}[width]
+        diff = new.view(uint) - base.view(uint)
+        zigzag = (diff << uint(1)) ^ (diff.view(signed) >> signed(8 * width - 1)).view(uint)
+        inner_codec, inner = codec.compress_planes(zigzag.tobytes(), width, 1)
+        assert inner_codec == codec.PLANES and inner[0] == codec.PLANES_VERSION
+        old = frame[:36] + bytes([inner_codec]) + inner
+        assert codec.decode_delta(old, new.nbytes, base.tobytes(), name="c") == new.tobytes()
+    inner = frame[37:]
+    with pytest.raises(IntegrityError, match="delta base it was not given"):
+        codec.decompress(codec.PLANES, inner, new.nbytes, name="c")
+    for offset, value, message in ((3, 7, "unknown plane frame .*context 7"), (0, 9, "unknown plane frame .version 9"),
+                                   (4, 5, "coder 5, which this cas cannot decode")):
+        damaged = bytearray(frame)
+        damaged[37 + offset] = value
+        with pytest.raises(IntegrityError, match=message):
+            codec.decode_delta(bytes(damaged), new.nbytes, base.tobytes(), name="c")
+    first = bytearray(old)  # a version 1 planes frame has no context
+    first[37 + 3] = codec.BASE_CONTEXT
+    with pytest.raises(IntegrityError, match="unknown plane frame .version 1, width 2, transform ., context 1"):
+        codec.decode_delta(bytes(first), new.nbytes, base.tobytes(), name="c")
+
+
 def test_a_parent_of_another_layout_is_matched_tensor_by_tensor(store_dir, tmp_path):
     """A tensor added at the front moves every other one: the parent's header is read and its tensors
     are matched by name, so the moved tensors are still stored as deltas of theirs."""
