@@ -38,6 +38,19 @@ def _versions(folder, count: int, seed: int = 0) -> list[str]:
     return paths
 
 
+def _version_folders(tmp_path, prefix: str, extra) -> list:
+    """Two folders <prefix>0 and <prefix>1, each holding a version of model.pt and the files extra(k) gives."""
+    folders = []
+    for k, path in enumerate(_versions(str(tmp_path), 2)):
+        folder = tmp_path / f"{prefix}{k}"
+        folder.mkdir()
+        os.replace(path, folder / "model.pt")
+        for name, data in extra(k).items():
+            (folder / name).write_bytes(data)
+        folders.append(folder)
+    return folders
+
+
 def _delta_chunks(store: Store) -> list[Location]:
     return [loc for _, loc in store.index.iter_chunks() if loc.codec == codec.DELTA]
 
@@ -265,14 +278,7 @@ def test_a_base_from_the_parents_file_is_checked_against_its_id(tmp_path):
 def test_a_folder_logged_again_stores_its_checkpoints_as_deltas_against_the_same_paths(store_dir, tmp_path):
     """A checkpoint folder (transformers' checkpoint-N) logged as the next version of its name: each
     file's parent is the file at the same path in the version before."""
-    paths = _versions(str(tmp_path), 2)
-    folders = []
-    for k, path in enumerate(paths):
-        folder = tmp_path / f"checkpoint-{k}"
-        folder.mkdir()
-        os.replace(path, folder / "model.pt")
-        (folder / "config.json").write_text('{"layers": 3}')
-        folders.append(folder)
+    folders = _version_folders(tmp_path, "checkpoint-", lambda k: {"config.json": b'{"layers": 3}'})
     with tracker.init("ft", store=store_dir) as run:
         run.log_artifact(folders[0], name="checkpoint", step=1)
         assert _delta_chunks(run.store) == []
@@ -286,15 +292,9 @@ def test_a_folder_logged_again_stores_its_checkpoints_as_deltas_against_the_same
 def test_verify_reads_a_kept_pack_whose_dead_delta_lost_its_base(cli, store_dir, tmp_path):
     """gc keeps a pack for its live blobs as it is (little of it dead) and deletes the pack that only the
     dead delta chunks in it needed as bases: verify --read-data still passes (such a chunk is garbage)."""
-    paths = _versions(str(tmp_path), 2)
-    folders = []
-    for k, path in enumerate(paths):
-        folder = tmp_path / f"v{k}"
-        folder.mkdir()
-        os.replace(path, folder / "model.pt")
-        if k:
-            (folder / "data.bin").write_bytes(np.random.default_rng(k).bytes(4 << 20))  # live, most of the pack
-        folders.append(folder)
+    # version 1 also holds 4 MiB of other data: live, most of its pack
+    folders = _version_folders(tmp_path, "v",
+                               lambda k: {"data.bin": np.random.default_rng(k).bytes(4 << 20)} if k else {})
     with tracker.init("ft", store=store_dir) as run:
         run.log_artifact(folders[0], name="ckpt", step=1)
         run.log_artifact(folders[1], name="ckpt", step=2)
