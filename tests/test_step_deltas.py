@@ -166,16 +166,17 @@ def test_a_delta_frame_rebuilds_exactly_and_refuses_damage():
 
 
 def test_delta_planes_in_the_base_exponent_order_rebuild_and_frames_of_the_first_delta_version_still_read():
-    """Differences are stored in the order of the base's exponents (planes frame version 2); a delta
+    """Differences of 4-byte floats are stored in the order of the base's exponents (planes frame version 2); a delta
     frame written before that (its planes in element order, version 1) still decodes; a version 2
     planes frame read without its base, or with a plane coder or context this cas does not know, is
     refused by name."""
     rng = np.random.default_rng(7)
-    for dtype, width, step in ((np.float32, 4, 1e-4), (np.float16, 2, 1e-6)):  # weights moved by small steps
+    for dtype, width, step in ((np.float16, 2, 1e-6), (np.float32, 4, 1e-4)):  # weights moved by small steps
         base = (rng.standard_normal(40_000) * 0.02).astype(dtype)
         new = (base - rng.standard_normal(40_000) * step).astype(dtype)
         frame = codec.encode_delta(new.tobytes(), base.tobytes(), b"b" * 32, 0, width, 1)
-        assert frame is not None and frame[37] == codec.CONTEXT_VERSION
+        # 2-byte floats are not sorted (too little gain for the time)
+        assert frame is not None and frame[37] == (codec.CONTEXT_VERSION if width == 4 else codec.PLANES_VERSION)
         assert codec.decode_delta(frame, new.nbytes, base.tobytes(), name="c") == new.tobytes()
         # the first delta version: the same head around a planes frame of the zigzag differences, version 1
         uint, signed = {4: (np.uint32, np.int32), 2: (np.uint16, np.int16)}[width]
@@ -196,7 +197,7 @@ def test_delta_planes_in_the_base_exponent_order_rebuild_and_frames_of_the_first
             codec.decode_delta(bytes(damaged), new.nbytes, base.tobytes(), name="c")
     first = bytearray(old)  # a version 1 planes frame has no context
     first[37 + 3] = codec.BASE_CONTEXT
-    with pytest.raises(IntegrityError, match="unknown plane frame .version 1, width 2, transform ., context 1"):
+    with pytest.raises(IntegrityError, match="unknown plane frame .version 1, width 4, transform ., context 1"):
         codec.decode_delta(bytes(first), new.nbytes, base.tobytes(), name="c")
 
 
