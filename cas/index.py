@@ -33,6 +33,7 @@ INLINE_PACK = bytes(32)  # Location.pack_id of inline content
 _envs: dict[str, tuple[int, int, lmdb.Environment]] = {}  # path → (pid, inode of its data.mdb, environment)
 _envs_lock = threading.Lock()
 _replaced: dict[str, str] = {}  # path → why the cache found there was replaced by an empty one
+_made: set[str] = set()  # paths whose data file LMDB made when this process opened it
 # errors that mean the cache's files are damaged (a value of the wrong length too); any other is a failure
 _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
            lmdb.IncompatibleError, lmdb.BadTxnError, struct.error)
@@ -87,12 +88,17 @@ def _open_sound(path: str, *, fresh: bool) -> tuple[lmdb.Environment, int]:
 
 def _open_if_sound(path: str) -> tuple[lmdb.Environment, int] | str:
     """(environment, inode of data.mdb) if the file passes the check and LMDB accepts it, else why not."""
+    new = lmdb_check.stamp(path) is None
     why = lmdb_check.checked_damage(path)
     if why is None:
         try:
-            return _open(path)
+            opened = _open(path)
         except _DAMAGE as exc:
             why = str(exc)
+        else:
+            if new:  # LMDB made the file just now: sound (noted once its databases exist, Index._attach)
+                _made.add(path)
+            return opened
     return why
 
 
@@ -145,6 +151,9 @@ class Index:
             self._open_dbs()
         except lmdb.Error as exc:
             raise _cache_error(self.path, exc) from None
+        if self.path in _made:  # sound as made: the next process need not read it (each commit keeps that)
+            _made.discard(self.path)
+            lmdb_check.note_new(self.path)
 
     def reset(self) -> None:
         """Replace the cache with an empty one without reading the old files (cas reindex)."""

@@ -70,6 +70,11 @@ def note_commit(folder: str, before: tuple | None) -> None:
         _remember(folder, stamp(folder))
 
 
+def note_new(folder: str) -> None:
+    """A data file LMDB has just made (there was none): sound, so the next open need not read it."""
+    _remember(folder, stamp(folder))
+
+
 def _memo(folder: str) -> tuple | None:
     try:
         with open(os.path.join(folder, MEMO)) as f:
