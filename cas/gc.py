@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import layout, pack_index, temps
@@ -56,7 +55,7 @@ class GcPlan:
     condemn_now_deletes: bool = False  # grace 0, no writer live: `delete` holds what this run condemns too
 
 
-def plan_gc(packs: Mapping[bytes, PackSummary | PackRecord], reachable: Blobs | set, condemnations: list[Condemnation],
+def plan_gc(packs: dict[bytes, PackSummary], reachable: Blobs, condemnations: list[Condemnation],
             live: set[str], now: float, grace: float, repack_threshold: float = REPACK_THRESHOLD) -> GcPlan:
     """What to repack, condemn and delete; a pure function of the store's metadata (`collect` reads it).
 
@@ -65,12 +64,10 @@ def plan_gc(packs: Mapping[bytes, PackSummary | PackRecord], reachable: Blobs | 
     """
     plan = GcPlan()
     condemned = {p for c in condemnations for p in c.packs}
-    summaries = {pid: rec if isinstance(rec, PackSummary) else summarize(rec) for pid, rec in packs.items()}
-    plan.keep, plan.supplies = needed(summaries, reachable if isinstance(reachable, Blobs) else Blobs(reachable),
-                                      condemned)
+    plan.keep, plan.supplies = needed(packs, reachable, condemned)
     for pid in sorted(plan.keep):
         supplied = plan.supplies[pid].stored
-        blobs = summaries[pid].blob_bytes
+        blobs = packs[pid].blob_bytes
         share = 1 - supplied / max(1, blobs)
         if pid not in condemned and share >= repack_threshold:
             plan.repack.append(pid)
@@ -130,7 +127,7 @@ class _Reader:
             self.reached |= self.walk.reach(roots)
         except IntegrityError as exc:
             raise type(exc)(f"gc stopped: {exc}; nothing was deleted (run cas verify)", subject=exc.subject) from None
-        return self.reached.copy()
+        return self.reached  # this reader's own set, grown by each call: callers read it (needed() copies it)
 
     def catalog(self) -> tuple[dict[bytes, PackSummary], list[str]]:
         """Every pack of the store with its entries (from index objects, plus the footers of packs none
@@ -283,24 +280,28 @@ def _confirm(store, plan: GcPlan, seen: Collected, reader: _Reader) -> None:
 
 
 def _rename_packs(backend, seen: Collected, deleted: set[bytes]) -> None:
-    """Index objects name only packs that are still there: each one that named a deleted pack is
-    written again without it (one object at a time: a reader never holds more than one), and the packs
+    """Index objects name only packs that are still there: each one that named a pack this run deleted,
+    or one the store no longer lists (an index object is written after its packs are durable, and was
+    listed before the packs were, so a pack it names that was not listed is gone), is written again
+    with the packs that stay (one object at a time: a reader never holds more than one), and the packs
     a crash left unnamed that this run kept are named in a new one. An object a writer merged away
     meanwhile is left to the merged one, which readers read against gc's deleted lists."""
+    def stays(pid: bytes) -> bool:
+        return pid in seen.packs and pid not in deleted
     named: set[bytes] = set()
     for key in seen.index_keys:
         pids = seen.named[key]
         named.update(pids)
-        if not deleted.intersection(pids):
+        if all(stays(pid) for pid in pids):
             continue
         try:
-            records = [rec for rec in pack_index.read(backend, key) if rec.pack_id not in deleted]
+            records = [rec for rec in pack_index.read(backend, key) if stays(rec.pack_id)]
         except NotFound:
             continue
         rewritten = pack_index.write(backend, records) if records else None
         if rewritten != key:
             backend.delete([key])
-    unnamed = [pid for pid in sorted(seen.packs) if pid not in named and pid not in deleted]
+    unnamed = [pid for pid in sorted(seen.packs) if pid not in named and stays(pid)]
     if unnamed:
         pack_index.write(backend, [PackRecord(pid, seen.packs[pid].size,
                                               tuple(read_pack_entries(backend, pid, seen.packs[pid].size)))

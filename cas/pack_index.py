@@ -8,7 +8,6 @@ immutable and named by the BLAKE3 of its bytes, so a reader verifies it against 
 from __future__ import annotations
 
 import struct
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import msgpack
@@ -113,10 +112,8 @@ def list_keys(backend) -> list[str]:
 
 def read_many(backend, keys: list[str]) -> list[tuple[str, list[PackRecord]]]:
     """Read several index objects, in parallel where the backend benefits. NotFound if one vanished."""
-    if len(keys) <= 1 or backend.read_concurrency <= 1:
-        return [(k, read(backend, k)) for k in keys]
-    with ThreadPoolExecutor(max_workers=backend.read_concurrency, thread_name_prefix="cas-sync") as pool:
-        return list(zip(keys, pool.map(lambda k: read(backend, k), keys)))
+    return list(zip(keys, ordered_map(lambda k: read(backend, k), keys, workers=backend.read_concurrency,
+                                      name="cas-sync")))
 
 
 def iter_present(backend, keys: list[str]):
@@ -128,11 +125,8 @@ def iter_present(backend, keys: list[str]):
             return backend.get(key)
         except NotFound:
             return None
-
-    def decoded(key, data):
-        return key, None if data is None else decode(data, name=_name(key))
-    for key, data in ordered_map(lambda k: (k, fetch(k)), keys, workers=backend.read_concurrency, name="cas-sync"):
-        yield decoded(key, data)
+    for key, data in zip(keys, ordered_map(fetch, keys, workers=backend.read_concurrency, name="cas-sync")):
+        yield key, None if data is None else decode(data, name=_name(key))
 
 
 def read_present(backend, keys: list[str]) -> tuple[list[tuple[str, list[PackRecord]]], bool]:

@@ -11,15 +11,17 @@ size. A no-op where /proc/self/maps or madvise are unavailable.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
 
 RELEASE_EVERY = 1024  # items between releases: each fault maps up to 64 KiB (fault-around), so at most 64 MiB
 MADV_DONTNEED = 4
 
 
-
-def _find_madvise():
+@functools.cache
+def _madvise():
+    """libc's madvise, found on the first release (not at start-up), or None."""
+    import ctypes
     try:
         found = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):  # not a libc we know
@@ -28,12 +30,10 @@ def _find_madvise():
     return found
 
 
-_madvise = _find_madvise()
-
-
 def release(folder: str) -> None:
     """Drop this process's resident pages of the read-only maps of folder's data.mdb."""
-    if _madvise is None:
+    madvise = _madvise()
+    if madvise is None:
         return
     target = os.path.realpath(os.path.join(folder, "data.mdb"))
     try:
@@ -43,7 +43,7 @@ def release(folder: str) -> None:
         return
     for span in ranges:
         start, end = (int(x, 16) for x in span.split("-"))
-        _madvise(start, end - start, MADV_DONTNEED)
+        madvise(start, end - start, MADV_DONTNEED)
 
 
 class Releaser:

@@ -70,7 +70,7 @@ class Walk:
         """Walk from roots; returns (kind, key) of the blobs (manifests, chunks) of the objects this call
         reached first, so a caller that walks again (gc) reads only the manifests of new roots."""
         blobs = Blobs()
-        deltas = self.store.index.counts()["delta_chunks"] > 0  # else no chunk has a base to look up
+        deltas = self.store.index.has_delta_chunks()  # else no chunk has a base to look up
         for name, digest in roots.items():
             self.roots[name] = digest
             todo = [(digest, name)]
@@ -87,7 +87,7 @@ class Walk:
                 if ids:
                     blobs.chunks.add_array(ids_array(ids))
                     if deltas:
-                        blobs.update((CHUNK, b) for b in self._bases(_split(ids)))
+                        blobs.update((CHUNK, b) for b in self._bases(node.chunks or _split(ids)))
                 todo.extend((f, f"tree {d.hex()}") for f in node.files)
         return blobs
 
@@ -156,9 +156,10 @@ class Walk:
                 files.append(entry.digest)
             return Node(TREE_MANIFEST, manifest.size, files=tuple(files)), b""
         ids = manifest.ids
-        if self.packs is not None and ids:
-            self._check_chunks(digest, _split(ids))
-        return Node(FILE_MANIFEST, manifest.size, chunks=tuple(_split(ids)) if self.keep_chunks else ()), ids
+        chunks = _split(ids) if self.keep_chunks or self.packs is not None else []
+        if self.packs is not None and chunks:
+            self._check_chunks(digest, chunks)
+        return Node(FILE_MANIFEST, manifest.size, chunks=tuple(chunks) if self.keep_chunks else ()), ids
 
     def _check_chunks(self, digest: bytes, chunks: list[bytes]) -> None:
         listed = self.packs or frozenset()

@@ -35,12 +35,14 @@ import tracker
 from cas import Store, layout
 from cas.backends.local import LocalBackend
 from cas.backends.memory import MemoryBackend
+from cas.blobset import Blobs
 from cas.config import ChunkerParams, StoreConfig, load_config
 from cas.errors import IntegrityError
 from cas.gc import Condemnation, execute_gc, plan_gc
 from cas.pack import CHUNK, Location
 from cas.pack_index import PackRecord
 from cas.reach import Reach
+from cas.supply import PackSummary, summarize
 
 MiB = 1 << 20
 ROUNDS = int(os.environ.get("CAS_GC_ROUNDS", "100"))
@@ -670,12 +672,12 @@ def _pack(n: int, *blobs: tuple[int, int], overhead: int = 100) -> PackRecord:
     return PackRecord(_id(n), offset + overhead, tuple(entries))
 
 
-def _packs(*records: PackRecord) -> dict[bytes, PackRecord]:
-    return {r.pack_id: r for r in records}
+def _packs(*records: PackRecord) -> dict[bytes, PackSummary]:
+    return {r.pack_id: summarize(r) for r in records}
 
 
-def _reach(*keys: int) -> set:
-    return {(CHUNK, _id(k)) for k in keys}
+def _reach(*keys: int) -> Blobs:
+    return Blobs({(CHUNK, _id(k)) for k in keys})
 
 
 def _ids(*numbers: int) -> set[bytes]:
@@ -687,7 +689,7 @@ def test_plan_condemns_dead_packs_and_keeps_the_needed_ones():
     plan = plan_gc(packs, _reach(10, 30, 31), [], set(), now=1000.0, grace=60.0)
     assert plan.keep == _ids(1, 3) and plan.condemn == _ids(2)
     assert plan.delete == set() and plan.repack == [] and plan.finished == [] and plan.void == []
-    everything_dead = plan_gc(packs, set(), [], set(), now=1000.0, grace=60.0)
+    everything_dead = plan_gc(packs, Blobs(), [], set(), now=1000.0, grace=60.0)
     assert everything_dead.condemn == _ids(1, 2, 3) and everything_dead.keep == set()
 
 
@@ -731,7 +733,7 @@ def test_plan_keeps_a_condemned_pack_that_became_reachable_again():
     assert plan.finished == ["c1"]  # the condemnation is done with: the pack is needed, no longer condemned
     assert plan.repack == []  # a condemned pack is not repacked while condemned
     # the same blob also in a pack nobody condemned: that one is its home, the condemned one goes
-    packs[_id(3)] = _pack(3, (20, 100), (21, 100))
+    packs[_id(3)] = summarize(_pack(3, (20, 100), (21, 100)))
     plan = plan_gc(packs, _reach(10, 20), [condemned], set(), now=2000.0, grace=60.0)
     assert plan.delete == _ids(2) and plan.keep == _ids(1, 3)
 

@@ -138,3 +138,75 @@ def test_a_long_scan_of_the_cache_keeps_few_of_its_pages_resident(tmp_path):
     release(index.path)
     assert _mapped_kib(data) < 1024
     assert index.chunk(hash_bytes(b"3-7")).offset == 15  # the pages read back unchanged
+
+
+def test_ordered_map_keeps_order_and_at_most_a_window_in_flight():
+    import threading
+    import time
+
+    from cas.parallel import ordered_map
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def work(n):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.002 * (n % 3))
+        with lock:
+            running[0] -= 1
+        return n * n
+    consumed = []
+    for value in ordered_map(work, range(40), workers=4, window=3):
+        consumed.append(value)
+    assert consumed == [n * n for n in range(40)] and most[0] <= 3
+    assert list(ordered_map(work, range(5), workers=1)) == [0, 1, 4, 9, 16]
+
+
+def test_writers_merge_only_small_index_objects_into_objects_of_bounded_size():
+    from cas import layout, pack_index
+
+    class Listing:
+        def __init__(self, sizes):
+            self.items = [(layout.index_key(hash_bytes(b"%d" % i)), size) for i, size in enumerate(sizes)]
+
+        def list(self, prefix):
+            return list(self.items)
+    full, small = pack_index.FULL_OBJECT, pack_index.FULL_OBJECT // 10
+    assert pack_index.merge_groups(Listing([small] * pack_index.MERGE_AT + [full] * 50)) == []  # full ones wait
+    listing = Listing([small] * 45 + [full] * 3)
+    groups = pack_index.merge_groups(listing)
+    sizes = dict(listing.items)
+    assert [len(g) for g in groups] == [10, 10, 10, 10, 5]
+    assert all(sum(sizes[k] for k in g) <= full for g in groups)
+    assert all(sizes[k] < full for g in groups for k in g)
+
+
+def test_a_sync_in_small_transactions_learns_every_pack_and_marks_each_object_read(synthetic, monkeypatch):
+    import cas.index
+    where, made = synthetic
+    monkeypatch.setattr(cas.index, "SYNC_BATCH", 3000)  # each object (2 packs of 8,008 blobs) in 2 transactions
+    store = Store.open(where)
+    assert store.sync() == made["packs"]
+    assert kept_counts(store.index) == scanned_counts(store.index)
+    assert store.index.counts()["chunks"] == made["chunks"]
+    assert len(store.index.index_objects_read()) == made["index_objects"]
+    assert store.sync() == 0  # every object was marked read
+
+
+def test_gc_rewrites_only_the_index_objects_that_named_a_pack_it_deleted(cli, store_dir, tmp_path):
+    from cas import layout, pack_index
+    for name in ("kept", "dropped"):
+        (tmp_path / name).write_bytes(os.urandom(300_000))
+        assert cli("put", str(tmp_path / name), "--label", name).code == 0
+    store = Store.open(store_dir)
+    before = {key: [r.pack_id for r in pack_index.read(store.backend, key)]
+              for key in pack_index.list_keys(store.backend)}
+    assert len(before) == 2
+    assert cli("unpin", "dropped").code == 0
+    assert cli("--json", "gc", "--grace", "0").json()["deleted_packs"] == 1
+    after = {key: [r.pack_id for r in pack_index.read(store.backend, key)]
+             for key in pack_index.list_keys(store.backend)}
+    listed = {layout.pack_id_from_key(key) for key, _ in store.backend.list(layout.PACKS)}
+    assert set(after) < set(before) and len(after) == 1  # the other object untouched, this one gone (empty)
+    assert all(pid in listed for pids in after.values() for pid in pids)
+    assert Store.open(store_dir).read_bytes("kept") == (tmp_path / "kept").read_bytes()

@@ -118,10 +118,14 @@ class Run:
     def artifacts_path(self, rel: str = "") -> str:
         """This run's local folder on this machine (<cache dir>/<store id>/runs/<run>), or a path in it;
         created on demand. Its `outputs` folder is logged when the run ends (sync_outputs)."""
-        root = os.path.join(self.store.cache_dir, self.store.init().store_id, "runs", self.name)
+        root = self._folder()
         path = os.path.join(root, _relative(rel)) if rel else root
         os.makedirs(path, exist_ok=True)
         return path
+
+    def _folder(self) -> str:
+        """This run's local folder (not created)."""
+        return os.path.join(self.store.cache_dir, self.store.init().store_id, "runs", self.name)
 
     def outputs_path(self, rel: str = "", is_dir: bool = False) -> str:
         """A path in the run's outputs folder (its parent folders created; with is_dir, the folder too).
@@ -135,7 +139,7 @@ class Run:
         """Log the outputs folder as the next version of `outputs` (a folder: unchanged files cost
         nothing), unless it is empty or holds what the latest version holds. Returns the new version."""
         self._surface()
-        outputs = os.path.join(self.store.cache_dir, self.store.init().store_id, "runs", self.name, "outputs")
+        outputs = os.path.join(self._folder(), "outputs")
         if not os.path.isdir(outputs) or not any(files for _, _, files in os.walk(outputs)):
             return None
         with self.store.writing():
