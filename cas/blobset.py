@@ -1,6 +1,5 @@
-"""Sets of blobs held compactly: chunk ids as sorted numpy arrays of 32-byte ids, no Python object per
-chunk. What gc and verify keep of every reachable chunk and every pack entry, so their memory is about
-32 bytes per chunk instead of a few hundred.
+"""Sets of blobs held compactly: chunk ids as numpy arrays of 32-byte ids, no Python object per chunk,
+spilled to a scratch folder when large (cas/spill.py). What gc and verify keep of every reachable chunk.
 
 Ids are compared whole (all 32 bytes): membership is exact.
 """
@@ -11,11 +10,12 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from . import spill
 from .pack import CHUNK
+from .spill import IN_MEMORY, Scratch, Table
 
 ID = np.dtype("S32")  # numpy compares fixed-width bytes over their whole width, embedded zeros included
 EMPTY = np.empty(0, ID)
-FLUSH_AT = 1 << 20  # pending ids merged into the sorted array at this many
 
 
 def ids_array(ids: bytes | bytearray | memoryview) -> np.ndarray:
@@ -38,52 +38,57 @@ def contains(sorted_ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 
 class IdSet:
-    """A growing set of 32-byte ids: a sorted unique array plus pending arrays merged on demand."""
+    """A growing set of 32-byte ids in a spill table (cas/spill.py): read back a group of partitions at a
+    time, each sorted and unique, so memory is bounded by the group, not by the set."""
 
-    def __init__(self, ids: np.ndarray | None = None):
-        self._sorted = EMPTY if ids is None else np.unique(ids)
-        self._pending: list[np.ndarray] = []
-        self._pending_len = 0
+    def __init__(self, ids: np.ndarray | None = None, scratch: Scratch = IN_MEMORY):
+        self.table = Table(ID, scratch)
+        if ids is not None:
+            self.table.add(ids)
 
     def add_array(self, ids: np.ndarray) -> None:
-        if len(ids):
-            self._pending.append(ids)
-            self._pending_len += len(ids)
-            if self._pending_len >= FLUSH_AT:
-                self._flush()
+        self.table.add(ids)
 
     def add(self, chunk_id: bytes) -> None:
         self.add_array(np.array([chunk_id], ID))
 
-    def _flush(self) -> None:
-        if self._pending:
-            self._sorted = np.unique(np.concatenate([self._sorted, *self._pending]))
-            self._pending, self._pending_len = [], 0
+    def group(self, lo: int, hi: int) -> np.ndarray:
+        """The ids of partitions lo..hi-1, sorted and unique."""
+        return np.unique(self.table.load(lo, hi))
+
+    def groups(self) -> Iterator[np.ndarray]:
+        for lo, hi in spill.groups(self.table):
+            yield self.group(lo, hi)
 
     @property
     def array(self) -> np.ndarray:
-        """The ids, sorted and unique."""
-        self._flush()
-        return self._sorted
+        """Every id, sorted and unique, in one array: for small sets only (tests, a few ids)."""
+        return np.concatenate([EMPTY, *self.groups()])
 
     def contains(self, queries: np.ndarray) -> np.ndarray:
-        return contains(self.array, queries)
+        out = np.zeros(len(queries), bool)
+        parts = spill.parts_of(queries)
+        for lo, hi in spill.groups(self.table):
+            at = np.flatnonzero((parts >= lo) & (parts < hi))
+            if len(at):
+                out[at] = contains(self.group(lo, hi), queries[at])
+        return out
 
     def __contains__(self, chunk_id: bytes) -> bool:
         return bool(self.contains(np.array([chunk_id], ID))[0])
 
     def __len__(self) -> int:
-        return len(self.array)
+        return sum(len(g) for g in self.groups())
 
     def __iter__(self) -> Iterator[bytes]:
-        return (as_bytes(x) for x in self.array)
+        return (as_bytes(x) for g in self.groups() for x in g)
 
 
 class Blobs:
     """A set of (kind, key) blobs: chunks in an IdSet, manifests (one per file or tree: few) in a set."""
 
-    def __init__(self, items: Iterable[tuple[int, bytes]] = ()):
-        self.chunks = IdSet()
+    def __init__(self, items: Iterable[tuple[int, bytes]] = (), scratch: Scratch = IN_MEMORY):
+        self.chunks = IdSet(scratch=scratch)
         self.manifests: set[tuple[int, bytes]] = set()
         self.update(items)
 
@@ -95,7 +100,8 @@ class Blobs:
 
     def update(self, items: Iterable[tuple[int, bytes]]) -> None:
         if isinstance(items, Blobs):
-            self.chunks.add_array(items.chunks.array)
+            for ids in items.chunks.groups():
+                self.chunks.add_array(ids)
             self.manifests |= items.manifests
             return
         chunks = []
@@ -110,11 +116,6 @@ class Blobs:
     def __ior__(self, other: Iterable[tuple[int, bytes]]) -> Blobs:
         self.update(other)
         return self
-
-    def copy(self) -> Blobs:
-        out = Blobs()
-        out.update(self)
-        return out
 
     def __contains__(self, item) -> bool:
         if item[0] == CHUNK:

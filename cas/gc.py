@@ -18,14 +18,15 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from . import layout, pack_index, temps
-from .blobset import Blobs
+from . import layout, pack_index, spill, temps
+from .blobset import EMPTY, Blobs
 from .errors import IntegrityError, NotFound, StorageError
 from .gc_lists import decode_list, decode_sessions, encode_list, encode_sessions
 from .leases import backend_now, expired_sessions, lease_seconds, live_sessions
 from .pack import read_pack_entries
 from .pack_index import PackRecord
-from .supply import PackSummary, Supplied, needed, summarize
+from .spill import Scratch
+from .supply import Catalog, Supplied, needed
 from .walk import RAISE, Walk
 
 DEFAULT_GRACE = 24 * 3600.0
@@ -55,7 +56,7 @@ class GcPlan:
     condemn_now_deletes: bool = False  # grace 0, no writer live: `delete` holds what this run condemns too
 
 
-def plan_gc(packs: dict[bytes, PackSummary], reachable: Blobs, condemnations: list[Condemnation],
+def plan_gc(packs: Catalog, reachable: Blobs, condemnations: list[Condemnation],
             live: set[str], now: float, grace: float, repack_threshold: float = REPACK_THRESHOLD) -> GcPlan:
     """What to repack, condemn and delete; a pure function of the store's metadata (`collect` reads it).
 
@@ -96,7 +97,7 @@ def plan_gc(packs: dict[bytes, PackSummary], reachable: Blobs, condemnations: li
 class Collected:
     """What gc read of a store (all it plans from): pack catalog, reachable blobs, condemnations, writers."""
 
-    packs: dict[bytes, PackSummary]
+    packs: Catalog
     index_keys: list[str]
     named: dict[str, list[bytes]]  # index object key → the packs it names
     reachable: Blobs
@@ -108,12 +109,13 @@ class Collected:
 class _Reader:
     """Reads the store for one gc run, each manifest and index object once (both are immutable)."""
 
-    def __init__(self, store):
+    def __init__(self, store, scratch: Scratch):
         self.store = store
         # memoized: later passes read only the manifests of new roots; nodes keep no chunk lists
-        self.walk = Walk(store, policy=RAISE, keep_chunks=False)
-        self.reached = Blobs()
-        self.index_objects: dict[str, list[PackSummary]] = {}
+        self.walk = Walk(store, policy=RAISE, keep_chunks=False, scratch=scratch)
+        self.reached = Blobs(scratch=scratch)
+        self.every_pack = Catalog(scratch)  # every pack read so far, from index objects or footers
+        self.index_objects: dict[str, list[bytes]] = {}  # index object key → the packs it names
 
     def reachable(self) -> Blobs:
         """(kind, key) of every blob the roots as they are now need, and those earlier calls found:
@@ -127,9 +129,9 @@ class _Reader:
             self.reached |= self.walk.reach(roots)
         except IntegrityError as exc:
             raise type(exc)(f"gc stopped: {exc}; nothing was deleted (run cas verify)", subject=exc.subject) from None
-        return self.reached  # this reader's own set, grown by each call: callers read it (needed() copies it)
+        return self.reached  # this reader's own set, grown by each call
 
-    def catalog(self) -> tuple[dict[bytes, PackSummary], list[str]]:
+    def catalog(self) -> tuple[Catalog, list[str]]:
         """Every pack of the store with its entries (from index objects, plus the footers of packs none
         names), and the index object keys.
 
@@ -144,8 +146,8 @@ class _Reader:
             for key, records in pack_index.iter_present(backend, [k for k in keys if k not in self.index_objects]):
                 if records is None:
                     vanished = True
-                else:  # summarized as each object is read: no Location object per chunk is kept
-                    self.index_objects[key] = [summarize(rec) for rec in records]
+                else:  # into the spill tables as each object is read: no Location object per chunk is kept
+                    self.index_objects[key] = [self.every_pack.add(rec).pack_id for rec in records]
             if not vanished:
                 break
         else:
@@ -153,18 +155,14 @@ class _Reader:
                                "run gc again", subject=layout.INDEXES)
         listed = {pid: size for key, size in backend.list(layout.PACKS)
                   if (pid := layout.pack_id_from_key(key)) is not None}
-        packs: dict[bytes, PackSummary] = {}
-        for key in keys:
-            for rec in self.index_objects[key]:
-                if rec.pack_id in listed:
-                    packs.setdefault(rec.pack_id, rec)
+        named = {pid for key in keys for pid in self.index_objects[key] if pid in listed}
         for pid, size in listed.items():
-            if pid not in packs:  # a crash left it unnamed (or a writer is still uploading)
-                packs[pid] = summarize(PackRecord(pid, size, tuple(read_pack_entries(backend, pid, size))))
-        return packs, keys
+            if pid not in named and pid not in self.every_pack:  # a crash left it unnamed (or a writer is
+                self.every_pack.add(PackRecord(pid, size, tuple(read_pack_entries(backend, pid, size))))  # uploading)
+        return self.every_pack.only(sorted(listed)), keys
 
     def named(self, keys: list[str]) -> dict[str, list[bytes]]:
-        return {key: [rec.pack_id for rec in self.index_objects[key]] for key in keys}
+        return {key: self.index_objects[key] for key in keys}
 
     def collect(self, *, dry_run: bool) -> Collected:
         backend = self.store.backend
@@ -203,7 +201,14 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     store.require()
     _condemnations(store.backend)  # a damaged gc list stops gc here, before anything is read or written
     rewritten = 0 if dry_run else _store_alone_what_only_bases_need(store)
-    reader = _Reader(store)
+    with store.scratch() as scratch:
+        return _collect_plan_execute(store, scratch, grace=grace, dry_run=dry_run, repack_threshold=repack_threshold,
+                                     rewritten=rewritten, on_progress=on_progress)
+
+
+def _collect_plan_execute(store, scratch: Scratch, *, grace: float, dry_run: bool, repack_threshold: float,
+                          rewritten: int, on_progress) -> dict:
+    reader = _Reader(store, scratch)
     seen = reader.collect(dry_run=dry_run)
     plan = plan_gc(seen.packs, seen.reachable, seen.condemnations, seen.live, seen.now, grace, repack_threshold)
     report = _planned(plan, seen, dry_run=dry_run, repack_threshold=repack_threshold)
@@ -367,12 +372,30 @@ def _repack(store, supplies: dict[bytes, Supplied], victims: list[bytes], on_pro
 
     Only those: a reachable blob of a victim that another kept pack supplies stays there, else every
     repack would copy duplicates along and gc would never stop finding partly dead packs.
-    Each blob is verified as it is read, in coalesced ranges.
+    Each blob is verified as it is read, in coalesced ranges. The victims' chosen chunk ids are asked of
+    the choice a batch of victims at a time (about spill.GROUP_ROWS chunks): one pass over the tables each.
     """
     reader = store.chunk_reader()
     with store.write_session() as session:
-        for pid in victims:
-            size = supplies[pid].pack.size
-            for loc, stored in reader.stored_blobs(supplies[pid].select(read_pack_entries(store.backend, pid, size))):
-                session.copy_blob(loc, stored, force=True)
-                on_progress(loc.stored_len)
+        for batch in _batches(victims, supplies):
+            chunk_ids = supplies[batch[0]].choice.keys_by_pack({supplies[p].pack.number for p in batch})
+            for pid in batch:
+                supplied = supplies[pid]
+                entries = read_pack_entries(store.backend, pid, supplied.pack.size)
+                chosen = supplied.select(entries, chunk_ids.get(supplied.pack.number, EMPTY))
+                for loc, stored in reader.stored_blobs(chosen):
+                    session.copy_blob(loc, stored, force=True)
+                    on_progress(loc.stored_len)
+
+
+def _batches(victims: list[bytes], supplies: dict[bytes, Supplied]):
+    batch: list[bytes] = []
+    rows = 0
+    for pid in victims:
+        if batch and rows + supplies[pid].chunks > spill.GROUP_ROWS:
+            yield batch
+            batch, rows = [], 0
+        batch.append(pid)
+        rows += supplies[pid].chunks
+    if batch:
+        yield batch

@@ -281,6 +281,7 @@ class Index:
 
     def add_pack(self, pack_id: bytes, size: int, entries: list[Location]) -> None:
         self._write(lambda txn: self._put_pack(txn, pack_id, size, entries))
+        release(self.path)  # what the commit read of the map, too
 
     def add_index_object(self, key: str, records) -> int:
         """Learn the packs of one index object (those not yet known, deleted or missing) and remember

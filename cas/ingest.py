@@ -25,6 +25,10 @@ from .tensorfiles import read_layout
 DEPTH = 3  # segments in flight per stage
 PACKS_PER_INDEX_OBJECT = 256  # a long put writes one index object per this many packs...
 INDEX_OBJECT_BYTES = 256 << 20  # ...or per this many bytes of packs: a killed put's retry re-sends at most that
+# ...or per this many blobs: an index object stays about pack_index.FULL_OBJECT, however small the chunks
+# (a reader decodes one object at a time), and so does what the session holds of the packs it wrote
+INDEX_OBJECT_BLOBS = 1 << 17
+PACK_BLOBS = 1 << 16  # a pack is finished at this many blobs too, whatever its size (its footer stays small)
 REHASH_BLOCK = 8 << 20
 
 
@@ -173,7 +177,7 @@ class PutSession:
         except OSError as exc:
             raise storage_error(exc, "writing a pack") from exc
         self.pending.add((kind, key))
-        if self.pack.size >= self.config.pack_target:
+        if self.pack.size >= self.config.pack_target or len(self.pack.entries) >= PACK_BLOBS:
             self.flush(wait=False)
 
     def flush(self, *, wait: bool = True) -> None:
@@ -220,7 +224,8 @@ class PutSession:
         self.written.append(record)
         # a long put names what is durable as it goes: other machines see progress, and a retry after a
         # crash deduplicates against it instead of sending it again
-        if len(self.written) >= PACKS_PER_INDEX_OBJECT or sum(r.size for r in self.written) >= INDEX_OBJECT_BYTES:
+        if (len(self.written) >= PACKS_PER_INDEX_OBJECT or sum(r.size for r in self.written) >= INDEX_OBJECT_BYTES
+                or sum(len(r.entries) for r in self.written) >= INDEX_OBJECT_BLOBS):
             self._write_index_object()
 
     def _write_index_object(self) -> None:

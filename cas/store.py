@@ -47,6 +47,7 @@ from .restore import (
     write_tree,
 )
 from .roots import PinRoots, RootProvider, registered as registered_providers
+from .spill import Scratch
 
 Progress = Callable[[int], None]
 SYNC_PASSES = 50  # listings of index objects before giving up on a store that keeps merging them
@@ -394,6 +395,10 @@ class Store:
             book.sync(on_damaged=on_damaged)
             self._records = book
         return self._records
+
+    def scratch(self) -> Scratch:
+        """A scratch folder on this machine's disk for the tables gc and verify spill (removed on close)."""
+        return Scratch(os.path.join(self.cache_dir, "scratch"))
 
     def chunk_reader(self) -> ChunkReader:
         """Reads verified blobs and ranges of packs (the one way to read stored bytes)."""

@@ -11,6 +11,7 @@ from .digest import hash_bytes
 from .errors import CasError, IntegrityError, NotFound
 from .gc_lists import decode_list, decode_sessions
 from .pack import CHUNK, FILE_MANIFEST, HEADER, read_pack_entries
+from .spill import Scratch
 from .walk import REPORT, Walk, bases_of
 
 
@@ -39,12 +40,17 @@ class VerifyReport:
 
 
 def verify_store(store, *, read_data: bool = False, on_progress=None) -> VerifyReport:
+    with store.scratch() as scratch:
+        return _verify(store, scratch, read_data=read_data, on_progress=on_progress)
+
+
+def _verify(store, scratch: Scratch, *, read_data: bool, on_progress) -> VerifyReport:
     report = VerifyReport()
     index = store.index
     listed = {pid: size for key, size in store.backend.list(layout.PACKS)
               if (pid := layout.pack_id_from_key(key)) is not None}
     _check_records(store, report)
-    walk = Walk(store, policy=REPORT, packs=listed, keep_chunks=False)
+    walk = Walk(store, policy=REPORT, packs=listed, keep_chunks=False, scratch=scratch)
     reached = walk.reach(store.roots(on_damaged=lambda exc: None))  # damaged pins and records are reported below
     for pid, size in listed.items():
         try:

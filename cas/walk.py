@@ -10,6 +10,7 @@ from .digest import DIGEST_SIZE
 from .errors import CasError, IntegrityError
 from .index import INLINE
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST
+from .spill import IN_MEMORY, Scratch
 
 RAISE, REPORT, SKIP = "raise", "report", "skip"
 
@@ -55,10 +56,12 @@ class Walk:
     None, since its catalog decides where every blob lives.
     """
 
-    def __init__(self, store, *, policy: str = RAISE, packs=None, keep_chunks: bool = True):
+    def __init__(self, store, *, policy: str = RAISE, packs=None, keep_chunks: bool = True,
+                 scratch: Scratch = IN_MEMORY):
         if policy not in (RAISE, REPORT, SKIP):
             raise ValueError(f"unknown policy {policy!r}")
         self.store = store
+        self.scratch = scratch  # where the chunk ids reach() collects spill when there are many
         self.keep_chunks = keep_chunks  # False: nodes forget their chunks once reach() has them (gc)
         self.policy = policy
         self.packs = None if packs is None else frozenset(packs)
@@ -69,7 +72,7 @@ class Walk:
     def reach(self, roots: dict[str, bytes]) -> Blobs:
         """Walk from roots; returns (kind, key) of the blobs (manifests, chunks) of the objects this call
         reached first, so a caller that walks again (gc) reads only the manifests of new roots."""
-        blobs = Blobs()
+        blobs = Blobs(scratch=self.scratch)
         deltas = self.store.index.has_delta_chunks()  # else no chunk has a base to look up
         for name, digest in roots.items():
             self.roots[name] = digest

@@ -42,7 +42,7 @@ from cas.gc import Condemnation, execute_gc, plan_gc
 from cas.pack import CHUNK, Location
 from cas.pack_index import PackRecord
 from cas.reach import Reach
-from cas.supply import PackSummary, summarize
+from cas.supply import Catalog
 
 MiB = 1 << 20
 ROUNDS = int(os.environ.get("CAS_GC_ROUNDS", "100"))
@@ -672,8 +672,8 @@ def _pack(n: int, *blobs: tuple[int, int], overhead: int = 100) -> PackRecord:
     return PackRecord(_id(n), offset + overhead, tuple(entries))
 
 
-def _packs(*records: PackRecord) -> dict[bytes, PackSummary]:
-    return {r.pack_id: summarize(r) for r in records}
+def _packs(*records: PackRecord) -> Catalog:
+    return Catalog.of(records)
 
 
 def _reach(*keys: int) -> Blobs:
@@ -733,7 +733,7 @@ def test_plan_keeps_a_condemned_pack_that_became_reachable_again():
     assert plan.finished == ["c1"]  # the condemnation is done with: the pack is needed, no longer condemned
     assert plan.repack == []  # a condemned pack is not repacked while condemned
     # the same blob also in a pack nobody condemned: that one is its home, the condemned one goes
-    packs[_id(3)] = summarize(_pack(3, (20, 100), (21, 100)))
+    packs = _packs(_pack(1, (10, 100)), _pack(2, (20, 100), (21, 100)), _pack(3, (20, 100), (21, 100)))
     plan = plan_gc(packs, _reach(10, 20), [condemned], set(), now=2000.0, grace=60.0)
     assert plan.delete == _ids(2) and plan.keep == _ids(1, 3)
 

@@ -210,3 +210,82 @@ def test_gc_rewrites_only_the_index_objects_that_named_a_pack_it_deleted(cli, st
     assert set(after) < set(before) and len(after) == 1  # the other object untouched, this one gone (empty)
     assert all(pid in listed for pids in after.values() for pid in pids)
     assert Store.open(store_dir).read_bytes("kept") == (tmp_path / "kept").read_bytes()
+
+
+def test_a_spill_table_keeps_rows_by_partition_in_the_order_added_and_aligned(tmp_path, monkeypatch):
+    np = pytest.importorskip("numpy")
+    from cas import spill
+    from cas.supply import BASE, ENTRY
+    monkeypatch.setattr(spill, "SPILL_ROWS", 100)
+    monkeypatch.setattr(spill, "GROUP_ROWS", 250)
+    rng = np.random.default_rng(7)
+    ids = rng.integers(0, 256, size=(2000, 32), dtype=np.uint8).view("S32").ravel()
+    delta = rng.random(2000) < 0.3
+    with spill.Scratch(str(tmp_path / "scratch")) as scratch:
+        entries, bases = spill.Table(ENTRY, scratch), spill.Table(BASE, scratch)
+        for start in range(0, 2000, 37):  # batches of rows, each spilled when 100 pile up
+            rows = np.zeros(len(ids[start:start + 37]), ENTRY)
+            rows["id"], rows["pack"] = ids[start:start + 37], np.arange(start, start + len(rows))
+            rows["delta"] = delta[start:start + 37]
+            entries.add(rows)
+            b = np.zeros(int(rows["delta"].sum()), BASE)
+            b["id"], b["base"] = rows["id"][rows["delta"] == 1], rows["id"][rows["delta"] == 1][::-1]
+            bases.add(b)
+        files = os.listdir(scratch.folder())
+        assert len(files) == 2 and len(entries) == 2000  # both tables spilled, to folders of their own
+        groups = spill.groups(entries, bases)
+        assert groups[0][0] == 0 and groups[-1][1] == spill.PARTS and len(groups) > 4
+        assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
+        seen = []
+        for lo, hi in groups:
+            rows = entries.load(lo, hi)
+            parts = spill.parts_of(rows)
+            assert ((parts >= lo) & (parts < hi)).all() and (np.diff(parts.astype(int)) >= 0).all()
+            for p in range(lo, hi):  # within a partition, in the order added (pack numbers ascend)
+                assert (np.diff(rows["pack"][parts == p].astype(np.int64)) > 0).all()
+            assert np.array_equal(bases.load(lo, hi)["id"], rows["id"][rows["delta"] == 1])  # aligned
+            seen.append(rows["pack"])
+        assert sorted(np.concatenate(seen).tolist()) == list(range(2000))
+        folder = scratch.folder()
+    assert not os.path.exists(folder)  # removed on close
+
+
+def test_a_scratch_folder_a_killed_process_left_is_removed(tmp_path):
+    from cas import spill
+    root = tmp_path / "scratch"
+    (root / "999999999-dead").mkdir(parents=True)
+    (root / "999999999-dead" / "x").write_bytes(b"x")
+    (root / f"{os.getpid()}-mine").mkdir()
+    with spill.Scratch(str(root)) as scratch:
+        scratch.folder()
+        assert not (root / "999999999-dead").exists() and (root / f"{os.getpid()}-mine").exists()
+
+
+def test_gc_and_verify_decide_the_same_with_their_tables_spilled_to_disk(cli, synthetic, monkeypatch):
+    """gc's plan (what it keeps, repacks, condemns, and which blobs each kept pack supplies) is the same
+    with everything in memory and with its tables spilled to disk and read back a few partitions at a
+    time; then a gc and a verify run that way, and every pinned file restores."""
+    from cas import gc, spill
+    where, _ = synthetic
+    store = Store.open(where)
+
+    def plan(scratch):
+        seen = gc._Reader(store, scratch).collect(dry_run=True)
+        p = gc.plan_gc(seen.packs, seen.reachable, seen.condemnations, seen.live, seen.now, 0.0)
+        return p, len(seen.reachable), {pid: (s.stored, s.keys()) for pid, s in p.supplies.items()}
+    in_memory = plan(spill.IN_MEMORY)
+    spills = []
+    monkeypatch.setattr(spill, "SPILL_ROWS", 500)
+    monkeypatch.setattr(spill, "GROUP_ROWS", 2000)
+    monkeypatch.setattr(spill.Table, "_spill", lambda self, f=spill.Table._spill: spills.append(1) or f(self))
+    with store.scratch() as scratch:
+        on_disk = plan(scratch)
+    assert spills and in_memory[1:] == on_disk[1:] and in_memory[1] == 15_015  # chunks and manifests
+    a, b = in_memory[0], on_disk[0]
+    assert (a.keep, a.repack, a.condemn, a.delete) == (b.keep, b.repack, b.condemn, b.delete) and a.repack
+    pins = {p["label"] for p in cli("--json", "pins").json()}
+    assert cli("--json", "gc", "--grace", "0").json()["repacked_packs"] == len(a.repack)
+    assert cli("verify", "--read-data").code == 0
+    for label in sorted(pins):
+        assert Store.open(where).read_bytes(label) == synthetic_file(int(label.split("/")[1]))
+    assert os.listdir(os.path.join(store.cache_dir, "scratch")) == []  # nothing left behind

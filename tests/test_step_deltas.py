@@ -11,7 +11,7 @@ import torch
 from conftest import one_error_line
 
 import tracker
-from cas import Store, codec
+from cas import Store, codec, spill
 from cas.blobset import Blobs
 from cas.digest import hash_bytes
 from cas.errors import IntegrityError
@@ -20,7 +20,7 @@ from cas.gc import execute_gc
 from cas.pack import CHUNK, Location
 from cas.pack_index import PackRecord
 from cas.restore import ChunkReader
-from cas.supply import needed, summarize
+from cas.supply import Catalog, needed
 
 SHAPES = {"layer.0.weight": (512, 512), "layer.1.weight": (512, 512), "head.weight": (256, 512)}
 
@@ -55,7 +55,11 @@ def _delta_chunks(store: Store) -> list[Location]:
     return [loc for _, loc in store.index.iter_chunks() if loc.codec == codec.DELTA]
 
 
-def test_puts_under_one_label_store_deltas_and_gc_keeps_their_bases(cli, store_dir, tmp_path):
+@pytest.mark.parametrize("budget", ["in memory", "spilled"])
+def test_puts_under_one_label_store_deltas_and_gc_keeps_their_bases(cli, store_dir, tmp_path, monkeypatch, budget):
+    if budget == "spilled":  # gc's tables on disk, read back a few partitions at a time
+        monkeypatch.setattr(spill, "SPILL_ROWS", 16)
+        monkeypatch.setattr(spill, "GROUP_ROWS", 32)
     paths = _versions(str(tmp_path), 4)
     model = tmp_path / "model.pt"
     sizes = []
@@ -145,11 +149,11 @@ def test_gc_keeps_the_base_of_a_delta_it_keeps():
     packs = {a: PackRecord(a, 400, (loc(a, chunk, 8, base), loc(a, other, 108))),
              b: PackRecord(b, 400, (loc(b, base, 8),)),
              c: PackRecord(c, 400, (loc(c, bytes([13]) * 32, 8),))}
-    summaries = {pid: summarize(rec) for pid, rec in packs.items()}
-    keep, supplies = needed(summaries, Blobs({(CHUNK, chunk), (CHUNK, other)}), set())
+    catalog = Catalog.of(packs.values())
+    keep, supplies = needed(catalog, Blobs({(CHUNK, chunk), (CHUNK, other)}), set())
     assert keep == {a, b} and supplies[b].keys() == [base]
     with pytest.raises(IntegrityError, match="in no pack"):
-        needed({a: summaries[a]}, Blobs({(CHUNK, chunk)}), set())
+        needed(catalog.only([a]), Blobs({(CHUNK, chunk)}), set())
 
 
 def test_a_delta_frame_rebuilds_exactly_and_refuses_damage():

@@ -1,0 +1,174 @@
+"""Tables of fixed-size rows keyed by a 32-byte id, larger than memory should hold: what gc and verify
+keep of every reachable chunk and every pack entry.
+
+Rows are partitioned by the first byte of their id (ids are BLAKE3 hashes, so the 256 partitions are
+even). A table holds its rows in memory until it has SPILL_ROWS of them, then appends each partition
+to a file of its own in a scratch folder on local disk, and is read back a range of partitions at a
+time (`groups`): every row of one id lies in one partition, so whatever is decided about an id (is it
+reachable, which copy supplies it) is decided inside one group, holding about GROUP_ROWS rows, however
+large the store. Within a partition, rows come back in the order they were added; two tables whose
+rows were added in step (a row of one for each row of the other that matches a filter) stay aligned.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+
+import numpy as np
+
+from .errors import StorageError
+
+PARTS = 256
+SPILL_ROWS = int(os.environ.get("CAS_SPILL_ROWS", 1 << 19))  # rows a table holds in memory before it spills
+GROUP_ROWS = int(os.environ.get("CAS_GROUP_ROWS", 1 << 19))  # rows of all tables read back at once (about)
+
+
+def parts_of(rows: np.ndarray) -> np.ndarray:
+    """The partition of each row: its id's first byte."""
+    if not len(rows):
+        return np.empty(0, np.uint8)
+    rows = np.ascontiguousarray(rows)
+    offset = rows.dtype.fields["id"][1] if rows.dtype.fields else 0
+    return rows.view(np.uint8).reshape(len(rows), rows.dtype.itemsize)[:, offset]
+
+
+class Scratch:
+    """A folder of spilled tables, made on first use under root and removed by close(); a folder a killed
+    process left (its pid is gone) is removed by the next Scratch of the same root."""
+
+    def __init__(self, root: str | None):
+        self.root = root
+        self._folder: str | None = None
+
+    def folder(self) -> str:
+        if self._folder is None:
+            if self.root is None:
+                raise StorageError("no scratch folder for a table this large", subject="scratch")
+            try:
+                os.makedirs(self.root, exist_ok=True)
+                _remove_orphans(self.root)
+                self._folder = os.path.join(self.root, f"{os.getpid()}-{secrets.token_hex(4)}")
+                os.mkdir(self._folder)
+            except OSError as exc:
+                raise StorageError(f"cannot use the scratch folder {self.root}: {exc.strerror or exc}",
+                                   subject=self.root) from None
+        return self._folder
+
+    def close(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def __enter__(self) -> Scratch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _remove_orphans(root: str) -> None:
+    for name in os.listdir(root):
+        pid = name.partition("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except OSError:
+            pass
+
+
+IN_MEMORY = Scratch(None)  # never spills (small tables, tests)
+
+
+class Table:
+    """Rows of `dtype` (an id field named "id", or bare 32-byte ids), partitioned by id."""
+
+    def __init__(self, dtype, scratch: Scratch = IN_MEMORY):
+        self.dtype = np.dtype(dtype)
+        self.scratch = scratch
+        self.counts = np.zeros(PARTS, np.int64)  # rows per partition, spilled or not
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self._files: str | None = None  # folder of this table's partition files, once it spilled
+
+    def __len__(self) -> int:
+        return int(self.counts.sum())
+
+    def add(self, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
+        rows = np.ascontiguousarray(rows, self.dtype)
+        self.counts += np.bincount(parts_of(rows), minlength=PARTS)
+        self._pending.append(rows)
+        self._pending_rows += len(rows)
+        if self._pending_rows >= SPILL_ROWS and self.scratch.root is not None:
+            self._spill()
+
+    def _spill(self) -> None:
+        rows = np.concatenate(self._pending)
+        self._pending, self._pending_rows = [], 0
+        parts = parts_of(rows)
+        order = np.argsort(parts, kind="stable")
+        rows, parts = rows[order], parts[order]
+        bounds = np.searchsorted(parts, np.arange(PARTS + 1))
+        if self._files is None:
+            self._files = os.path.join(self.scratch.folder(), secrets.token_hex(4))
+            os.mkdir(self._files)
+        try:
+            for p in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
+                with open(os.path.join(self._files, f"{p:03d}"), "ab") as f:
+                    f.write(rows[bounds[p]:bounds[p + 1]].tobytes())
+        except OSError as exc:
+            raise StorageError(f"cannot write to the scratch folder: {exc.strerror or exc}",
+                               subject=self._files) from None
+
+    def load(self, lo: int = 0, hi: int = PARTS) -> np.ndarray:
+        """The rows of partitions lo..hi-1, partition by partition, each in the order they were added."""
+        got = []
+        if self._files is not None:
+            for p in range(lo, hi):
+                path = os.path.join(self._files, f"{p:03d}")
+                if os.path.exists(path):
+                    got.append(np.fromfile(path, self.dtype))
+        for rows in self._pending:
+            if lo == 0 and hi == PARTS:
+                got.append(rows)
+            else:
+                parts = parts_of(rows)
+                got.append(rows[(parts >= lo) & (parts < hi)])
+        if not got:
+            return np.empty(0, self.dtype)
+        rows = np.concatenate(got) if len(got) > 1 else got[0]
+        if len(got) > 1 or self._files is None:
+            rows = rows[np.argsort(parts_of(rows), kind="stable")]
+        return rows
+
+
+def groups(*tables: Table) -> list[tuple[int, int]]:
+    """Ranges of partitions to read together: each holds about GROUP_ROWS rows of all tables (one
+    partition at least)."""
+    counts = sum((t.counts for t in tables), np.zeros(PARTS, np.int64))
+    out, lo, total = [], 0, 0
+    for p in range(PARTS):
+        if p > lo and total + counts[p] > GROUP_ROWS:
+            out.append((lo, p))
+            lo, total = p, 0
+        total += int(counts[p])
+    out.append((lo, PARTS))
+    return out
+
+
+def part_bounds(rows: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Where each partition lo..hi-1 starts in rows as load() returns them (and where the last ends)."""
+    return np.searchsorted(parts_of(rows), np.arange(lo, hi + 1))
+
+
+def iter_groups(*tables: Table) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+    """(lo, hi, the rows of each table in partitions lo..hi-1) for each group."""
+    for lo, hi in groups(*tables):
+        yield lo, hi, [t.load(lo, hi) for t in tables]
