@@ -28,7 +28,8 @@ INDEX_OBJECT_BYTES = 256 << 20  # ...or per this many bytes of packs: a killed p
 # ...or per this many blobs: an index object stays about pack_index.FULL_OBJECT, however small the chunks
 # (a reader decodes one object at a time), and so does what the session holds of the packs it wrote
 INDEX_OBJECT_BLOBS = 1 << 17
-PACK_BLOBS = 1 << 16  # a pack is finished at this many blobs too, whatever its size (its footer stays small)
+PACK_BLOBS = 1 << 14  # a pack is finished at this many blobs too, whatever its size: its footer stays small, and
+# so do the cache's write transaction that learns it (LMDB holds a dirty page per B-tree leaf it touches)
 REHASH_BLOCK = 8 << 20
 
 
