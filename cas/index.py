@@ -138,6 +138,10 @@ def _cache_error(path: str, exc: Exception) -> StorageError:
     return StorageError(f"the local cache at {path} failed: {exc}", subject=path)
 
 
+def _by_key(loc: Location) -> bytes:
+    return loc.key
+
+
 class Index:
     def __init__(self, path: str, *, fresh: bool = False):
         self.path = path
@@ -249,7 +253,7 @@ class Index:
         txn.put(pack_id, _PACK.pack(size, len(entries), number), db=self.packs)
         unique, deltas, delta_stored, logical, files = self._counts(txn)
         tick = self._releaser.tick
-        for e in entries:
+        for e in sorted(entries, key=_by_key):  # in key order: each B-tree leaf is visited once, not again and again
             tick()
             if e.kind == CHUNK:
                 before = txn.get(e.key, db=self.chunks)
