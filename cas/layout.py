@@ -94,6 +94,22 @@ def is_record_key(key: str) -> bool:
     return _RECORD_KEY.match(key) is not None
 
 
+# ---- record objects: many run records in one object, records/<64 hex> ---------------------------------
+RECORD_OBJECTS = "records/"
+_RECORD_OBJECT_KEY = re.compile(r"^records/([0-9a-f]{64})$")
+
+
+def record_object_key(seal: bytes) -> str:
+    """A record object's key: named by its seal, the BLAKE3 of its body (cas/record_objects.py)."""
+    return f"{RECORD_OBJECTS}{seal.hex()}"
+
+
+def record_object_seal(key: str) -> bytes | None:
+    """The seal a record object's key names, or None for anything else under records/."""
+    m = _RECORD_OBJECT_KEY.match(key)
+    return bytes.fromhex(m.group(1)) if m else None
+
+
 # ---- writer leases and gc state ----------------------------------------------------------------------
 SESSIONS = "sessions/"
 GC = "gc/"
