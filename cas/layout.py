@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from .digest import hash_bytes
@@ -61,6 +62,7 @@ RUNS = "runs/"
 _RECORD_KEY = re.compile(r"^runs/[0-9a-f]{32}/(v/[0-9a-f]{32}/[0-9]{20}|e)/[0-9]{20}-[0-9a-f]{12}$")
 
 
+@functools.lru_cache(maxsize=4096)  # a few names, in many keys
 def _name_id(name: str) -> str:
     """Names of any length become fixed-size key parts; the record itself holds the name."""
     return hash_bytes(name.encode()).hex()[:32]

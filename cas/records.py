@@ -10,6 +10,7 @@ its record: one object per log call, checked against its digest whenever it is r
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
@@ -41,6 +42,11 @@ def check_name(name, what: str = "artifact name") -> str:
     """Names are 1..512 characters, no control characters, no '@', no empty, '.' or '..' path segments."""
     if not isinstance(name, str) or not name or len(name) > MAX_NAME:
         raise InvalidInput(f"invalid {what} {name!r}: 1 to {MAX_NAME} characters", subject=str(name))
+    return _check_text(name, what)
+
+
+@functools.lru_cache(maxsize=4096)  # every record names its run and artifact: a few names, read many times
+def _check_text(name: str, what: str) -> str:
     if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in name):
         raise InvalidInput(f"invalid {what} {name!r}: control characters are not allowed", subject=name)
     if "@" in name:
@@ -371,10 +377,14 @@ class RecordBook:
         return state
 
     def run_names(self) -> list[str]:
-        """Every run that has a start event or a version."""
-        names = set()
-        for rec in self._records(layout.RUNS):
-            names.add(rec.run)
+        """Every run that has a start event or a version: the name in the first record of each run's
+        folder (every record of a folder names its run: decode checks it against the key)."""
+        names, folder = set(), None
+        for key, raw in self.index.iter_records(layout.RUNS):
+            if folder is None or not key.startswith(folder):
+                rec = decode(raw, key=key)
+                folder = layout.run_prefix(rec.run)
+                names.add(rec.run)
         return sorted(names)
 
     def exists(self, run: str) -> bool:
