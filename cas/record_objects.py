@@ -49,8 +49,7 @@ def decode(data: bytes, *, key: str) -> list[Item]:
     """The records of the record object stored under `key`, every one decoded and checked against its own
     key; IntegrityError naming the object for anything wrong (one bad record spoils the object)."""
     what = f"record object {key}"
-    if len(data) > FULL_OBJECT:
-        raise framing.damaged(what, key, f"{len(data)} bytes, more than {FULL_OBJECT}")
+    _check_size(key, len(data))
     doc, sealed = framing.open_sealed(data, _LIMITS, what=what, subject=key)
     if not sealed or layout.record_object_seal(key) != bytes(data[-DIGEST_SIZE:]):
         raise framing.damaged(what, key, "checksum mismatch")
@@ -74,6 +73,17 @@ def decode(data: bytes, *, key: str) -> list[Item]:
         return out
     except (ValueError, KeyError) as exc:
         raise framing.damaged(what, key, exc) from None
+
+
+def _check_size(key: str, size: int) -> None:
+    if size > FULL_OBJECT:
+        raise framing.damaged(f"record object {key}", key, f"{size} bytes, more than {FULL_OBJECT}")
+
+
+def read(backend, key: str, size: int) -> list[Item]:
+    """The records of a listed record object; one listed larger than FULL_OBJECT is not fetched."""
+    _check_size(key, size)
+    return decode(backend.get(key), key=key)
 
 
 def list_objects(backend) -> list[tuple[str, int]]:
@@ -129,10 +139,11 @@ class RecordObjects:
     def _fetch(self, item: tuple[str, int]) -> bytes | IntegrityError | None:
         """An object's bytes; None if it vanished since listed; the error if its listed size is too large."""
         key, size = item
-        if size > FULL_OBJECT:
-            return framing.damaged(f"record object {key}", key, f"{size} bytes, more than {FULL_OBJECT}")
         try:
+            _check_size(key, size)
             return self.backend.get(key)
+        except IntegrityError as exc:
+            return exc
         except NotFound:
             return None
 
@@ -190,9 +201,10 @@ class RecordObjects:
         if len(small) <= MERGE_AT:
             return []
         merged = []
+        sizes = dict(small)
         for group in size_groups(small, bound=FULL_OBJECT):
             try:
-                parts = [decode(self.backend.get(k), key=k) for k in group]
+                parts = [read(self.backend, k, sizes[k]) for k in group]
             except NotFound:
                 continue  # another writer is merging them
             items: dict[str, Item] = {}
