@@ -213,7 +213,8 @@ class RecordObjects:
                     items.setdefault(item[0], item)
             key, data = encode((k, raw) for k, raw, _ in items.values())
             self.backend.put(key, data, create_only=True)
-            self.index.learn_record_object(key, _seal(key), list(items.values()))
+            # read, as far as this cache goes: records it has forgotten (gone) stay so, new ones come loose
+            self.index.cover_records(list(items), _seal(key), object_key=key)
             parts_gone = [k for k in group if k != key]
             self.backend.delete(parts_gone)
             self.index.drop_record_objects(set(parts_gone), set())  # their records are all in the merged one

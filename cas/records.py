@@ -241,6 +241,7 @@ class RecordBook:
         before = cached = self.index.record_keys(prefix)  # before listing: a record cached by now is durable,
         if objects and self.objects is not None and self.objects.learn(on_damaged=on_damaged):  # so listed
             cached = self.index.record_keys(prefix)  # (one from a record object: written after its loose key)
+            self._synced = set()  # records of other runs came too: each run's listing is still to check them
         keys = [k for k, _ in self.backend.list(prefix) if layout.is_record_key(k)]
         gone = cached - set(keys)
         if gone:  # records are never deleted: the store was restored from a copy or replaced

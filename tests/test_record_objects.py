@@ -230,6 +230,29 @@ def test_a_record_whose_loose_object_is_gone_is_forgotten_though_a_record_object
     assert again.index.record_keys(layout.RUNS) == {k for k in held if k != lost}
 
 
+def test_a_record_object_from_a_stale_cache_does_not_bring_back_a_gone_record(store_dir, tmp_path):
+    """A writer whose cache still holds a record the store lost compacts it: readers still go by the listing,
+    also one that learns the object while syncing another run."""
+    writer = machine(store_dir, tmp_path, "writer")
+    for run in ("a", "b"):
+        write_runs_named(writer, run, 5)
+    stale = machine(store_dir, tmp_path, "stale")
+    stale.open_records()
+    reader = machine(store_dir, tmp_path, "reader")
+    book = reader.records
+    lost = sorted(reader.index.record_keys(layout.run_prefix("a")))[2]
+    writer.backend.delete([lost])  # the store restored from a copy without it
+    book.sync()
+    assert lost not in reader.index.record_keys(layout.RUNS)
+    [key] = stale.open_records().objects.compact()
+    assert lost in [k for k, _, _ in record_objects.decode(stale.backend.get(key), key=key)]
+    book.sync(layout.run_prefix("b"))  # learns the object: run a's records come along, unchecked yet
+    assert lost not in [v.key for v in reader.records.versions("a", live_only=False)]
+    fresh = machine(store_dir, tmp_path, "fresh")
+    assert lost not in [v.key for v in fresh.records.versions("a", live_only=False)]
+    assert len(fresh.records.versions("a")) == 4
+
+
 # ---- merging, and readers that meet it ---------------------------------------------------------------
 
 def test_small_record_objects_are_merged_within_the_bound(store_dir, tmp_path, small_thresholds):
