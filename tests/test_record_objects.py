@@ -157,6 +157,10 @@ def _forged(store: Store, key: str, change) -> str:
     return new_key
 
 
+def _flip_last(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
 def _foreign_record(items):
     """A record of another run under the first key: its own seal is right, its key is not its folder."""
     other = _encode({"t": "version", "run": "other", "name": "m0", "step": 0, "kind": "k", "digest": None,
@@ -166,9 +170,9 @@ def _foreign_record(items):
 
 DAMAGE = {
     "bad seal": lambda s, k: _replace(s, k, bytes([s.backend.get(k)[0] ^ 1]) + s.backend.get(k)[1:]),
-    "seal not its name": lambda s, k: _replace(s, k, s.backend.get(k)[:-1] + b"\0"),
+    "seal not its name": lambda s, k: _replace(s, k, _flip_last(s.backend.get(k))),
     "a record under a key of another run": lambda s, k: _forged(s, k, _foreign_record),
-    "a damaged record inside": lambda s, k: _forged(s, k, lambda items: [(items[0][0], items[0][1][:-1] + b"\0")]
+    "a damaged record inside": lambda s, k: _forged(s, k, lambda items: [(items[0][0], _flip_last(items[0][1]))]
                                                     + items[1:]),
     "a key that is not a record key": lambda s, k: _forged(s, k, lambda items: [("runs/x", items[0][1])]),
 }
