@@ -14,7 +14,16 @@ Also reported: the cache's bytes on disk per chunk after the cold stats. Times a
 whole processes (interpreter start included); the ratio columns compare each size with the first one
 run, so growth is read in the same run.
 
+With `--records VERSIONS,RUNS` it runs the records scenario instead (records_scenario): run records
+written loose, as a cas without record objects wrote them; machine A's first `cas runs` (one GET a
+record); a run started on A (tracker.init: the first writer, which compacts them into record objects);
+then a new machine B's `cas runs` (the measured one), B's warm `cas runs` and `cas log RUN`, and a new
+machine C's `cas log RUN`. GETs are counted by running each command through counted.py.
+
     python benchmarks/bench_scale.py [--sizes 1,3,10] [--out benchmarks/results/scale.json] [--keep DIR]
+    python benchmarks/bench_scale.py --records 100000,1000
+
+Results are merged into the output file: each mode rewrites its own keys only.
 """
 
 from __future__ import annotations
@@ -33,7 +42,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_gc import child_env  # noqa: E402
 from measure import cas_command, run, tree_bytes  # noqa: E402
-from synth_store import make_store  # noqa: E402
+from synth_store import make_records, make_store  # noqa: E402 (it puts this checkout's cas on the path)
+
+from cas.store import Store  # noqa: E402
 
 COMMANDS = (  # (key, arguments after `cas`), in the order they run
     ("stats_cold", ["stats", "--json"]),
@@ -63,6 +74,62 @@ def one_size(millions: float, work: Path, cas: list[str], commands=COMMANDS) -> 
     return out
 
 
+COUNTED = [sys.executable, str(HERE / "counted.py")]
+LOG_RUN = "run-00000"
+
+
+def counted(args: list[str], cache: Path, work: Path, name: str) -> dict:
+    """One whole process through counted.py: seconds, peak RSS and its GETs by top-level folder."""
+    gets = work / f"gets-{name}.json"
+    proc = run([*COUNTED, *args], child_env(cache, {"CAS_BENCH_GETS": str(gets)}))
+    out = {"seconds": round(proc.seconds, 2), "peak_rss_mb": round(proc.rss_mb, 1),
+           "gets": json.loads(gets.read_text()), "stdout": proc.stdout}
+    print(f"  {name}: {out['seconds']} s, {out['peak_rss_mb']} MB, GETs {out['gets']}", file=sys.stderr)
+    return out
+
+
+def records_scenario(versions: int, runs: int, work: Path) -> dict:
+    """See the module's docstring: loose records, the first writer compacts, a new machine reads few objects."""
+    store = work / "store"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    made_store = make_store(str(store), 20_000, cache_dir=str(work / "writer-cache"))
+    digests = sorted({(p.digest, p.size) for p in Store.open(str(store), cache_dir=str(work / "writer-cache")).pins()})
+    made = make_records(str(store), versions, runs, digests=digests[:8], cache_dir=str(work / "writer-cache"))
+    shutil.rmtree(work / "writer-cache", ignore_errors=True)
+    out: dict = {"versions": versions, "runs": runs, "made": made, "files_named": len(digests[:8])}
+    at = ["--store", str(store)]
+    runs_json = ["runs", "--json", *at]
+    out["a_runs_loose"] = counted(runs_json, work / "cache-a", work, "A cas runs, loose records only")
+    start = f"import tracker; tracker.init('compactor', store={str(store)!r}).end()"
+    out["a_first_writer"] = counted(["-c", start], work / "cache-a", work, "A tracker.init (compacts)")
+    objects = sorted(p.stat().st_size for p in (store / "records").iterdir())
+    out["record_objects"] = {"count": len(objects), "bytes": objects}
+    out["b_runs_new_machine"] = counted(runs_json, work / "cache-b", work, "B cas runs, new machine")
+    out["b_runs_warm"] = counted(runs_json, work / "cache-b", work, "B cas runs, warm")
+    log = ["log", LOG_RUN, "--json", *at]
+    warm = [counted(log, work / "cache-b", work, f"B cas log, warm {i}") for i in range(3)]
+    out["b_log_warm"] = min(warm, key=lambda r: r["seconds"]) | {"all_seconds": [r["seconds"] for r in warm]}
+    out["c_log_new_machine"] = counted(log, work / "cache-c", work, "C cas log, new machine")
+    before, after = json.loads(out["a_runs_loose"]["stdout"]), json.loads(out["b_runs_new_machine"]["stdout"])
+    out["same_runs"] = before == [r for r in after if r["name"] != "compactor"]
+    out["store_made"] = made_store
+    for value in out.values():
+        if isinstance(value, dict):
+            value.pop("stdout", None)
+    return out
+
+
+def save(path: str, updates: dict) -> dict:
+    """Merge `updates` into the JSON file at path (its other keys are kept); returns the whole."""
+    target = Path(path)
+    whole = json.loads(target.read_text()) if target.exists() else {}
+    whole.update(updates)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(whole, indent=1) + "\n")
+    return whole
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1,3,10", help="millions of chunks, comma-separated")
@@ -71,7 +138,22 @@ def main() -> None:
     ap.add_argument("--cas", help="the cas command line (default: beside this python)")
     ap.add_argument("--commands", help="comma-separated keys of the commands to run (default: all): "
                                        + ",".join(k for k, _ in COMMANDS))
+    ap.add_argument("--records", metavar="VERSIONS,RUNS", help="run the records scenario instead, e.g. 100000,1000")
     args = ap.parse_args()
+    if args.records:
+        versions, runs = (int(x) for x in args.records.split(","))
+        base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cas-scale-records-"))
+        started = time.time()
+        try:
+            result = records_scenario(versions, runs, base / "records")
+        finally:
+            if not args.keep:
+                shutil.rmtree(base, ignore_errors=True)
+        result["wall_seconds"] = round(time.time() - started, 1)
+        result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+        save(args.out, {"records": result})
+        print(json.dumps(result, indent=1))
+        return
     cas = cas_command(args.cas)
     commands = [c for c in COMMANDS if not args.commands or c[0] in args.commands.split(",")]
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cas-scale-"))
@@ -92,8 +174,7 @@ def main() -> None:
                          for k, _ in commands}
     result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "wall_seconds": round(time.time() - started, 1), "sizes": sizes}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    save(args.out, result)
     print(json.dumps(result, indent=1))
 
 

@@ -11,6 +11,11 @@ trailers, checksums), so every command reads them as it reads any store.
     python benchmarks/synth_store.py STORE --chunks 1000000 [--garbage 0.5] [--chunk-size 64]
 
 The scale benchmark (bench_scale.py) and the tests (tests/test_scale.py) use `make_store`.
+
+`make_records` writes run records the same way: many versions over many runs, each record a loose
+object sealed and keyed as cas writes it (what a store logged by a cas without record objects holds).
+
+    python benchmarks/synth_store.py STORE --records 100000 --runs 1000
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ import secrets
 import struct
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
 import zstandard
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cas import codec, layout, pack_index, refs  # noqa: E402
+from cas import codec, layout, pack_index, records as run_records, refs  # noqa: E402
 from cas.digest import hash_bytes  # noqa: E402
 from cas.manifest import FileManifest, _u32  # noqa: E402
 from cas.pack import CHUNK, FILE_MANIFEST, HEADER, PACK_FORMAT, TRAILER, TRAILER_MAGIC, Location  # noqa: E402
@@ -110,6 +116,49 @@ def make_store(uri: str, chunks: int, *, chunk_size: int = 64, chunks_per_file: 
     return made
 
 
+def make_records(uri: str, versions: int, runs: int, *, names: int = 2, digests: list[tuple[str, int]] | None = None,
+                 cache_dir: str | None = None, workers: int = 8) -> dict:
+    """Write `versions` version records over `runs` runs (`names` artifact names each, steps from 1), with a
+    start and a finished event per run, as loose record objects (sealed, create-only, checked by
+    records.decode before they are written). Versions name the (digest, size) pairs of `digests` in turn,
+    files the store holds (e.g. make_store's pins); without them they are reference-only. Returns counts."""
+    store = Store.open(uri, cache_dir=cache_dir)
+    store.init()
+    made = {"runs": runs, "versions": 0, "events": 0, "seconds": 0.0}
+    start = time.perf_counter()
+
+    def record(key: str, doc: dict) -> tuple[str, bytes]:
+        raw = run_records._encode(doc)
+        run_records.decode(raw, key=key)  # valid as cas reads it, or the benchmark stops here
+        return key, raw
+
+    def one_run(r: int) -> list[tuple[str, bytes]]:
+        run, now = f"run-{r:05d}", time.time()
+        out = [record(layout.event_key(run, run_records._stamp(now)),
+                      {"t": "start", "run": run, "time": now, "data": {"config": {"lr": 3e-4}, "metadata": {}}})]
+        for j, i in enumerate(range(r * versions // runs, (r + 1) * versions // runs)):
+            name, step = f"model-{j % names}", 1 + j // names
+            doc = {"t": "version", "run": run, "name": name, "step": step, "kind": "checkpoint", "digest": None,
+                   "size": 0, "new_bytes": 0, "time": now, "metadata": {"loss": 1.0 / step}, "type": "file"}
+            if digests:
+                doc["digest"], doc["size"] = digests[i % len(digests)]
+            else:
+                doc["ref_uri"] = f"s3://elsewhere/{run}/{name}/{step}"
+            out.append(record(layout.version_key(run, name, step, run_records._stamp(now)), doc))
+        out.append(record(layout.event_key(run, run_records._stamp(time.time())),
+                          {"t": "status", "run": run, "time": time.time(), "data": {"status": "finished"}}))
+        return out
+
+    with ThreadPoolExecutor(workers) as pool:
+        for batch in map(one_run, range(runs)):
+            list(pool.map(lambda item: store.backend.put(item[0], item[1], create_only=True), batch))
+            made["versions"] += len(batch) - 2
+            made["events"] += 2
+    made["seconds"] = round(time.perf_counter() - start, 2)
+    store.close()
+    return made
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("store", help="a folder or s3://bucket/prefix")
@@ -117,7 +166,12 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--chunks-per-file", type=int, default=1000)
     ap.add_argument("--garbage", type=float, default=0.0, help="share of files left unpinned (0..1)")
+    ap.add_argument("--records", type=int, help="write this many version records instead (reference-only)")
+    ap.add_argument("--runs", type=int, default=1000, help="over this many runs (with --records)")
     args = ap.parse_args()
+    if args.records:
+        print(make_records(args.store, args.records, args.runs))
+        return
     print(make_store(args.store, args.chunks, chunk_size=args.chunk_size, chunks_per_file=args.chunks_per_file,
                      garbage=args.garbage))
 

@@ -104,7 +104,7 @@ def _open_if_sound(path: str) -> tuple[lmdb.Environment, int] | str:
 
 def _open(path: str) -> tuple[lmdb.Environment, int]:
     # the map stays read-only (writes go through the file): cas/resident.py drops its pages during long scans
-    env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=16, subdir=True, metasync=True, sync=True, readahead=False,
+    env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=24, subdir=True, metasync=True, sync=True, readahead=False,
                     writemap=False)
     stamp = lmdb_check.stamp(path)
     if stamp is None:  # LMDB made data.mdb just now: only a concurrent deletion takes it away
@@ -170,6 +170,8 @@ class Index:
         self.pack_numbers = self.env.open_db(b"pack_numbers")  # pack number (big-endian u32) → pack id
         self.index_objects = self.env.open_db(b"index_objects")  # keys of the store's index objects read
         self.records = self.env.open_db(b"records")  # run record key → its raw bytes
+        self.record_objects = self.env.open_db(b"record_objects")  # keys of the store's record objects read
+        self.covered = self.env.open_db(b"covered")  # run record key → seal of a record object read holding it
         self.inline = self.env.open_db(b"inline")  # digest → content kept inline in a record
         self.condemned = self.env.open_db(b"condemned")  # pack id → b"": gc condemned it; never dedup against it
         self.deleted = self.env.open_db(b"deleted")  # pack id → b"": gc deleted it; never learn it again
@@ -358,14 +360,15 @@ class Index:
 
     def _all_dbs(self):
         return (self.chunks, self.manifests, self.packs, self.pack_numbers, self.index_objects, self.records,
-                self.inline, self.condemned, self.deleted, self.gc_lists, self.seen, self.where, self.missing,
-                self.meta)
+                self.record_objects, self.covered, self.inline, self.condemned, self.deleted, self.gc_lists,
+                self.seen, self.where, self.missing, self.meta)
 
     def forget_records(self, keys) -> None:
         """Drop cached records the store no longer holds (it was restored from a copy or replaced)."""
         def fn(txn):
             for key in keys:
                 txn.delete(key.encode(), db=self.records)
+                txn.delete(key.encode(), db=self.covered)
         self._write(fn)
 
     def record_keys(self, prefix: str) -> set[str]:
@@ -392,6 +395,73 @@ class Index:
                 if inline is not None:
                     txn.put(inline[0], inline[1], db=self.inline)
         self._write(fn)
+
+    # ---- record objects (cas/record_objects.py) ----------------------------------------------
+    def learn_record_object(self, key: str, seal: bytes, items) -> int:
+        """Learn the records of one record object (key, raw bytes, inline or None; each checked by the
+        caller), note that it holds them, and remember it was read: one transaction. A record cached
+        already keeps its bytes. Returns how many records were new."""
+        def fn(txn):
+            added = 0
+            for rkey, raw, inline in items:
+                k = rkey.encode()
+                if txn.put(k, raw, db=self.records, overwrite=False):
+                    added += 1
+                    if inline is not None:
+                        txn.put(inline[0], inline[1], db=self.inline)
+                txn.put(k, seal, db=self.covered)
+            txn.put(key.encode(), b"", db=self.record_objects)
+            return added
+        return self._write(fn)
+
+    def record_objects_read(self) -> set[str]:
+        return self._read(lambda txn: {bytes(k).decode()
+                                       for k in txn.cursor(db=self.record_objects).iternext(values=False)})
+
+    def drop_record_objects(self, keys: set[str], seals: set[bytes]) -> None:
+        """Record objects the store no longer lists: not read any more, and the records only they held
+        are not covered any more (a merge names them again; a restored store may not)."""
+        def fn(txn):
+            for key in keys:
+                txn.delete(key.encode(), db=self.record_objects)
+            if not seals:
+                return
+            stale = [bytes(k) for k, seal in txn.cursor(db=self.covered) if bytes(seal) in seals]
+            for k in stale:
+                txn.delete(k, db=self.covered)
+        self._write(fn)
+
+    def cover_records(self, keys, seal: bytes, *, object_key: str | None = None) -> None:
+        """Note the cached ones of these records as held by the record object `seal` (its key `object_key`,
+        then remembered as read), or by a marker the caller chooses (no object_key)."""
+        def fn(txn):
+            for key in keys:
+                if txn.get(key.encode(), db=self.records) is not None:  # forgotten meanwhile: stays so
+                    txn.put(key.encode(), seal, db=self.covered)
+            if object_key is not None:
+                txn.put(object_key.encode(), b"", db=self.record_objects)
+        self._write(fn)
+
+    def uncovered_count(self) -> int:
+        """About how many cached records no record object read holds: a count, no scan."""
+        def fn(txn):
+            return max(0, txn.stat(self.records)["entries"] - txn.stat(self.covered)["entries"])
+        return self._read(fn)
+
+    def uncovered_records(self, after: str, budget: int) -> list[tuple[str, bytes]]:
+        """(key, raw bytes) of cached records no record object read holds, in key order after `after`,
+        until their bytes reach `budget`."""
+        def fn(txn):
+            out, total, cur = [], 0, txn.cursor(db=self.records)
+            found = cur.set_range(after.encode()) if after else cur.first()
+            while found and total < budget:
+                key = cur.key()
+                if key != after.encode() and txn.get(key, db=self.covered) is None:
+                    out.append((bytes(key).decode(), bytes(cur.value())))
+                    total += len(key) + len(cur.value())
+                found = cur.next()
+            return out
+        return self._read(fn)
 
     # ---- gc state ---------------------------------------------------------------------
     def remember_files(self, hints: dict[bytes, bytes]) -> None:
@@ -478,7 +548,8 @@ class Index:
     def clear(self) -> None:
         def fn(txn):
             self._drop_packs(txn)
-            for db in (self.index_objects, self.records, self.inline, self.seen, self.where, self.missing):
+            for db in (self.index_objects, self.records, self.record_objects, self.covered, self.inline, self.seen,
+                       self.where, self.missing):
                 txn.drop(db, delete=False)
         self._write(fn)
 

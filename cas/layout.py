@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from .digest import hash_bytes
@@ -61,6 +62,7 @@ RUNS = "runs/"
 _RECORD_KEY = re.compile(r"^runs/[0-9a-f]{32}/(v/[0-9a-f]{32}/[0-9]{20}|e)/[0-9]{20}-[0-9a-f]{12}$")
 
 
+@functools.lru_cache(maxsize=4096)  # a few names, in many keys
 def _name_id(name: str) -> str:
     """Names of any length become fixed-size key parts; the record itself holds the name."""
     return hash_bytes(name.encode()).hex()[:32]
@@ -92,6 +94,22 @@ def event_key(run: str, stamp: str) -> str:
 
 def is_record_key(key: str) -> bool:
     return _RECORD_KEY.match(key) is not None
+
+
+# ---- record objects: many run records in one object, records/<64 hex> ---------------------------------
+RECORD_OBJECTS = "records/"
+_RECORD_OBJECT_KEY = re.compile(r"^records/([0-9a-f]{64})$")
+
+
+def record_object_key(seal: bytes) -> str:
+    """A record object's key: named by its seal, the BLAKE3 of its body (cas/record_objects.py)."""
+    return f"{RECORD_OBJECTS}{seal.hex()}"
+
+
+def record_object_seal(key: str) -> bytes | None:
+    """The seal a record object's key names, or None for anything else under records/."""
+    m = _RECORD_OBJECT_KEY.match(key)
+    return bytes.fromhex(m.group(1)) if m else None
 
 
 # ---- writer leases and gc state ----------------------------------------------------------------------

@@ -140,12 +140,16 @@ def merge_groups(backend) -> list[list[str]]:
     more than MERGE_AT of them; objects of FULL_OBJECT or more are never merged again."""
     small = [(key, size) for key, size in backend.list(layout.INDEXES)
              if layout.index_name_from_key(key) is not None and size < FULL_OBJECT]
-    if len(small) <= MERGE_AT:
-        return []
+    return size_groups(small, bound=FULL_OBJECT) if len(small) > MERGE_AT else []
+
+
+def size_groups(sized: list[tuple[str, int]], *, bound: int) -> list[list[str]]:
+    """Keys, in order, cut into runs whose sizes add up to at most `bound` (a key alone may be larger);
+    runs of one key are left out: merging one object changes nothing. (Record objects merge alike.)"""
     groups: list[list[str]] = [[]]
     total = 0
-    for key, size in small:
-        if groups[-1] and total + size > FULL_OBJECT:
+    for key, size in sized:
+        if groups[-1] and total + size > bound:
             groups.append([])
             total = 0
         groups[-1].append(key)

@@ -115,6 +115,15 @@ def usage(reach: Reach, roots: dict[str, bytes], focus: list[str], *, strict: bo
             "damaged": [d.to_dict() for d in reach.damaged]}
 
 
+def stored_together(reach: Reach, digests) -> int:
+    """Stored bytes of the distinct chunks the given objects reference between them (a run's versions);
+    a missing or damaged object counts as none (the walk lists it)."""
+    union: set[bytes] = set()
+    for digest in set(digests):
+        union |= reach.footprint(digest).chunks
+    return reach.stored(union)
+
+
 def diff(reach: Reach, a: bytes, b: bytes) -> dict:
     reach.walk.reach({a.hex(): a, b.hex(): b})
     reach.refuse_damage([a.hex(), b.hex()])

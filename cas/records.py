@@ -10,6 +10,7 @@ its record: one object per log call, checked against its digest whenever it is r
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
@@ -41,6 +42,11 @@ def check_name(name, what: str = "artifact name") -> str:
     """Names are 1..512 characters, no control characters, no '@', no empty, '.' or '..' path segments."""
     if not isinstance(name, str) or not name or len(name) > MAX_NAME:
         raise InvalidInput(f"invalid {what} {name!r}: 1 to {MAX_NAME} characters", subject=str(name))
+    return _check_text(name, what)
+
+
+@functools.lru_cache(maxsize=4096)  # every record names its run and artifact: a few names, read many times
+def _check_text(name: str, what: str) -> str:
     if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in name):
         raise InvalidInput(f"invalid {what} {name!r}: control characters are not allowed", subject=name)
     if "@" in name:
@@ -209,18 +215,33 @@ def _folder(rec: Version | RunEvent) -> str:
 class RecordBook:
     """Writes records to the backend and answers questions about runs from the local cache."""
 
-    def __init__(self, backend, index, *, before_commit=None):
+    def __init__(self, backend, index, *, before_commit=None, objects=None):
         self.backend = backend
         self.index = index
         self.before_commit = before_commit or (lambda: None)  # the store's writer-lease check
+        self.objects = objects  # the store's record objects (cas/record_objects.py), if it reads them
+        self._synced: set[str] = set()  # prefixes synced by this book
 
     # ---- syncing ------------------------------------------------------------------------
-    def sync(self, prefix: str = layout.RUNS, *, on_damaged=None) -> int:
+    def ensure(self, prefix: str = layout.RUNS, *, on_damaged=None) -> RecordBook:
+        """Sync prefix unless this book synced it (or a prefix holding it) already; returns the book."""
+        if not any(prefix.startswith(done) for done in self._synced):
+            self.sync(prefix, on_damaged=on_damaged)
+        return self
+
+    def sync(self, prefix: str = layout.RUNS, *, on_damaged=None, objects: bool = True) -> int:
         """Learn records written elsewhere under prefix (all runs by default); returns how many.
 
-        A damaged record raises IntegrityError, or goes to on_damaged(error) and is skipped if given.
+        First the record objects this cache has not read (unless `objects` is False), which may hold
+        records of any run; then the loose records under prefix, as listed: a cached record whose loose
+        key is not listed is forgotten, whatever record object holds it, and each listed one not cached
+        is fetched. A damaged record raises IntegrityError, or goes to on_damaged(error) and is skipped
+        if given.
         """
-        cached = self.index.record_keys(prefix)  # before listing: a record cached by now is durable, so listed
+        before = cached = self.index.record_keys(prefix)  # before listing: a record cached by now is durable,
+        if objects and self.objects is not None and self.objects.learn(on_damaged=on_damaged):  # so listed
+            cached = self.index.record_keys(prefix)  # (one from a record object: written after its loose key)
+            self._synced = set()  # records of other runs came too: each run's listing is still to check them
         keys = [k for k, _ in self.backend.list(prefix) if layout.is_record_key(k)]
         gone = cached - set(keys)
         if gone:  # records are never deleted: the store was restored from a copy or replaced
@@ -241,9 +262,11 @@ class RecordBook:
                 got = list(pool.map(fetch, fresh))
         else:
             got = [fetch(k) for k in fresh]
-        got = [item for item in got if item is not None]
-        self.index.add_records([(key, raw, _inline_of(rec)) for key, raw, rec in got])
-        return len(got)
+        kept = [item for item in got if item is not None]
+        skipped, got = len(got) - len(kept), kept
+        self.index.add_records([(key, raw, inline_of(rec)) for key, raw, rec in got])
+        self._synced.add(prefix)
+        return len(set(keys) - before) - skipped
 
     # ---- writing ------------------------------------------------------------------------
     def _write(self, key: str, doc: dict, *, claim: bool = False):
@@ -255,11 +278,13 @@ class RecordBook:
             raise InvalidInput(f"cannot record this {doc['t']} of run {doc['run']!r}: {exc}",
                                subject=doc["run"]) from None
         self.before_commit()
+        if self.objects is not None:
+            self.objects.compact_if_due()  # before the record: a failure here writes nothing
         if not self.backend.put(key, raw, create_only=True):
             if claim:
                 return None
             raise AlreadyExists(f"record {key} exists already", subject=key)  # unique keys: never happens
-        self.index.add_records([(key, raw, _inline_of(rec))])
+        self.index.add_records([(key, raw, inline_of(rec))])
         return rec
 
     def log_version(self, run: str, name: str, *, kind: str, digest: str | None, size: int, new_bytes: int,
@@ -289,7 +314,8 @@ class RecordBook:
         run, name = doc["run"], doc["name"]
         step = 0
         for _ in range(STEP_CLAIM_ATTEMPTS):
-            self.sync(layout.version_prefix(run, name))  # again after a lost race: explicit steps may have landed
+            # again after a lost race: explicit steps may have landed (loose records: they are the claims)
+            self.sync(layout.version_prefix(run, name), objects=False)
             taken = {v.step for v in self.versions(run, name, live_only=False)}
             step = max(max(taken, default=0), step) + 1  # versions count from 1
             doc["step"] = step
@@ -352,10 +378,14 @@ class RecordBook:
         return state
 
     def run_names(self) -> list[str]:
-        """Every run that has a start event or a version."""
-        names = set()
-        for rec in self._records(layout.RUNS):
-            names.add(rec.run)
+        """Every run that has a start event or a version: the name in the first record of each run's
+        folder (every record of a folder names its run: decode checks it against the key)."""
+        names, folder = set(), None
+        for key, raw in self.index.iter_records(layout.RUNS):
+            if folder is None or not key.startswith(folder):
+                rec = decode(raw, key=key)
+                folder = layout.run_prefix(rec.run)
+                names.add(rec.run)
         return sorted(names)
 
     def exists(self, run: str) -> bool:
@@ -383,7 +413,7 @@ class RecordBook:
             self.before_commit()
             if self.backend.put(key, raw, create_only=True):
                 written += 1
-            cached.append((key, raw, _inline_of(rec)))
+            cached.append((key, raw, inline_of(rec)))
         self.index.add_records(cached)
         return written
 
@@ -533,7 +563,7 @@ def check_runs_ref(ref: str) -> None:
         check_alias(at_text)
 
 
-def _inline_of(rec) -> tuple[bytes, bytes] | None:
+def inline_of(rec) -> tuple[bytes, bytes] | None:
     if isinstance(rec, Version) and rec.inline is not None and rec.digest is not None:
         return bytes.fromhex(rec.digest), rec.inline
     return None

@@ -36,7 +36,8 @@ from .leases import WriterLease
 from .manifest import DIR, FILE, FileManifest, TreeEntry, TreeManifest
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, Location, read_pack_entries
 from .parallel import ordered_map
-from .records import RecordBook, RunRoots
+from .record_objects import RecordObjects
+from .records import RecordBook, RunRoots, check_name
 from .restore import (
     ChunkReader,
     FileReader,
@@ -388,13 +389,18 @@ class Store:
         """Run records (the tracker's versions and events), synced with the store on first use."""
         return self.open_records()
 
-    def open_records(self, *, on_damaged=None) -> RecordBook:
-        """The run records, synced on first use; a damaged record raises unless on_damaged takes it (verify)."""
+    def open_records(self, *, on_damaged=None, prefix: str = layout.RUNS) -> RecordBook:
+        """The run records, synced under prefix (every run by default) on first use; a damaged record raises
+        unless on_damaged takes it (verify)."""
         if self._records is None:
-            book = RecordBook(self.backend, self.index, before_commit=self._before_commit)
-            book.sync(on_damaged=on_damaged)
-            self._records = book
-        return self._records
+            self._records = RecordBook(self.backend, self.index, before_commit=self._before_commit,
+                                       objects=RecordObjects(self.backend, self.index))
+        return self._records.ensure(prefix, on_damaged=on_damaged)
+
+    def records_of(self, run: str) -> RecordBook:
+        """The run records, with one run's synced: enough for questions about that run alone (cas log),
+        without listing every run's records."""
+        return self.open_records(prefix=layout.run_prefix(check_name(run, "run name")))
 
     def scratch(self) -> Scratch:
         """A scratch folder on this machine's disk for the tables gc and verify spill (removed on close)."""

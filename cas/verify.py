@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import codec, layout, pack_index, records, refs
+from . import codec, layout, pack_index, record_objects, records, refs
 from .blobset import Blobs
 from .digest import hash_bytes
 from .errors import CasError, IntegrityError, NotFound
@@ -23,6 +23,7 @@ class VerifyReport:
     pins: int = 0
     versions: int = 0
     index_objects: int = 0
+    record_objects: int = 0
     gc_lists: int = 0
     bytes_read: int = 0
     conditional_writes: bool = True
@@ -35,7 +36,7 @@ class VerifyReport:
     def to_dict(self) -> dict:
         return {"ok": self.ok, "packs": self.packs, "chunks": self.chunks, "manifests": self.manifests,
                 "pins": self.pins, "versions": self.versions, "index_objects": self.index_objects,
-                "gc_lists": self.gc_lists, "bytes_read": self.bytes_read,
+                "record_objects": self.record_objects, "gc_lists": self.gc_lists, "bytes_read": self.bytes_read,
                 "conditional_writes": self.conditional_writes, "problems": list(self.problems)}
 
 
@@ -131,6 +132,9 @@ def _check_records(store, report: VerifyReport) -> None:
     store.open_records(on_damaged=damaged).sync(on_damaged=damaged)
     listed = [(k, n) for k, n in store.backend.list(layout.RUNS) if layout.is_record_key(k)]
     _check_objects(store.backend, listed, lambda key, _: records.decode(store.backend.get(key), key=key), report)
+    held = record_objects.list_objects(store.backend)  # each record in them checked as a loose one is
+    report.record_objects += len(held)
+    _check_objects(store.backend, held, lambda key, size: record_objects.read(store.backend, key, size), report)
     report.versions += len(store.records.all_versions())  # the walk checks their content
 
 

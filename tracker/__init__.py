@@ -65,8 +65,8 @@ def versions(run: str, *, name: str | None = None, kind: str | None = None, wher
     """A run's live versions, optionally of one name or kind, and whose metadata has every key of
     `where` with that value (a number matches the same number written otherwise: 3 == 3.0 == "3")."""
     from .query import matches
-    st = _open_store(store)
-    found = st.records.versions(st.records.require_run(run), name, kind=kind)
+    records = _open_store(store).records_of(run)
+    found = records.versions(records.require_run(run), name, kind=kind)
     return [v for v in found if matches(v.metadata, where or {})]
 
 

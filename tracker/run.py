@@ -337,7 +337,7 @@ class RunInfo:
 
 
 def run_info(store: Store, name: str) -> RunInfo:
-    records = store.records
+    records = store.records_of(name)
     state = records.run_state(records.require_run(name))
     return RunInfo(name, state.status, state.config, state.metadata, records.versions(name), state.inputs,
                    state.start_time, state.end_time)

@@ -8,20 +8,20 @@ from .common import open_store
 
 
 def cmd_runs(args, uri, as_json) -> int:
-    from ..reach import Reach, usage
+    from ..reach import Reach, stored_together
     store = open_store(uri)
     records = store.records
-    reach, roots = Reach(store), None
+    names = records.run_names()
+    reach = Reach(store)
+    if names:  # every root walked once, named, so damage is told by the roots that reach it
+        reach.walk.reach(store.roots())
     out = []
-    for name in records.run_names():
+    for name in names:  # every run listed, damaged or not
         versions = records.versions(name)
         status = records.run_state(name).status
-        stored = [v for v in versions if v.digest]
-        if roots is None:
-            roots = store.roots()
-        use = usage(reach, roots, [v.uri for v in stored], strict=False)  # list every run, damaged or not
+        stored = stored_together(reach, (bytes.fromhex(v.digest) for v in versions if v.digest))
         out.append({"name": name, "status": status, "versions": len(versions),
-                    "logical_bytes": sum(v.size for v in versions), "stored_bytes": use["total_bytes"]})
+                    "logical_bytes": sum(v.size for v in versions), "stored_bytes": stored})
     if reach.damaged:
         store.on_warning(f"{len(reach.damaged)} damaged objects: stored sizes may be low; "
                          f"`cas verify` names them")
@@ -37,7 +37,7 @@ def cmd_log(args, uri, as_json) -> int:
     store = open_store(uri)
     where = parse_where(args.where)
     versions = tracker.versions(args.run, name=args.name, kind=args.kind, where=where, store=store)
-    aliases = store.records.aliases_by_version(args.run)
+    aliases = store.records_of(args.run).aliases_by_version(args.run)
     out = [{"name": v.name, "step": v.step, "kind": v.kind, "digest": v.digest, "size": v.size,
             "new_bytes": v.new_bytes, "time": v.time, "uri": v.uri, "metadata": v.metadata,
             "aliases": aliases.get((v.name, v.step), []), **({"ref_uri": v.ref_uri} if v.ref_uri else {})}
