@@ -60,7 +60,7 @@ class Catalog:
         self.bases = Table(BASE, scratch)
         self.info: dict[bytes, PackInfo] = {}
         self.by_number: list[PackInfo] = []
-        self.present = np.zeros(0, bool)  # by pack number: in this catalog (not narrowed away)
+        self._only: np.ndarray | None = None  # by pack number: in this catalog, when narrowed (only())
 
     @classmethod
     def of(cls, records: Iterable[PackRecord], scratch: Scratch = IN_MEMORY) -> Catalog:
@@ -92,16 +92,20 @@ class Catalog:
                         tuple(e for e in rec.entries if e.kind != CHUNK))
         self.info[rec.pack_id] = info
         self.by_number.append(info)
-        self.present = np.append(self.present, True)
         return info
 
     def only(self, pids: Iterable[bytes]) -> Catalog:
         narrowed = Catalog.__new__(Catalog)
         narrowed.entries, narrowed.bases, narrowed.by_number = self.entries, self.bases, self.by_number
         narrowed.info = {pid: self.info[pid] for pid in pids}
-        narrowed.present = np.zeros(len(self.by_number), bool)
-        narrowed.present[[i.number for i in narrowed.info.values()]] = True
+        narrowed._only = np.zeros(len(self.by_number), bool)
+        narrowed._only[[i.number for i in narrowed.info.values()]] = True
         return narrowed
+
+    @property
+    def present(self) -> np.ndarray:
+        """By pack number: whether the pack is in this catalog (every pack it learned, unless narrowed)."""
+        return np.ones(len(self.by_number), bool) if self._only is None else self._only
 
     def __getitem__(self, pid: bytes) -> PackInfo:
         return self.info[pid]
