@@ -126,7 +126,7 @@ class _Reader:
         roots = store.roots(fresh=True)
         store.sync()
         try:
-            self.reached |= self.walk.reach(roots)
+            self.walk.reach(roots, into=self.reached)
         except IntegrityError as exc:
             raise type(exc)(f"gc stopped: {exc}; nothing was deleted (run cas verify)", subject=exc.subject) from None
         return self.reached  # this reader's own set, grown by each call
@@ -200,8 +200,8 @@ def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,
     run). on_progress(n) counts the stored bytes copied out of partly dead packs."""
     store.require()
     _condemnations(store.backend)  # a damaged gc list stops gc here, before anything is read or written
-    rewritten = 0 if dry_run else _store_alone_what_only_bases_need(store)
-    with store.scratch() as scratch:
+    with store.scratch() as scratch:  # checks the spill budgets first: a bad one changes nothing
+        rewritten = 0 if dry_run else _store_alone_what_only_bases_need(store)
         return _collect_plan_execute(store, scratch, grace=grace, dry_run=dry_run, repack_threshold=repack_threshold,
                                      rewritten=rewritten, on_progress=on_progress)
 
@@ -373,7 +373,7 @@ def _repack(store, supplies: dict[bytes, Supplied], victims: list[bytes], on_pro
     Only those: a reachable blob of a victim that another kept pack supplies stays there, else every
     repack would copy duplicates along and gc would never stop finding partly dead packs.
     Each blob is verified as it is read, in coalesced ranges. The victims' chosen chunk ids are asked of
-    the choice a batch of victims at a time (about spill.GROUP_ROWS chunks): one pass over the tables each.
+    the choice a batch of victims at a time (about spill.group_rows() chunks): one pass over the tables each.
     """
     reader = store.chunk_reader()
     with store.write_session() as session:
@@ -392,7 +392,7 @@ def _batches(victims: list[bytes], supplies: dict[bytes, Supplied]):
     batch: list[bytes] = []
     rows = 0
     for pid in victims:
-        if batch and rows + supplies[pid].chunks > spill.GROUP_ROWS:
+        if batch and rows + supplies[pid].chunks > spill.group_rows():
             yield batch
             batch, rows = [], 0
         batch.append(pid)

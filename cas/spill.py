@@ -15,15 +15,33 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 from collections.abc import Iterator
 
 import numpy as np
 
-from .errors import StorageError
+from .errors import InvalidInput, StorageError
 
 PARTS = 256
-SPILL_ROWS = int(os.environ.get("CAS_SPILL_ROWS", 1 << 19))  # rows a table holds in memory before it spills
-GROUP_ROWS = int(os.environ.get("CAS_GROUP_ROWS", 1 << 19))  # rows of all tables read back at once (about)
+SPILL_ROWS = 1 << 19  # rows a table holds in memory before it spills (CAS_SPILL_ROWS)
+GROUP_ROWS = 1 << 19  # rows of all tables read back at once, about (CAS_GROUP_ROWS)
+
+
+def _rows(name: str, default: int) -> int:
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit() and int(text) > 0):
+        raise InvalidInput(f"malformed {name} {text!r} (a number of rows, e.g. 524288)", subject=name)
+    return int(text)
+
+
+def spill_rows() -> int:
+    return _rows("CAS_SPILL_ROWS", SPILL_ROWS)
+
+
+def group_rows() -> int:
+    return _rows("CAS_GROUP_ROWS", GROUP_ROWS)
 
 
 def parts_of(rows: np.ndarray) -> np.ndarray:
@@ -37,11 +55,14 @@ def parts_of(rows: np.ndarray) -> np.ndarray:
 
 class Scratch:
     """A folder of spilled tables, made on first use under root and removed by close(); a folder a killed
-    process left (its pid is gone) is removed by the next Scratch of the same root."""
+    process of this host left (its pid is gone) is removed by the next Scratch of the same root. Folders
+    are named <host>-<pid>-<random>: a cache folder another host also sees keeps its folders."""
 
     def __init__(self, root: str | None):
         self.root = root
         self._folder: str | None = None
+        if root is not None:
+            spill_rows(), group_rows()  # a malformed budget is said before any work starts
 
     def folder(self) -> str:
         if self._folder is None:
@@ -50,7 +71,7 @@ class Scratch:
             try:
                 os.makedirs(self.root, exist_ok=True)
                 _remove_orphans(self.root)
-                self._folder = os.path.join(self.root, f"{os.getpid()}-{secrets.token_hex(4)}")
+                self._folder = os.path.join(self.root, f"{_host()}-{os.getpid()}-{secrets.token_hex(4)}")
                 os.mkdir(self._folder)
             except OSError as exc:
                 raise StorageError(f"cannot use the scratch folder {self.root}: {exc.strerror or exc}",
@@ -69,10 +90,15 @@ class Scratch:
         self.close()
 
 
+def _host() -> str:
+    return socket.gethostname().replace("-", "_") or "host"
+
+
 def _remove_orphans(root: str) -> None:
     for name in os.listdir(root):
-        pid = name.partition("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
+        host, _, rest = name.partition("-")
+        pid = rest.partition("-")[0]
+        if host != _host() or not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             os.kill(int(pid), 0)
@@ -92,6 +118,7 @@ class Table:
         self.dtype = np.dtype(dtype)
         self.scratch = scratch
         self.counts = np.zeros(PARTS, np.int64)  # rows per partition, spilled or not
+        self.spilled = np.zeros(PARTS, np.int64)  # rows per partition in its file
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         self._files: str | None = None  # folder of this table's partition files, once it spilled
@@ -106,7 +133,7 @@ class Table:
         self.counts += np.bincount(parts_of(rows), minlength=PARTS)
         self._pending.append(rows)
         self._pending_rows += len(rows)
-        if self._pending_rows >= SPILL_ROWS and self.scratch.root is not None:
+        if self._pending_rows >= spill_rows() and self.scratch.root is not None:
             self._spill()
 
     def _spill(self) -> None:
@@ -123,18 +150,32 @@ class Table:
             for p in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
                 with open(os.path.join(self._files, f"{p:03d}"), "ab") as f:
                     f.write(rows[bounds[p]:bounds[p + 1]].tobytes())
+                self.spilled[p] += bounds[p + 1] - bounds[p]
         except OSError as exc:
             raise StorageError(f"cannot write to the scratch folder: {exc.strerror or exc}",
                                subject=self._files) from None
+
+    def _read(self, p: int) -> np.ndarray:
+        """Partition p's file, which must hold exactly the rows written to it: a file gone or cut short
+        (something removed the scratch folder) stops the command, never reads as fewer rows."""
+        path = os.path.join(self._files or "", f"{p:03d}")
+        try:
+            rows = np.fromfile(path, self.dtype)
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"a scratch file is gone or damaged ({path}: {exc}); nothing was changed",
+                               subject=path) from None
+        if len(rows) != self.spilled[p]:
+            raise StorageError(f"a scratch file is damaged ({path}: {len(rows)} rows, {self.spilled[p]} written); "
+                               f"nothing was changed", subject=path)
+        return rows
 
     def load(self, lo: int = 0, hi: int = PARTS) -> np.ndarray:
         """The rows of partitions lo..hi-1, partition by partition, each in the order they were added."""
         got = []
         if self._files is not None:
             for p in range(lo, hi):
-                path = os.path.join(self._files, f"{p:03d}")
-                if os.path.exists(path):
-                    got.append(np.fromfile(path, self.dtype))
+                if self.spilled[p]:
+                    got.append(self._read(p))
         for rows in self._pending:
             if lo == 0 and hi == PARTS:
                 got.append(rows)
@@ -153,9 +194,10 @@ def groups(*tables: Table) -> list[tuple[int, int]]:
     """Ranges of partitions to read together: each holds about GROUP_ROWS rows of all tables (one
     partition at least)."""
     counts = sum((t.counts for t in tables), np.zeros(PARTS, np.int64))
+    budget = group_rows()
     out, lo, total = [], 0, 0
     for p in range(PARTS):
-        if p > lo and total + counts[p] > GROUP_ROWS:
+        if p > lo and total + counts[p] > budget:
             out.append((lo, p))
             lo, total = p, 0
         total += int(counts[p])

@@ -69,10 +69,11 @@ class Walk:
         self.roots: dict[str, bytes] = {}
         self._damage: dict[bytes, tuple[str, frozenset[bytes]]] = {}
 
-    def reach(self, roots: dict[str, bytes]) -> Blobs:
+    def reach(self, roots: dict[str, bytes], *, into: Blobs | None = None) -> Blobs:
         """Walk from roots; returns (kind, key) of the blobs (manifests, chunks) of the objects this call
-        reached first, so a caller that walks again (gc) reads only the manifests of new roots."""
-        blobs = Blobs(scratch=self.scratch)
+        reached first, so a caller that walks again (gc) reads only the manifests of new roots. With
+        `into`, they are added to it (and it is returned): no second copy of a large set."""
+        blobs = Blobs(scratch=self.scratch) if into is None else into
         deltas = self.store.index.has_delta_chunks()  # else no chunk has a base to look up
         for name, digest in roots.items():
             self.roots[name] = digest

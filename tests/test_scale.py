@@ -253,12 +253,49 @@ def test_a_spill_table_keeps_rows_by_partition_in_the_order_added_and_aligned(tm
 def test_a_scratch_folder_a_killed_process_left_is_removed(tmp_path):
     from cas import spill
     root = tmp_path / "scratch"
-    (root / "999999999-dead").mkdir(parents=True)
-    (root / "999999999-dead" / "x").write_bytes(b"x")
-    (root / f"{os.getpid()}-mine").mkdir()
+    host = spill._host()
+    (root / f"{host}-999999999-dead").mkdir(parents=True)
+    (root / f"{host}-999999999-dead" / "x").write_bytes(b"x")
+    (root / f"{host}-{os.getpid()}-mine").mkdir()
+    (root / "otherhost-999999999-theirs").mkdir()  # another host's: its pid means nothing here
     with spill.Scratch(str(root)) as scratch:
         scratch.folder()
-        assert not (root / "999999999-dead").exists() and (root / f"{os.getpid()}-mine").exists()
+        assert not (root / f"{host}-999999999-dead").exists() and (root / f"{host}-{os.getpid()}-mine").exists()
+        assert (root / "otherhost-999999999-theirs").exists()
+
+
+def test_a_scratch_file_gone_or_cut_short_stops_the_command_never_reads_as_fewer_rows(tmp_path, monkeypatch):
+    """A spilled partition is rows gc would otherwise not see (reachable ids: packs it would delete):
+    a vanished or truncated file is an error, not an empty partition."""
+    np = pytest.importorskip("numpy")
+    from cas import spill
+    from cas.errors import StorageError
+    monkeypatch.setattr(spill, "SPILL_ROWS", 10)
+    ids = np.random.default_rng(3).integers(0, 256, size=(300, 32), dtype=np.uint8).view("S32").ravel()
+    with spill.Scratch(str(tmp_path / "scratch")) as scratch:
+        table = spill.Table(np.dtype("S32"), scratch)
+        table.add(ids)
+        assert len(table.load()) == 300
+        files = sorted(os.listdir(os.path.join(scratch.folder(), os.listdir(scratch.folder())[0])))
+        folder = os.path.join(scratch.folder(), os.listdir(scratch.folder())[0])
+        with open(os.path.join(folder, files[0]), "r+b") as f:
+            f.truncate(32 * (os.path.getsize(os.path.join(folder, files[0])) // 32 - 1))
+        with pytest.raises(StorageError, match="scratch file is damaged"):
+            table.load()
+        os.unlink(os.path.join(folder, files[1]))
+        with pytest.raises(StorageError, match="gone or damaged"):
+            table.load(int(files[1]), int(files[1]) + 1)
+
+
+def test_a_malformed_spill_budget_is_one_line(cli, synthetic, monkeypatch):
+    from conftest import one_error_line
+    monkeypatch.setenv("CAS_GROUP_ROWS", "lots")
+    where, _ = synthetic
+    listed = sorted(os.listdir(os.path.join(where, "packs")))
+    for args in (("gc", "--dry-run"), ("gc", "--grace", "0"), ("verify",)):
+        result = cli(*args)
+        assert result.code == 2 and "CAS_GROUP_ROWS" in one_error_line(result.err), args
+    assert sorted(os.listdir(os.path.join(where, "packs"))) == listed  # nothing was changed
 
 
 def test_gc_and_verify_decide_the_same_with_their_tables_spilled_to_disk(cli, synthetic, monkeypatch):
