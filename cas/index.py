@@ -18,9 +18,9 @@ from .pack import CHUNK, FILE_MANIFEST, Location
 from .resident import Releaser, release
 
 # blob locations name their pack by a small number (packs db), not its 32-byte id: a third less per chunk
-_LOC = struct.Struct("<IQIIB")        # pack number, offset, stored len, raw len, codec
-_DELTA_LOC = struct.Struct("<IQIIB32s")  # ... plus the base of a delta chunk
-_MAN = struct.Struct("<IQIIB32sBQ")   # ... plus check, kind, logical size
+CHUNK_VALUE = struct.Struct("<IQIIB")        # pack number, offset, stored len, raw len, codec
+DELTA_VALUE = struct.Struct("<IQIIB32s")  # ... plus the base of a delta chunk
+MANIFEST_VALUE = struct.Struct("<IQIIB32sBQ")   # ... plus check, kind, logical size
 _PACK = struct.Struct("<QII")          # pack size, entry count, pack number
 _NUMBER = struct.Struct(">I")          # key of pack_numbers: pack number → pack id
 # meta b"counts": what `cas stats` reports of the cache, kept up to date as packs are learned (no scan)
@@ -230,15 +230,15 @@ class Index:
         return bytes(pid)
 
     def _chunk_location(self, txn, chunk_id: bytes, raw) -> Location:
-        if len(raw) == _DELTA_LOC.size:
-            number, offset, stored_len, raw_len, codec, base = _DELTA_LOC.unpack(raw)
+        if len(raw) == DELTA_VALUE.size:
+            number, offset, stored_len, raw_len, codec, base = DELTA_VALUE.unpack(raw)
             return Location(self._pack_id(txn, number), CHUNK, chunk_id, offset, stored_len, raw_len, codec,
                             chunk_id, 0, base)
-        number, offset, stored_len, raw_len, codec = _LOC.unpack(raw)
+        number, offset, stored_len, raw_len, codec = CHUNK_VALUE.unpack(raw)
         return Location(self._pack_id(txn, number), CHUNK, chunk_id, offset, stored_len, raw_len, codec, chunk_id)
 
     def _manifest_location(self, txn, digest: bytes, raw) -> Location:
-        number, offset, stored_len, raw_len, codec, check, kind, size = _MAN.unpack(raw)
+        number, offset, stored_len, raw_len, codec, check, kind, size = MANIFEST_VALUE.unpack(raw)
         return Location(self._pack_id(txn, number), kind, digest, offset, stored_len, raw_len, codec, check, size)
 
     # ---- writes -------------------------------------------------------------------------
@@ -253,33 +253,44 @@ class Index:
             txn.put(b"next_pack", str(number + 1).encode(), db=self.meta)
             txn.put(_NUMBER.pack(number), pack_id, db=self.pack_numbers)
         txn.put(pack_id, _PACK.pack(size, len(entries), number), db=self.packs)
-        unique, deltas, delta_stored, logical, files = self._counts(txn)
+        tally = list(self._counts(txn))
         tick = self._releaser.tick
         for e in sorted(entries, key=_by_key):  # in key order: each B-tree leaf is visited once, not again and again
             tick()
             if e.kind == CHUNK:
-                before = txn.get(e.key, db=self.chunks)
-                if e.base and before is not None and len(before) == _LOC.size:
-                    continue  # a copy stored alone is known: it wins (it needs no base, and gc prefers it)
-                if before is None:
-                    unique += e.raw_len
-                elif len(before) == _DELTA_LOC.size:  # the delta copy known until now is replaced
-                    deltas -= 1
-                    delta_stored -= _DELTA_LOC.unpack(before)[2]
-                if e.base:
-                    deltas += 1
-                    delta_stored += e.stored_len
-                    txn.put(e.key, _DELTA_LOC.pack(number, e.offset, e.stored_len, e.raw_len, e.codec, e.base),
-                            db=self.chunks)
-                else:
-                    txn.put(e.key, _LOC.pack(number, e.offset, e.stored_len, e.raw_len, e.codec), db=self.chunks)
+                value = (DELTA_VALUE.pack(number, e.offset, e.stored_len, e.raw_len, e.codec, e.base) if e.base
+                         else CHUNK_VALUE.pack(number, e.offset, e.stored_len, e.raw_len, e.codec))
+                self._learn_chunk(txn, e.key, value, tally)
             else:
-                if e.kind == FILE_MANIFEST and txn.get(e.key, db=self.manifests) is None:
-                    logical += e.size
-                    files += 1
-                txn.put(e.key, _MAN.pack(number, e.offset, e.stored_len, e.raw_len, e.codec, e.check,
-                                         e.kind, e.size), db=self.manifests)
-        txn.put(b"counts", _COUNTS.pack(unique, deltas, delta_stored, logical, files), db=self.meta)
+                self._learn_manifest(txn, e.key, MANIFEST_VALUE.pack(number, e.offset, e.stored_len, e.raw_len, e.codec,
+                                                           e.check, e.kind, e.size), tally)
+        txn.put(b"counts", _COUNTS.pack(*tally), db=self.meta)
+
+    def _learn_chunk(self, txn, key: bytes, value: bytes, tally: list[int]) -> None:
+        """Learn where a chunk lives (value: its CHUNK_VALUE or DELTA_VALUE), counting it in tally (COUNT_NAMES).
+        A copy stored alone wins over a delta copy; otherwise the copy learned last wins."""
+        before = txn.get(key, db=self.chunks)
+        delta = len(value) == DELTA_VALUE.size
+        if delta and before is not None and len(before) == CHUNK_VALUE.size:
+            return  # a copy stored alone is known: it wins (it needs no base, and gc prefers it)
+        if before is None:
+            tally[0] += CHUNK_VALUE.unpack_from(value)[3]
+        elif len(before) == DELTA_VALUE.size:  # the delta copy known until now is replaced
+            tally[1] -= 1
+            tally[2] -= DELTA_VALUE.unpack(before)[2]
+        if delta:
+            tally[1] += 1
+            tally[2] += CHUNK_VALUE.unpack_from(value)[2]
+        txn.put(key, value, db=self.chunks)
+
+    def _learn_manifest(self, txn, key: bytes, value: bytes, tally: list[int]) -> None:
+        """Learn where a manifest lives (value: its MANIFEST_VALUE), counting a file's first copy in tally."""
+        if txn.get(key, db=self.manifests) is None:
+            _, _, _, _, _, _, kind, size = MANIFEST_VALUE.unpack(value)
+            if kind == FILE_MANIFEST:
+                tally[3] += size
+                tally[4] += 1
+        txn.put(key, value, db=self.manifests)
 
     def _counts(self, txn) -> tuple[int, int, int, int, int]:
         raw = txn.get(b"counts", db=self.meta)
@@ -318,6 +329,90 @@ class Index:
             size += len(rec.entries)
         last = batches[-1]
         return sum(learn(batch) for batch in batches)
+
+    # ---- bulk load (cas/bulk_load.py): an empty cache filled in key order ----------------------
+    @contextmanager
+    def sync_lock(self):
+        """Held by whoever learns packs from the store on this machine (a sync, a reindex), so that one
+        bulk load runs at a time and a marker left behind can only be a crashed one's."""
+        try:
+            fd = os.open(self.path + ".sync-lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _cache_error(self.path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def knows_no_packs(self) -> bool:
+        return self._read(lambda txn: txn.stat(self.packs)["entries"] == 0 and txn.stat(self.chunks)["entries"] == 0
+                          and txn.stat(self.manifests)["entries"] == 0)
+
+    def unlearnable_packs(self) -> set[bytes]:
+        """Packs a sync never learns: gc deleted them, or they were found missing from the store."""
+        return self._read(lambda txn: {bytes(k) for db in (self.deleted, self.missing)
+                                       for k in txn.cursor(db=db).iternext(values=False)})
+
+    def drop_partial_load(self) -> bool:
+        """Forget what a bulk load that died before its last transaction wrote (call under sync_lock)."""
+        def fn(txn):
+            if txn.get(b"bulk", db=self.meta) is None:
+                return False
+            self._drop_packs(txn)
+            txn.drop(self.index_objects, delete=False)
+            txn.delete(b"bulk", db=self.meta)
+            return True
+        return self._write(fn)
+
+    def reserve_packs(self, pack_ids: list[bytes]) -> int:
+        """Number the packs of a bulk load (the first gets the number returned, the next one more, ...) and
+        mark the load begun: rows written from now name packs readers can resolve, and a load that dies
+        before finish_load() is forgotten by the next sync (drop_partial_load)."""
+        def fn(txn):
+            raw_next = txn.get(b"next_pack", db=self.meta)
+            base = 0 if raw_next is None else int(raw_next)
+            txn.put(b"next_pack", str(base + len(pack_ids)).encode(), db=self.meta)
+            for i, pid in enumerate(pack_ids):
+                txn.put(_NUMBER.pack(base + i), pid, db=self.pack_numbers)
+            txn.put(b"bulk", b"", db=self.meta)
+            return base
+        return self._write(fn)
+
+    def append_blobs(self, manifests: bool, pairs: list[tuple[bytes, bytes]], tally: list[int]) -> None:
+        """Learn blobs of a bulk load, (key, value) in ascending key order, one transaction. They are
+        appended to the end of their database, with tally added to the counters, when every key is past
+        the last one there; otherwise (a writer on this machine learned a pack meanwhile) each is learned
+        as a sync learns it."""
+        if not pairs:
+            return
+        db = self.manifests if manifests else self.chunks
+        learn = self._learn_manifest if manifests else self._learn_chunk
+
+        def fn(txn):
+            cur = txn.cursor(db=db)
+            counts = list(self._counts(txn))
+            if not cur.last() or cur.key() < pairs[0][0]:
+                if cur.putmulti(pairs, append=True)[1] != len(pairs):
+                    raise struct.error("a bulk load's keys are not in ascending order")
+                counts = [a + b for a, b in zip(counts, tally)]
+            else:
+                for key, value in pairs:
+                    learn(txn, key, value, counts)
+            txn.put(b"counts", _COUNTS.pack(*counts), db=self.meta)
+        self._write(fn)
+        release(self.path)
+
+    def finish_load(self, packs: list[tuple[bytes, int, int, int]], named: dict[str, list[bytes]]) -> None:
+        """The last transaction of a bulk load: its packs (id, size, entry count, number) and the index
+        objects read (with the packs each names) are learned, and the load is marked done."""
+        def fn(txn):
+            for pid, size, count, number in packs:
+                txn.put(pid, _PACK.pack(size, count, number), db=self.packs)
+            for key, pack_ids in named.items():
+                txn.put(key.encode(), b"".join(pack_ids), db=self.index_objects)
+            txn.delete(b"bulk", db=self.meta)
+        self._write(fn)
 
     def mark_index_objects(self, named: dict[str, list[bytes]]) -> None:
         """Remember index objects as read, each with the ids of the packs it names."""
@@ -535,7 +630,7 @@ class Index:
         every gc list readable)."""
         if raw is None or txn.get(b"gc_unreadable", db=self.meta) is not None:
             return None
-        pid = self._pack_id(txn, _LOC.unpack_from(raw)[0])
+        pid = self._pack_id(txn, CHUNK_VALUE.unpack_from(raw)[0])
         if txn.get(pid, db=self.condemned) is not None or txn.get(pid, db=self.missing) is not None:
             return None
         return pid
@@ -564,6 +659,17 @@ class Index:
             for chunk_id in ids:
                 raw = txn.get(chunk_id, db=self.chunks)
                 out.append(None if raw is None else self._chunk_location(txn, chunk_id, raw))
+            self._releaser.tick(len(ids))
+            return out
+        return self._read(fn)
+
+    def chunk_packs(self, ids: list[bytes]) -> list[bytes | None]:
+        """The pack each chunk is in (None: unknown), in one transaction."""
+        def fn(txn):
+            out = []
+            for chunk_id in ids:
+                raw = txn.get(chunk_id, db=self.chunks)
+                out.append(None if raw is None else self._pack_id(txn, CHUNK_VALUE.unpack_from(raw)[0]))
             self._releaser.tick(len(ids))
             return out
         return self._read(fn)

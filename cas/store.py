@@ -16,6 +16,7 @@ from dataclasses import replace
 from . import chunk_cache, layout, pack_index, refs, temps
 from .backends import Backend, open_backend
 from .backends.local import storage_error
+from .bulk_load import BulkLoad
 from .chunk_cache import ChunkCache
 from .config import StoreConfig, create_or_load_config, load_config
 from .digest import hash_bytes, looks_like_digest, parse_ref, split_inside
@@ -155,32 +156,42 @@ class Store:
         known = set(index.pack_ids())  # before listing: a pack cached by now is durable, so listed below
         listed = {pid for key, _ in self.backend.list(layout.PACKS) if (pid := layout.pack_id_from_key(key))}
         index.mark_missing(known - listed)
-        index.forget_packs()
-        self.sync()
+        self.sync(forget=True)
 
-    def sync(self) -> int:
+    def sync(self, *, forget: bool = False) -> int:
         """Learn packs written elsewhere from the store's index objects; returns how many packs were added.
+        forget: relearn every pack (the cache named one the store lacks).
 
         Reads only index objects this cache has not read yet, never pack data. An index object that
-        vanishes while we read was merged by a writer: list again and read the merged one.
+        vanishes while we read was merged by a writer: list again and read the merged one. Into a cache
+        that knows no pack, the packs are loaded in bulk (cas/bulk_load.py).
         """
         index = self._open_index()
-        if self._sync_gc_state(index):
-            index.forget_packs()  # gc deleted packs: relearn every location from the index objects
-        added = 0
-        for _ in range(SYNC_PASSES):
-            seen = index.index_objects_read()  # before listing: an object read by now is durable, so listed
-            listed = pack_index.list_keys(self.backend)
-            vanished = False
-            for key, records in pack_index.iter_present(self.backend, [k for k in listed if k not in seen]):
-                if records is None:
-                    vanished = True
-                else:
-                    added += index.add_index_object(key, records)
-            if self._drop_vanished(index, seen - set(listed), listed):
-                continue  # the cache was emptied of packs: read every index object again
-            if not vanished:  # else a writer merged one as we read: list again for the merged object
-                return added
+        with index.sync_lock(), self.scratch() as scratch:
+            index.drop_partial_load()  # a bulk load died: what it wrote is relearned below
+            if self._sync_gc_state(index) or forget:
+                index.forget_packs()  # gc deleted packs: relearn every location from the index objects
+            load = BulkLoad(index, scratch) if index.knows_no_packs() else None
+            learner = load or index
+            added = 0
+            for _ in range(SYNC_PASSES):
+                seen = index.index_objects_read() | set(load.named if load else ())  # before listing (durable)
+                listed = pack_index.list_keys(self.backend)
+                vanished = False
+                for key, records in pack_index.iter_present(self.backend, [k for k in listed if k not in seen]):
+                    if records is None:
+                        vanished = True
+                    else:
+                        added += learner.add_index_object(key, records)
+                if load is not None:
+                    for key in seen - set(listed):
+                        load.named.pop(key, None)  # merged as we read: its packs are named by the merged one
+                elif self._drop_vanished(index, seen - set(listed), listed):
+                    continue  # the cache was emptied of packs: read every index object again
+                if not vanished:  # else a writer merged one as we read: list again for the merged object
+                    if load is not None:
+                        load.commit()
+                    return added
         raise StorageError("the store's index objects kept changing while they were read: try again",
                            subject=layout.INDEXES)
 
@@ -263,26 +274,29 @@ class Store:
         """Rebuild the local index from the packs themselves (their footers), the source of truth.
         on_progress(1) is called as each pack's footer is read."""
         index = self._open_index()
-        index.reset()  # new files, without reading the old ones: reindex must work on a damaged cache
-        index.ensure_format(CACHE_FORMAT)
-        index_keys = pack_index.list_keys(self.backend)  # listed first: what they name is listed below
-        listed = [(pid, size) for key, size in self.backend.list(layout.PACKS)
-                  if (pid := layout.pack_id_from_key(key)) is not None]
+        with index.sync_lock(), self.scratch() as scratch:
+            index.reset()  # new files, without reading the old ones: reindex must work on a damaged cache
+            index.ensure_format(CACHE_FORMAT)
+            index_keys = pack_index.list_keys(self.backend)  # listed first: what they name is listed below
+            listed = [(pid, size) for key, size in self.backend.list(layout.PACKS)
+                      if (pid := layout.pack_id_from_key(key)) is not None]
 
-        def footer(item):
-            pid, size = item
-            return pid, size, read_pack_entries(self.backend, pid, size)
-        for pid, size, entries in ordered_map(footer, listed, workers=self.backend.read_concurrency,
-                                              name="cas-reindex"):
-            index.add_pack(pid, size, entries)
-            if on_progress is not None:
-                on_progress(1)
-        # what each index object names (packs are learned above, from the footers): so that later syncs
-        # read only new ones and can tell when packs this cache knows stop being named
-        # (one merged by a writer while we read is skipped: the next sync reads the merged object)
-        for key, records in pack_index.iter_present(self.backend, index_keys):
-            if records is not None:
-                index.mark_index_objects({key: [r.pack_id for r in records]})
+            def footer(item):
+                pid, size = item
+                return pid, size, read_pack_entries(self.backend, pid, size)
+            load = BulkLoad(index, scratch)
+            for pid, size, entries in ordered_map(footer, listed, workers=self.backend.read_concurrency,
+                                                  name="cas-reindex"):
+                load.add_pack(pid, size, entries)
+                if on_progress is not None:
+                    on_progress(1)
+            # what each index object names (packs are learned above, from the footers): so that later syncs
+            # read only new ones and can tell when packs this cache knows stop being named
+            # (one merged by a writer while we read is skipped: the next sync reads the merged object)
+            for key, records in pack_index.iter_present(self.backend, index_keys):
+                if records is not None:
+                    load.named[key] = [r.pack_id for r in records]
+            load.commit()
         counts = index.counts()
         return {k: counts[k] for k in ("chunks", "manifests", "packs")}
 

@@ -110,6 +110,17 @@ def write_checkpoint(path, size: int, seed: int = 0) -> bytes:
 
 # ---- real S3 servers (see tests/s3servers.py) ----------------------------------------------------
 
+@pytest.fixture
+def synthetic(store_dir):
+    """A generated store of 20,000 chunks (20 files), a quarter of its files unpinned, where `cli` looks."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    from synth_store import make_store
+    where = store_dir
+    made = make_store(where, 20_000, chunk_size=64, chunks_per_file=1000, files_per_pack=8, packs_per_index=2,
+                      garbage=0.25, seed=b"testseed")
+    return where, made
+
+
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory):
     from s3servers import start_seaweedfs
