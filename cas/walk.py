@@ -5,14 +5,19 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .blobset import Blobs, ids_array
+import numpy as np
+
+from . import spill
+from .blobset import ID, Blobs, as_bytes, ids_array
 from .digest import DIGEST_SIZE
 from .errors import CasError, IntegrityError
 from .index import INLINE
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST
-from .spill import IN_MEMORY, Scratch
+from .spill import IN_MEMORY, Scratch, Table
 
 RAISE, REPORT, SKIP = "raise", "report", "skip"
+CHECK_ROW = np.dtype([("id", ID), ("file", "<u4")])  # a chunk of a walked file, by the file's number
+CHECK_BATCH = 4096  # chunk ids looked up per read transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,9 @@ class Walk:
         self.nodes: dict[bytes, Node | None] = {}  # None: missing or damaged
         self.roots: dict[str, bytes] = {}
         self._damage: dict[bytes, tuple[str, frozenset[bytes]]] = {}
+        # with packs: (chunk id, file number) of the chunks to look up when reach() ends, in key order
+        self._to_check = Table(CHECK_ROW, scratch)
+        self._checked_files = bytearray()  # digests of the files numbered in _to_check, back to back
 
     def reach(self, roots: dict[str, bytes], *, into: Blobs | None = None) -> Blobs:
         """Walk from roots; returns (kind, key) of the blobs (manifests, chunks) of the objects this call
@@ -93,6 +101,7 @@ class Walk:
                     if deltas:
                         blobs.update((CHUNK, b) for b in self._bases(node.chunks or _split(ids)))
                 todo.extend((f, f"tree {d.hex()}") for f in node.files)
+        self._check_chunks()
         return blobs
 
     def _bases(self, chunks) -> set[bytes]:
@@ -160,25 +169,50 @@ class Walk:
                 files.append(entry.digest)
             return Node(TREE_MANIFEST, manifest.size, files=tuple(files)), b""
         ids = manifest.ids
-        chunks = _split(ids) if self.keep_chunks or self.packs is not None else []
-        if self.packs is not None and chunks:
-            self._check_chunks(digest, chunks)
-        return Node(FILE_MANIFEST, manifest.size, chunks=tuple(chunks) if self.keep_chunks else ()), ids
+        if self.packs is not None and ids:  # looked up when reach() ends, all in key order
+            rows = np.empty(len(ids) // DIGEST_SIZE, CHECK_ROW)
+            rows["id"] = ids_array(ids)
+            rows["file"] = len(self._checked_files) // DIGEST_SIZE
+            self._to_check.add(rows)
+            self._checked_files += digest
+        chunks = _split(ids) if self.keep_chunks else []
+        return Node(FILE_MANIFEST, manifest.size, chunks=tuple(chunks)), ids
 
-    def _check_chunks(self, digest: bytes, chunks: list[bytes]) -> None:
+    def _check_chunks(self) -> None:
+        """Every chunk of the files walked must be in the index and in a listed pack: looked up a group
+        of partitions at a time, in ascending key order (each page of the index read about once, not
+        once a chunk), then told file by file."""
         listed = self.packs or frozenset()
-        homes = self.store.index.chunks_at(list(dict.fromkeys(chunks)))
-        unknown = sum(1 for loc in homes if loc is None)
-        gone = [loc.pack_id for loc in homes if loc is not None and loc.pack_id not in listed]
-        if not unknown and not gone:
-            return
-        parts = [f"{unknown} chunks are missing"] if unknown else []
-        if gone:
-            packs = sorted(set(gone))
-            parts.append(f"{len(gone)} chunks are in missing pack{'s' if len(packs) > 1 else ''} "
-                         + ", ".join(p.hex() for p in packs))
-        self._fail(digest, IntegrityError(f"file {digest.hex()}: " + "; ".join(parts), subject=digest.hex()),
-                   frozenset(gone))
+        unknown: dict[int, set[bytes]] = defaultdict(set)  # file number → its chunks the index lacks
+        gone: dict[int, dict[bytes, bytes]] = defaultdict(dict)  # file number → chunk → missing pack
+        for lo, hi in spill.groups(self._to_check):
+            rows = self._to_check.load(lo, hi)
+            rows = rows[np.argsort(rows["id"], kind="stable")]
+            first = np.ones(len(rows), bool)
+            first[1:] = rows["id"][1:] != rows["id"][:-1]
+            ids = rows["id"][first]
+            starts = np.append(np.flatnonzero(first), len(rows))
+            for at in range(0, len(ids), CHECK_BATCH):
+                batch = [as_bytes(i) for i in ids[at:at + CHECK_BATCH]]
+                for j, (chunk_id, pack) in enumerate(zip(batch, self.store.index.chunk_packs(batch)), at):
+                    if pack in listed:
+                        continue
+                    for f in rows["file"][starts[j]:starts[j + 1]].tolist():
+                        if pack is None:
+                            unknown[f].add(chunk_id)
+                        else:
+                            gone[f][chunk_id] = pack
+        for f in sorted(unknown.keys() | gone.keys()):
+            digest = bytes(self._checked_files[f * DIGEST_SIZE:(f + 1) * DIGEST_SIZE])
+            parts = [f"{len(unknown[f])} chunks are missing"] if unknown[f] else []
+            if gone[f]:
+                packs = sorted(set(gone[f].values()))
+                parts.append(f"{len(gone[f])} chunks are in missing pack{'s' if len(packs) > 1 else ''} "
+                             + ", ".join(p.hex() for p in packs))
+            self._fail(digest, IntegrityError(f"file {digest.hex()}: " + "; ".join(parts), subject=digest.hex()),
+                       frozenset(gone[f].values()))
+        self._to_check = Table(CHECK_ROW, self.scratch)
+        self._checked_files = bytearray()
 
     def _fail(self, digest: bytes, exc: CasError, packs: frozenset[bytes] = frozenset()) -> None:
         if self.policy == RAISE:
