@@ -7,7 +7,7 @@ import secrets
 import struct
 from collections import deque
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import msgpack
 import zstandard
@@ -38,13 +38,13 @@ MAX_RAW = {CHUNK: MAX_CHUNK_SIZE, FILE_MANIFEST: MAX_MANIFEST, TREE_MANIFEST: MA
 UNNAMED = b""  # the pack id of a blob whose pack is still being written (its id is the hash of its bytes)
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(NamedTuple):
     """Where one blob lives and how to check it: the one blob-location type.
 
     A pack's footer and an index object list a pack's blobs in this form (without the pack id, which
     names the list), the local cache answers with it, and every read takes it. `key` names the blob
     (chunk id or manifest digest); `check` is BLAKE3 of its raw bytes (a chunk's key is its check).
+    A named tuple, not a dataclass: a sync or gc of a large store makes millions of them.
     """
 
     pack_id: bytes
@@ -66,7 +66,28 @@ class Location:
 
     @classmethod
     def from_list(cls, row, pack_id: bytes) -> Location:
-        """A blob of pack_id as a footer or index object lists it; ValueError unless every field is in bounds."""
+        """A blob of pack_id as a footer or index object lists it; ValueError unless every field is in bounds.
+
+        Well-formed entries pass one test (millions are read by a sync); any other goes through
+        _checked_from_list, which accepts only what this test does and says why it refuses."""
+        if type(row) is list and len(row) == 8:
+            kind, key, offset, slen, rlen, cod, check, size = row
+            if (type(kind) is int and type(key) is bytes and type(check) is bytes and type(offset) is int
+                    and type(slen) is int and type(rlen) is int and type(cod) is int and type(size) is int
+                    and len(key) == 32 and kind in MAX_RAW and cod in codec.CODECS and _BLOB_START <= offset
+                    <= framing.MAX_INT and 0 <= slen <= MAX_STORED and 0 <= rlen <= MAX_RAW[kind]
+                    and 0 <= size <= framing.MAX_INT and (cod != codec.RAW or slen == rlen)):
+                if kind == CHUNK and cod != codec.DELTA:
+                    return _new(cls, (pack_id, kind, key, offset, slen, rlen, cod, key, size, b""))
+                if kind == CHUNK and len(check) == 32:
+                    return _new(cls, (pack_id, kind, key, offset, slen, rlen, cod, key, size, check))
+                if kind != CHUNK and cod != codec.DELTA and len(check) == 32:
+                    return _new(cls, (pack_id, kind, key, offset, slen, rlen, cod, check, size, b""))
+        return cls._checked_from_list(row, pack_id)
+
+    @classmethod
+    def _checked_from_list(cls, row, pack_id: bytes) -> Location:
+        """from_list, field by field, with the reason for a refusal."""
         if type(row) is not list or len(row) != 8:
             raise ValueError("a pack entry is not an array of 8")
         kind, key, offset, slen, rlen, cod, check, size = row
@@ -81,13 +102,17 @@ class Location:
         delta = cod == codec.DELTA
         if delta and len(check) != 32:
             raise ValueError("bad delta base")
-        loc = cls(pack_id, kind, key, framing.integer(offset, "offset", len(HEADER)),
+        loc = cls(pack_id, kind, key, framing.integer(offset, "offset", _BLOB_START),
                   framing.integer(slen, "stored length", 0, MAX_STORED),
                   framing.integer(rlen, "raw length", 0, MAX_RAW[kind]), cod, key if kind == CHUNK else check,
                   framing.integer(size, "size"), check if delta else b"")
         if cod == codec.RAW and slen != rlen:
             raise ValueError(f"raw blob of {slen} bytes declares {rlen}")
         return loc
+
+
+_new = tuple.__new__
+_BLOB_START = len(HEADER)  # the first byte a blob may start at
 
 
 def spool_path(spool_dir: str) -> str:
@@ -171,7 +196,7 @@ class PackWriter:
         self._settle()
         self._file.close()
         pack_id = self._hasher.digest()
-        self.entries = [replace(e, pack_id=pack_id) for e in self.entries]
+        self.entries = [e._replace(pack_id=pack_id) for e in self.entries]
         return pack_id, self.path, self.size
 
     def abort(self) -> None:
