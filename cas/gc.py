@@ -376,7 +376,7 @@ def _repack(store, supplies: dict[bytes, Supplied], victims: list[bytes], on_pro
     the choice a batch of victims at a time (about spill.group_rows() chunks): one pass over the tables each.
     """
     reader = store.chunk_reader()
-    with store.write_session() as session:
+    with store.write_session(learn=False) as session:  # each chosen blob comes once; gc's last sync learns them
         for batch in _batches(victims, supplies):
             chunk_ids = supplies[batch[0]].choice.keys_by_pack({supplies[p].pack.number for p in batch})
             for pid in batch:

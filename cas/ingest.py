@@ -137,8 +137,12 @@ class PutSession:
 
     def __init__(self, *, backend, index, config, spool_dir: str, on_progress: Callable[[int], None] | None = None,
                  warn: Callable[[str], None] | None = None,
-                 read_manifest: Callable[[bytes], FileManifest] | None = None, chunk_reader=None):
+                 read_manifest: Callable[[bytes], FileManifest] | None = None, chunk_reader=None, learn: bool = True):
         self.backend, self.index, self.config = backend, index, config
+        # False (gc's repack): the packs written are left to the next sync, which reads their index objects
+        # (in bulk when it relearns every pack); learning millions of blobs one by one into a large
+        # cache rewrites a page of it per blob. A blob handed to this session twice may then be stored twice.
+        self.learn = learn
         self.chunk_reader = chunk_reader  # reads the bases of delta chunks (as_base, base_facts)
         self.base_reader = chunk_reader.as_base if chunk_reader is not None else None
         self.spool_dir = spool_dir
@@ -239,7 +243,8 @@ class PutSession:
         if records:
             self.index_keys.append((pack_index.write(self.backend, records), [r.pack_id for r in records]))
         for record in records:
-            self.index.add_pack(record.pack_id, record.size, record.entries)
+            if self.learn:
+                self.index.add_pack(record.pack_id, record.size, record.entries)
             self.pending.difference_update((e.kind, e.key) for e in record.entries)  # the index answers now
 
     def _drain(self) -> None:

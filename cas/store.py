@@ -458,14 +458,15 @@ class Store:
 
     # ---- writing ----------------------------------------------------------------------------
     @contextmanager
-    def write_session(self, on_progress: Progress | None = None):
+    def write_session(self, on_progress: Progress | None = None, *, learn: bool = True):
         """A put session: blobs added to it are durable and indexed when the block ends (call under
-        writing(), which holds the lease a ref needs)."""
+        writing(), which holds the lease a ref needs). learn=False: the cache learns the packs written
+        at its next sync, not now (gc's repack: see PutSession.learn)."""
         self.init()
         spool = self.spool_dir()
         session = PutSession(backend=self.backend, index=self.index, config=self.config, spool_dir=spool,
                              on_progress=on_progress, warn=self.on_warning, read_manifest=self.file_manifest,
-                             chunk_reader=self.chunk_reader())
+                             chunk_reader=self.chunk_reader(), learn=learn)
         try:
             with quick_handoffs():
                 yield session
@@ -474,7 +475,7 @@ class Store:
         finally:
             session.close()
         self._hints.update(session.seen)
-        if written:
+        if written and learn:  # else they are read by the next sync, which learns their packs
             self.index.mark_index_objects(written)
             self._merge_index_objects()
 
