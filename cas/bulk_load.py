@@ -1,10 +1,14 @@
-"""Filling an empty cache (a new machine's first sync, `cas reindex`) in time linear in the store.
+"""Learning many packs at once in time linear in the store: filling an empty cache (a new machine's
+first sync, `cas reindex`), or a sync that reads many index objects (gc's repack, a machine that was
+away: store.BULK_SYNC_BYTES).
 
 Learning packs one at a time inserts chunk ids into the cache's B-tree in random order, in durable
-transactions, and the time per chunk grows with the tree. A bulk load instead collects every blob
-of every pack into spill tables (cas/spill.py: partitioned by the id's first byte, on local disk
-past a budget), then writes them partition by partition in ascending key order, appended to the
-end of each database (LMDB's append mode: no search, full pages), in transactions of BATCH blobs.
+transactions, and the time per chunk grows with the tree (each blob rewrites a page). A bulk load
+instead collects every blob of every pack into spill tables (cas/spill.py: partitioned by the id's
+first byte, on local disk past a budget), then writes them partition by partition in ascending key
+order, in transactions of BATCH blobs: appended to the end of each database where every key is past
+the last one there (an empty cache: LMDB's append mode, no search, full pages), else learned one by
+one in key order (each page rewritten about once a batch, not once a blob).
 
 Order of writes, so that a reader on this machine always resolves what it finds and a crash loses
 nothing that a later sync does not relearn:
@@ -14,10 +18,10 @@ nothing that a later sync does not relearn:
 2. `Index.append_blobs`, batch after batch: chunk and manifest locations, with their counters;
 3. `Index.finish_load`: the pack records and the index objects read, and the marker removed.
 
-Until 3 the cache knows no pack as learned, so a load that dies is forgotten whole by the next sync
-(`Index.drop_partial_load`, under `Index.sync_lock`, which also keeps two loads from running at
-once). Where one id has several copies the load keeps the one a sync would: a copy stored alone
-over a delta copy, else the copy learned last.
+Until 3 the cache knows none of the load's packs as learned, so after a load that dies the next sync
+forgets every pack and relearns (`Index.drop_partial_load`, under `Index.sync_lock`, which also
+keeps two loads from running at once). Where one id has several copies the load keeps the one a
+sync would: a copy stored alone over a delta copy, else the copy learned last.
 """
 
 from __future__ import annotations
@@ -52,11 +56,12 @@ class BulkLoad:
         self.manifests = Table(MANIFEST_ROW, scratch)
         self.packs: list[tuple[bytes, int, int]] = []  # (id, size, entry count); its place is its number
         self._collected: set[bytes] = set()
-        self._never = index.unlearnable_packs()
+        self._never = index.packs_not_to_learn()
         self.named: dict[str, list[bytes]] = {}  # index objects read → the packs each names
 
     def add_pack(self, pack_id: bytes, size: int, entries: list[Location] | tuple[Location, ...]) -> bool:
-        """Collect one pack's blobs; False for a pack collected already, deleted by gc or found missing."""
+        """Collect one pack's blobs; False for a pack collected or known already, deleted by gc or found
+        missing."""
         if pack_id in self._collected or pack_id in self._never:
             return False
         n = len(self.packs)
@@ -82,6 +87,9 @@ class BulkLoad:
 
     def commit(self) -> None:
         """Write everything collected into the cache (see the module's docstring for the order)."""
+        if not self.packs:
+            self.index.finish_load([], self.named)
+            return
         base = self.index.reserve_packs([pid for pid, _, _ in self.packs])
         for lo, hi in groups(self.plain, self.deltas, self.manifests):
             self._append(False, *_chunks(self.plain.load(lo, hi), self.deltas.load(lo, hi), base))

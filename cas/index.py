@@ -349,9 +349,9 @@ class Index:
         return self._read(lambda txn: txn.stat(self.packs)["entries"] == 0 and txn.stat(self.chunks)["entries"] == 0
                           and txn.stat(self.manifests)["entries"] == 0)
 
-    def unlearnable_packs(self) -> set[bytes]:
-        """Packs a sync never learns: gc deleted them, or they were found missing from the store."""
-        return self._read(lambda txn: {bytes(k) for db in (self.deleted, self.missing)
+    def packs_not_to_learn(self) -> set[bytes]:
+        """Packs a sync does not learn: known already, deleted by gc, or found missing from the store."""
+        return self._read(lambda txn: {bytes(k) for db in (self.packs, self.deleted, self.missing)
                                        for k in txn.cursor(db=db).iternext(values=False)})
 
     def drop_partial_load(self) -> bool:

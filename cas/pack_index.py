@@ -107,7 +107,12 @@ def read(backend, key: str) -> list[PackRecord]:
 
 
 def list_keys(backend) -> list[str]:
-    return [key for key, _ in backend.list(layout.INDEXES) if layout.index_name_from_key(key) is not None]
+    return list(list_sizes(backend))
+
+
+def list_sizes(backend) -> dict[str, int]:
+    """The keys of the store's index objects, each with its size, in listing order."""
+    return {key: size for key, size in backend.list(layout.INDEXES) if layout.index_name_from_key(key) is not None}
 
 
 def read_many(backend, keys: list[str]) -> list[tuple[str, list[PackRecord]]]:

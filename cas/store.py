@@ -53,6 +53,7 @@ from .spill import Scratch
 
 Progress = Callable[[int], None]
 SYNC_PASSES = 50  # listings of index objects before giving up on a store that keeps merging them
+BULK_SYNC_BYTES = 1 << 20  # index objects not read yet (about 25,000 blobs) from which a sync loads in bulk
 # 2: index objects remembered with the packs they name; missing packs. 3: a delta chunk's entry holds its base
 # 4: blob locations name packs by number; counters for stats
 CACHE_FORMAT = 4
@@ -164,19 +165,24 @@ class Store:
 
         Reads only index objects this cache has not read yet, never pack data. An index object that
         vanishes while we read was merged by a writer: list again and read the merged one. Into a cache
-        that knows no pack, the packs are loaded in bulk (cas/bulk_load.py).
+        that knows no pack, or from index objects of BULK_SYNC_BYTES or more, the packs are loaded in
+        bulk (cas/bulk_load.py).
         """
         index = self._open_index()
         with index.sync_lock(), self.scratch() as scratch:
             index.drop_partial_load()  # a bulk load died: what it wrote is relearned below
             if self._sync_gc_state(index) or forget:
                 index.forget_packs()  # gc deleted packs: relearn every location from the index objects
-            load = BulkLoad(index, scratch) if index.knows_no_packs() else None
-            learner = load or index
+            load: BulkLoad | None = None
             added = 0
             for _ in range(SYNC_PASSES):
                 seen = index.index_objects_read() | set(load.named if load else ())  # before listing (durable)
-                listed = pack_index.list_keys(self.backend)
+                sizes = pack_index.list_sizes(self.backend)
+                listed = list(sizes)
+                if load is None and (index.knows_no_packs()
+                                     or sum(sizes[k] for k in listed if k not in seen) >= BULK_SYNC_BYTES):
+                    load = BulkLoad(index, scratch)
+                learner = load or index
                 vanished = False
                 for key, records in pack_index.iter_present(self.backend, [k for k in listed if k not in seen]):
                     if records is None:

@@ -55,21 +55,25 @@ def _contents(index: Index) -> tuple[dict, dict, dict]:
     return (dict(index.iter_chunks()), dict(index.iter_manifests()), kept_counts(index))
 
 
-@pytest.mark.parametrize("spill", [False, True])
-def test_a_bulk_load_makes_the_cache_that_learning_pack_by_pack_makes(tmp_path, monkeypatch, spill):
+@pytest.mark.parametrize("spill,known", [(False, 0), (True, 0), (False, 5), (True, 5)])
+def test_a_bulk_load_makes_the_cache_that_learning_pack_by_pack_makes(tmp_path, monkeypatch, spill, known):
+    """known: packs both caches learned one by one before (a sync of many new index objects into a
+    cache that knows packs: its rows cannot be appended, they are learned in key order)."""
     packs = _packs(seed=7)
     one_by_one = Index(str(tmp_path / "one"))
     for pid, size, entries in packs:
         one_by_one.add_pack(pid, size, entries)
+    bulk = Index(str(tmp_path / "bulk"))
+    for pid, size, entries in packs[:known]:
+        bulk.add_pack(pid, size, entries)
     if spill:  # tables on disk, read back a few partitions at a time, written in small transactions
         monkeypatch.setenv("CAS_SPILL_ROWS", "40")
         monkeypatch.setenv("CAS_GROUP_ROWS", "30")
         monkeypatch.setattr(cas.bulk_load, "BATCH", 7)
-    bulk = Index(str(tmp_path / "bulk"))
     with Scratch(str(tmp_path / "scratch")) as scratch:
         load = BulkLoad(bulk, scratch)
-        for pid, size, entries in packs:
-            assert load.add_pack(pid, size, entries)
+        for i, (pid, size, entries) in enumerate(packs):
+            assert load.add_pack(pid, size, entries) == (i >= known)  # a pack the cache knows is not learned again
         assert not load.add_pack(*packs[3])  # a pack two index objects name is collected once
         load.commit()
         assert os.listdir(tmp_path / "scratch") if spill else True  # the tables did spill
@@ -159,3 +163,25 @@ def test_two_first_commands_at_once_on_a_new_machine_both_see_the_whole_store(sy
         assert (stats["chunks"], stats["packs"], stats["files"]) == (made["chunks"], made["packs"], made["files"])
     store = Store.open(where, cache_dir=str(tmp_path / "cache"))
     assert kept_counts(store.index) == scanned_counts(store.index)
+
+
+def test_a_machine_that_was_away_learns_what_others_wrote_in_bulk_and_reads_it(store_dir, tmp_path, monkeypatch):
+    import cas.store
+    machine_a = Store.open(store_dir, cache_dir=str(tmp_path / "a"))
+    machine_b = Store.open(store_dir, cache_dir=str(tmp_path / "b"))
+    first = os.urandom(3 << 20)
+    machine_a.put_bytes(first, pin="first")
+    assert machine_b.read_bytes("first") == first  # b's cache now knows packs
+    later = {f"later{i}": os.urandom(1 << 20) + first[: 1 << 20] for i in range(4)}  # dedups against first
+    for label, data in later.items():
+        machine_a.put_bytes(data, pin=label)
+    monkeypatch.setattr(cas.store, "BULK_SYNC_BYTES", 1)  # what a's puts wrote is "many": loaded in bulk
+    loads = []
+    real_commit = BulkLoad.commit
+    monkeypatch.setattr(BulkLoad, "commit", lambda self: (loads.append(len(self.packs)), real_commit(self))[1])
+    assert machine_b.sync() == 4
+    assert loads == [4]
+    assert kept_counts(machine_b.index) == scanned_counts(machine_b.index)
+    assert kept_counts(machine_b.index) == kept_counts(machine_a.index)
+    for label, data in later.items():
+        assert machine_b.read_bytes(label) == data
