@@ -7,8 +7,10 @@ and callers tell the two apart by the version the body holds.
 
 from __future__ import annotations
 
+import gc
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
@@ -52,6 +54,21 @@ _ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
 def _unpackb(data, limits: Limits):
     return msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=limits.bin, max_str_len=limits.str,
                            max_array_len=limits.array, max_map_len=limits.map, max_ext_len=0)
+
+
+@contextmanager
+def many_objects():
+    """Pause Python's cycle collector while a large decoded object is built (an index object or a footer:
+    hundreds of thousands of lists and tuples, none in a cycle), which it would otherwise scan again and
+    again as they pile up (a third of a sync's time). Left as it was found: paused by someone else, it
+    stays paused."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def damaged(what: str, subject: str, reason) -> IntegrityError:

@@ -299,6 +299,9 @@ def _rename_packs(backend, seen: Collected, deleted: set[bytes]) -> None:
         named.update(pids)
         if all(stays(pid) for pid in pids):
             continue
+        if not any(stays(pid) for pid in pids):  # content-named: it names what it named when read
+            backend.delete([key])
+            continue
         try:
             records = [rec for rec in pack_index.read(backend, key) if stays(rec.pack_id)]
         except NotFound:

@@ -237,13 +237,14 @@ def parse_footer(footer: bytes, rlen: int, check: bytes, pack_id: bytes, *, name
         raise IntegrityError(f"pack {name} has a damaged index footer (checksum mismatch)", subject=name)
     raw = codec.decompress(codec.ZSTD, footer, rlen, name=f"pack {name} footer")
     what = f"the index footer of pack {name}"
-    doc = framing.unpack(raw, entry_limits(rlen), what=what, subject=name)
-    try:
-        if type(doc) is not dict or doc.get("v") != PACK_FORMAT or type(doc["v"]) is not int:
-            raise ValueError("unknown footer format")
-        return entries_of(doc["entries"], pack_id)
-    except (ValueError, KeyError) as exc:
-        raise framing.damaged(what, name, exc) from None
+    with framing.many_objects():
+        doc = framing.unpack(raw, entry_limits(rlen), what=what, subject=name)
+        try:
+            if type(doc) is not dict or doc.get("v") != PACK_FORMAT or type(doc["v"]) is not int:
+                raise ValueError("unknown footer format")
+            return entries_of(doc["entries"], pack_id)
+        except (ValueError, KeyError) as exc:
+            raise framing.damaged(what, name, exc) from None
 
 
 def entry_limits(raw_len: int) -> framing.Limits:

@@ -62,15 +62,16 @@ def decode(data: bytes, *, name: str) -> list[PackRecord]:
     if magic != MAGIC or raw_len > min(MAX_RAW, MAX_INDEX_RATIO * len(stored)):
         raise IntegrityError(f"{what} has a bad header", subject=name)
     raw = codec.decompress(codec_id, stored, raw_len, name=what)
-    doc = framing.unpack(raw, entry_limits(raw_len), what=what, subject=name)
-    try:
-        if type(doc) is not dict or doc.get("v") != INDEX_FORMAT or type(doc["v"]) is not int:
-            raise ValueError("unknown index format")
-        if type(doc["packs"]) is not list:
-            raise ValueError("packs are not an array")
-        return [_pack_record(row) for row in doc["packs"]]
-    except (ValueError, KeyError) as exc:
-        raise framing.damaged(what, name, exc) from None
+    with framing.many_objects():
+        doc = framing.unpack(raw, entry_limits(raw_len), what=what, subject=name)
+        try:
+            if type(doc) is not dict or doc.get("v") != INDEX_FORMAT or type(doc["v"]) is not int:
+                raise ValueError("unknown index format")
+            if type(doc["packs"]) is not list:
+                raise ValueError("packs are not an array")
+            return [_pack_record(row) for row in doc["packs"]]
+        except (ValueError, KeyError) as exc:
+            raise framing.damaged(what, name, exc) from None
 
 
 def _pack_record(row) -> PackRecord:

@@ -314,3 +314,23 @@ def test_gc_and_verify_decide_the_same_with_their_tables_spilled_to_disk(cli, sy
     for label in sorted(pins):
         assert Store.open(where).read_bytes(label) == synthetic_file(int(label.split("/")[1]))
     assert os.listdir(os.path.join(store.cache_dir, "scratch")) == []  # nothing left behind
+
+
+def test_decoding_pauses_the_cycle_collector_and_leaves_it_as_it_was(synthetic):
+    import gc
+
+    from cas import framing
+    where, made = synthetic
+    assert gc.isenabled()
+    with framing.many_objects():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    assert Store.open(where).sync() == made["packs"]
+    assert gc.isenabled()  # a sync (and each decode in it) gives it back
+    gc.disable()
+    try:
+        with framing.many_objects():
+            pass
+        assert not gc.isenabled()  # paused by someone else: stays paused
+    finally:
+        gc.enable()
