@@ -176,9 +176,16 @@ class Store:
             load: BulkLoad | None = None
             added = 0
             for _ in range(SYNC_PASSES):
-                seen = index.index_objects_read() | set(load.named if load else ())  # before listing (durable)
+                read = index.index_objects_read()  # before listing: an object read by now is durable, so listed
                 sizes = pack_index.list_sizes(self.backend)
                 listed = list(sizes)
+                if self._drop_vanished(index, read - sizes.keys(), listed, load.named if load else {}):
+                    load, added = None, 0  # the cache was emptied of packs: read every index object again
+                    continue
+                if load is not None:
+                    for key in load.named.keys() - sizes.keys():
+                        del load.named[key]  # merged as we read: its packs are named by the merged one
+                seen = read | (load.named.keys() if load else set())
                 if load is None and (index.knows_no_packs()
                                      or sum(sizes[k] for k in listed if k not in seen) >= BULK_SYNC_BYTES):
                     load = BulkLoad(index, scratch)
@@ -189,11 +196,6 @@ class Store:
                         vanished = True
                     else:
                         added += learner.add_index_object(key, records)
-                if load is not None:
-                    for key in seen - set(listed):
-                        load.named.pop(key, None)  # merged as we read: its packs are named by the merged one
-                elif self._drop_vanished(index, seen - set(listed), listed):
-                    continue  # the cache was emptied of packs: read every index object again
                 if not vanished:  # else a writer merged one as we read: list again for the merged object
                     if load is not None:
                         load.commit()
@@ -201,13 +203,16 @@ class Store:
         raise StorageError("the store's index objects kept changing while they were read: try again",
                            subject=layout.INDEXES)
 
-    def _drop_vanished(self, index: Index, vanished: set[str], listed: list[str]) -> bool:
+    def _drop_vanished(self, index: Index, vanished: set[str], listed: list[str],
+                       loading: dict[str, list[bytes]]) -> bool:
         """Index objects this cache read that the store no longer lists were merged (their packs are named
         again elsewhere), or the store was restored from a copy or replaced. In that case the cache knows
-        packs the store may lack: forget every pack and relearn. Returns True if it did."""
+        packs the store may lack: forget every pack and relearn. Returns True if it did.
+        loading: index objects this sync read for a bulk load not yet written, with the packs each names."""
         if not vanished:
             return False
         lost = index.packs_named_by(vanished) - index.packs_named_by(listed)
+        lost -= {pid for key in listed for pid in loading.get(key, ())}
         index.forget_index_objects(vanished)
         if not lost:
             return False

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -185,3 +186,30 @@ def test_a_machine_that_was_away_learns_what_others_wrote_in_bulk_and_reads_it(s
     assert kept_counts(machine_b.index) == kept_counts(machine_a.index)
     for label, data in later.items():
         assert machine_b.read_bytes(label) == data
+
+
+def test_a_store_restored_from_a_backup_is_relearned_whole_when_a_sync_loads_in_bulk(store_dir, tmp_path,
+                                                                                    monkeypatch):
+    """The cache knew packs the restored store lacks, and another machine wrote since: the bulk sync
+    still finds the objects it read gone, forgets every pack, and learns only what the store holds."""
+    import cas.store
+    monkeypatch.setattr(cas.store, "BULK_SYNC_BYTES", 1)
+    machine_a = Store.open(store_dir, cache_dir=str(tmp_path / "a"))
+    base = os.urandom(2 << 20)
+    machine_a.put_bytes(base, pin="base")
+    backup = tmp_path / "backup"
+    shutil.copytree(store_dir, backup, symlinks=True)
+    lost = os.urandom(2 << 20)
+    lost_digest = bytes.fromhex(machine_a.put_bytes(lost).digest)
+    assert machine_a.index.manifest(lost_digest) is not None
+    shutil.rmtree(store_dir)
+    shutil.copytree(backup, store_dir, symlinks=True)
+    machine_c = Store.open(store_dir, cache_dir=str(tmp_path / "c"))
+    other = os.urandom(2 << 20)
+    machine_c.put_bytes(other, pin="other")
+    machine_a = Store.open(store_dir, cache_dir=str(tmp_path / "a"))
+    machine_a.sync()
+    assert machine_a.index.manifest(lost_digest) is None  # never deduplicated against again
+    assert kept_counts(machine_a.index) == scanned_counts(machine_a.index) == kept_counts(machine_c.index)
+    assert machine_a.read_bytes("base") == base and machine_a.read_bytes("other") == other
+    assert machine_a.put_bytes(lost).new_bytes == len(lost)
