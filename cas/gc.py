@@ -376,12 +376,17 @@ def _repack(store, supplies: dict[bytes, Supplied], victims: list[bytes], on_pro
     Only those: a reachable blob of a victim that another kept pack supplies stays there, else every
     repack would copy duplicates along and gc would never stop finding partly dead packs.
     Each blob is verified as it is read, in coalesced ranges. The victims' chosen chunk ids are asked of
-    the choice a batch of victims at a time (about spill.group_rows() chunks): one pass over the tables each.
+    the choice for all batches of victims (about spill.group_rows() chunks each) in one pass over the tables,
+    and read back a batch at a time.
     """
     reader = store.chunk_reader()
+    batches = list(_batches(victims, supplies))
+    if not batches:
+        return
+    choice = supplies[victims[0]].choice  # one choice for every pack of the plan
+    keys = choice.keys_by_batch([{supplies[p].pack.number for p in batch} for batch in batches])
     with store.write_session(learn=False) as session:  # each chosen blob comes once; gc's last sync learns them
-        for batch in _batches(victims, supplies):
-            chunk_ids = supplies[batch[0]].choice.keys_by_pack({supplies[p].pack.number for p in batch})
+        for batch, chunk_ids in zip(batches, keys):
             for pid in batch:
                 supplied = supplies[pid]
                 entries = read_pack_entries(store.backend, pid, supplied.pack.size)

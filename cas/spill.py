@@ -45,11 +45,13 @@ def group_rows() -> int:
 
 
 def parts_of(rows: np.ndarray) -> np.ndarray:
-    """The partition of each row: its id's first byte."""
+    """The partition of each row: its id's first byte, or its field `part` where it has one (a table
+    bucketed by something else than id)."""
     if not len(rows):
         return np.empty(0, np.uint8)
     rows = np.ascontiguousarray(rows)
-    offset = rows.dtype.fields["id"][1] if rows.dtype.fields else 0
+    fields = rows.dtype.fields
+    offset = (fields["part"][1] if "part" in fields else fields["id"][1]) if fields else 0
     return rows.view(np.uint8).reshape(len(rows), rows.dtype.itemsize)[:, offset]
 
 
@@ -112,7 +114,8 @@ IN_MEMORY = Scratch(None)  # never spills (small tables, tests)
 
 
 class Table:
-    """Rows of `dtype` (an id field named "id", or bare 32-byte ids), partitioned by id."""
+    """Rows of `dtype` (an id field named "id", or bare 32-byte ids), partitioned by id (or by a
+    one-byte field named "part")."""
 
     def __init__(self, dtype, scratch: Scratch = IN_MEMORY):
         self.dtype = np.dtype(dtype)

@@ -29,6 +29,7 @@ from .spill import IN_MEMORY, Scratch, Table
 
 ENTRY = np.dtype([("id", ID), ("pack", "<u4"), ("stored", "<u4"), ("delta", "u1")])
 BASE = np.dtype([("id", ID), ("base", ID)])  # one row per delta entry, in the order of its entry
+CHOSEN = np.dtype([("part", "u1"), ("pack", "<u4"), ("id", ID)])  # a chunk a pack supplies, by batch (`part`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +140,17 @@ class Choice:
 
     def keys_by_pack(self, numbers: set[int]) -> dict[int, np.ndarray]:
         """The ids each of those packs (by number) supplies, sorted: one pass over the entry table."""
-        wanted = np.array(sorted(numbers), np.int64)
-        found: dict[int, list[np.ndarray]] = {}
+        return next(self.keys_by_batch([numbers]))
+
+    def keys_by_batch(self, batches: list[set[int]]) -> Iterator[dict[int, np.ndarray]]:
+        """For each batch of packs (by number), the ids each pack of it supplies, sorted. One pass over
+        the entry table for all batches (a pass per batch grew with the square of the store): the chosen
+        rows of those packs go to a table partitioned by batch, read back one batch at a time."""
+        numbers = np.array(sorted(n for batch in batches for n in batch), np.int64)
+        batch_of = np.zeros(len(numbers), np.int64)
+        for i, batch in enumerate(batches):
+            batch_of[np.searchsorted(numbers, sorted(batch))] = i
+        chosen = Table(CHOSEN, self.catalog.entries.scratch)
         entries = self.catalog.entries
         for lo, hi in spill.groups(entries):
             if not any(p in self.bits for p in range(lo, hi)):
@@ -153,10 +163,17 @@ class Choice:
                 n, packed = self.bits[p]
                 part = rows[int(bounds[p - lo]):int(bounds[p - lo]) + n]
                 part = part[np.unpackbits(packed, count=n).astype(bool)]
-                part = part[contains(wanted, part["pack"].astype(np.int64))]
-                for number in np.unique(part["pack"]).tolist():
-                    found.setdefault(number, []).append(part["id"][part["pack"] == number])
-        return {n: np.sort(np.concatenate(parts)) for n, parts in found.items()}
+                part = part[contains(numbers, part["pack"].astype(np.int64))]
+                out = np.empty(len(part), CHOSEN)
+                out["part"] = batch_of[np.searchsorted(numbers, part["pack"].astype(np.int64))] % spill.PARTS
+                out["pack"], out["id"] = part["pack"], part["id"]
+                chosen.add(out)
+        for i, batch in enumerate(batches):
+            rows = chosen.load(i % spill.PARTS, i % spill.PARTS + 1)
+            rows = rows[contains(np.array(sorted(batch), np.int64), rows["pack"].astype(np.int64))]
+            rows = rows[np.lexsort((rows["id"], rows["pack"]))]
+            starts = np.flatnonzero(np.diff(rows["pack"].astype(np.int64), prepend=-1))
+            yield {int(rows["pack"][a]): rows["id"][a:b] for a, b in zip(starts, [*starts[1:], len(rows)])}
 
 
 @dataclass
