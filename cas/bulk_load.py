@@ -32,7 +32,7 @@ import numpy as np
 
 from .index import CHUNK_VALUE, DELTA_VALUE, MANIFEST_VALUE, Index
 from .pack import CHUNK, FILE_MANIFEST, Location
-from .spill import Scratch, Table, groups
+from .spill import Scratch, Table, groups, run_starts
 
 BATCH = 1 << 17  # blobs learned per write transaction
 
@@ -109,9 +109,7 @@ class BulkLoad:
 def _last_copies(rows: np.ndarray) -> np.ndarray:
     """Rows sorted by id, only the last added of each id kept."""
     rows = rows[np.argsort(rows["id"], kind="stable")]
-    keep = np.ones(len(rows), bool)
-    keep[:-1] = rows["id"][:-1] != rows["id"][1:]
-    return rows[keep]
+    return rows[run_starts(rows["id"])[1:] - 1]
 
 
 def _pairs(rows: np.ndarray) -> list[tuple[bytes, bytes]]:

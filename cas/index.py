@@ -245,13 +245,7 @@ class Index:
     def _put_pack(self, txn, pack_id: bytes, size: int, entries) -> None:
         """Learn one pack and its blobs, numbering it and keeping the counters of `counts` up to date."""
         known = txn.get(pack_id, db=self.packs)
-        if known is not None:
-            number = _PACK.unpack(known)[2]
-        else:
-            raw_next = txn.get(b"next_pack", db=self.meta)
-            number = 0 if raw_next is None else int(raw_next)
-            txn.put(b"next_pack", str(number + 1).encode(), db=self.meta)
-            txn.put(_NUMBER.pack(number), pack_id, db=self.pack_numbers)
+        number = _PACK.unpack(known)[2] if known is not None else self._number_packs(txn, [pack_id])
         txn.put(pack_id, _PACK.pack(size, len(entries), number), db=self.packs)
         tally = list(self._counts(txn))
         tick = self._releaser.tick
@@ -355,29 +349,30 @@ class Index:
                                        for k in txn.cursor(db=db).iternext(values=False)})
 
     def drop_partial_load(self) -> bool:
-        """Forget what a bulk load that died before its last transaction wrote (call under sync_lock)."""
-        def fn(txn):
-            if txn.get(b"bulk", db=self.meta) is None:
-                return False
-            self._drop_packs(txn)
-            txn.drop(self.index_objects, delete=False)
-            txn.delete(b"bulk", db=self.meta)
-            return True
-        return self._write(fn)
+        """Forget what a bulk load that died before its last transaction wrote (call under sync_lock):
+        every pack, as forget_packs(). Reads only, unless a load died (every sync calls it)."""
+        if self._read(lambda txn: txn.get(b"bulk", db=self.meta)) is None:
+            return False
+        self.forget_packs()
+        return True
 
     def reserve_packs(self, pack_ids: list[bytes]) -> int:
         """Number the packs of a bulk load (the first gets the number returned, the next one more, ...) and
         mark the load begun: rows written from now name packs readers can resolve, and a load that dies
         before finish_load() is forgotten by the next sync (drop_partial_load)."""
         def fn(txn):
-            raw_next = txn.get(b"next_pack", db=self.meta)
-            base = 0 if raw_next is None else int(raw_next)
-            txn.put(b"next_pack", str(base + len(pack_ids)).encode(), db=self.meta)
-            for i, pid in enumerate(pack_ids):
-                txn.put(_NUMBER.pack(base + i), pid, db=self.pack_numbers)
             txn.put(b"bulk", b"", db=self.meta)
-            return base
+            return self._number_packs(txn, pack_ids)
         return self._write(fn)
+
+    def _number_packs(self, txn, pack_ids: list[bytes]) -> int:
+        """Give new packs the next numbers (returns the first) and write number → id for each."""
+        raw_next = txn.get(b"next_pack", db=self.meta)
+        first = 0 if raw_next is None else int(raw_next)
+        txn.put(b"next_pack", str(first + len(pack_ids)).encode(), db=self.meta)
+        for i, pid in enumerate(pack_ids):
+            txn.put(_NUMBER.pack(first + i), pid, db=self.pack_numbers)
+        return first
 
     def append_blobs(self, manifests: bool, pairs: list[tuple[bytes, bytes]], tally: list[int]) -> None:
         """Learn blobs of a bulk load, (key, value) in ascending key order, one transaction. They are
@@ -613,7 +608,7 @@ class Index:
         """Forget every pack and blob location, with their numbers and counters."""
         for db in (self.chunks, self.manifests, self.packs, self.pack_numbers):
             txn.drop(db, delete=False)
-        for key in (b"next_pack", b"counts"):
+        for key in (b"next_pack", b"counts", b"bulk"):
             txn.delete(key, db=self.meta)
 
     def condemned_packs(self) -> set[bytes]:

@@ -208,6 +208,13 @@ def groups(*tables: Table) -> list[tuple[int, int]]:
     return out
 
 
+def run_starts(keys: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of sorted keys starts, and (last) where the last run ends."""
+    if not len(keys):
+        return np.zeros(1, np.int64)
+    return np.append(np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]), len(keys))
+
+
 def part_bounds(rows: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Where each partition lo..hi-1 starts in rows as load() returns them (and where the last ends)."""
     return np.searchsorted(parts_of(rows), np.arange(lo, hi + 1))

@@ -172,8 +172,8 @@ class Choice:
             rows = chosen.load(i % spill.PARTS, i % spill.PARTS + 1)
             rows = rows[contains(np.array(sorted(batch), np.int64), rows["pack"].astype(np.int64))]
             rows = rows[np.lexsort((rows["id"], rows["pack"]))]
-            starts = np.flatnonzero(np.diff(rows["pack"].astype(np.int64), prepend=-1))
-            yield {int(rows["pack"][a]): rows["id"][a:b] for a, b in zip(starts, [*starts[1:], len(rows)])}
+            starts = spill.run_starts(rows["pack"])
+            yield {int(rows["pack"][a]): rows["id"][a:b] for a, b in zip(starts[:-1], starts[1:])}
 
 
 @dataclass
@@ -282,7 +282,7 @@ def _supply(packs: Catalog, reach: Blobs, extra: IdSet, condemned: set[bytes],
         pos = np.searchsorted(wanted, rows["id"][idx])
         ranks = rank[rows["pack"][idx]]
         by = np.lexsort((ranks, pos))
-        first = by[np.r_[True, pos[by][1:] != pos[by][:-1]]] if len(by) else by
+        first = by[spill.run_starts(pos[by])[:-1]]
         chosen = idx[first]
         covered += len(chosen)
         if example is None and len(chosen) < len(wanted):

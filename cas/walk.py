@@ -182,16 +182,16 @@ class Walk:
         """Every chunk of the files walked must be in the index and in a listed pack: looked up a group
         of partitions at a time, in ascending key order (each page of the index read about once, not
         once a chunk), then told file by file."""
-        listed = self.packs or frozenset()
+        if self.packs is None or not len(self._to_check):
+            return
+        listed = self.packs
         unknown: dict[int, set[bytes]] = defaultdict(set)  # file number → its chunks the index lacks
         gone: dict[int, dict[bytes, bytes]] = defaultdict(dict)  # file number → chunk → missing pack
         for lo, hi in spill.groups(self._to_check):
             rows = self._to_check.load(lo, hi)
             rows = rows[np.argsort(rows["id"], kind="stable")]
-            first = np.ones(len(rows), bool)
-            first[1:] = rows["id"][1:] != rows["id"][:-1]
-            ids = rows["id"][first]
-            starts = np.append(np.flatnonzero(first), len(rows))
+            starts = spill.run_starts(rows["id"])
+            ids = rows["id"][starts[:-1]]
             for at in range(0, len(ids), CHECK_BATCH):
                 batch = [as_bytes(i) for i in ids[at:at + CHECK_BATCH]]
                 for j, (chunk_id, pack) in enumerate(zip(batch, self.store.index.chunk_packs(batch)), at):

@@ -141,6 +141,7 @@ def test_a_bulk_load_killed_halfway_is_forgotten_and_done_again_by_the_next_comm
     assert died.returncode == 9, died.stderr
     half = Index(_cache_index(cache))
     assert 0 < half.counts()["chunks"] < made["chunks"] and half.counts()["packs"] == 0  # rows, no packs
+    assert all(loc.pack_id for _, loc in half.iter_chunks())  # every row's pack number resolves (numbered first)
     done = subprocess.run([sys.executable, "-m", "cas", "--store", where, "stats", "--json"], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -334,3 +334,65 @@ def test_decoding_pauses_the_cycle_collector_and_leaves_it_as_it_was(synthetic):
         assert not gc.isenabled()  # paused by someone else: stays paused
     finally:
         gc.enable()
+
+
+def test_the_repack_finds_each_victims_chunks_for_hundreds_of_batches_in_one_pass(tmp_path, monkeypatch):
+    """More batches than partitions (batches share a partition of the table they go to), spilled."""
+    import numpy as np
+
+    from cas import spill
+    from cas.pack import CHUNK, Location
+    from cas.pack_index import PackRecord
+    from cas.supply import Catalog, Choice
+    monkeypatch.setenv("CAS_SPILL_ROWS", "100")
+    monkeypatch.setenv("CAS_GROUP_ROWS", "300")
+    records = []
+    for p in range(300):
+        pid = hash_bytes(b"pack%d" % p)
+        keys = [hash_bytes(b"%d-%d" % (p, i)) for i in range(1 + p % 4)]
+        records.append(PackRecord(pid, 1000, tuple(Location(pid, CHUNK, k, 16 + 10 * i, 5, 5, 0, k)
+                                                   for i, k in enumerate(keys))))
+    with spill.Scratch(str(tmp_path / "scratch")) as scratch:
+        catalog = Catalog.of(records, scratch)
+        choice = Choice(catalog)
+        for lo, hi in spill.groups(catalog.entries):  # every entry chosen except each pack's first
+            rows = catalog.entries.load(lo, hi)
+            firsts = {r.entries[0].key for r in records}
+            choice.keep(lo, hi, rows, np.flatnonzero([bytes(i).ljust(32, b"\0") not in firsts for i in rows["id"]]))
+        batches = [{n} for n in range(300)]
+        got = list(choice.keys_by_batch(batches))
+    assert len(got) == 300
+    for n, (record, found) in enumerate(zip(records, got)):
+        expected = sorted(e.key for e in record.entries[1:])
+        assert {k: [bytes(x).ljust(32, b"\0") for x in v] for k, v in found.items()} == \
+            ({n: expected} if expected else {})
+
+
+def test_a_footer_entry_is_refused_by_the_fast_path_whenever_the_checked_path_refuses_it():
+    """Location.from_list's one test accepts only what the field-by-field check accepts, the same way."""
+    import random
+
+    from cas import codec, framing
+    from cas.pack import CHUNK, FILE_MANIFEST, MAX_STORED, Location
+    rnd = random.Random(5)
+    key, check = bytes(range(32)), bytes(32)
+    goods = [[CHUNK, key, 16, 10, 20, codec.ZSTD, b"", 0], [CHUNK, key, 16, 10, 20, codec.DELTA, check, 0],
+             [FILE_MANIFEST, key, 16, 10, 20, codec.ZSTD, check, 99], [CHUNK, key, 16, 20, 20, codec.RAW, b"", 0]]
+    odd = [None, True, -1, 0, 8, 15, 16, 2**31, MAX_STORED + 1, framing.MAX_INT + 1, 1.5, "x", b"", b"\0" * 31,
+           check, 3, 4, 7, 1 << 40]
+    agreed = 0
+    for _ in range(20_000):
+        row = list(rnd.choice(goods))
+        for _ in range(rnd.randint(1, 2)):
+            row[rnd.randrange(8)] = rnd.choice(odd)
+        try:
+            checked = Location._checked_from_list(row, b"p" * 32)
+        except ValueError:
+            checked = None
+        try:
+            fast = Location.from_list(row, b"p" * 32)
+        except ValueError:
+            fast = None
+        assert fast == checked, row
+        agreed += checked is not None
+    assert agreed > 100  # both ways of accepting were exercised
