@@ -218,6 +218,9 @@ def _pin_commands(cmd) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # cas does no linear algebra; numpy's BLAS would start a thread per core at import and spin them
+    # (60 ms of every command that decodes float planes, on 2 cores). The user's own setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if argv[:1] == ["__complete"]:  # the shell asking what may come next (cas/completion.py)
         from .completion import complete
         return complete(_parser(), argv[1:])

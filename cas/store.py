@@ -12,11 +12,11 @@ from array import array
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from . import chunk_cache, framing, layout, pack_index, refs, temps
 from .backends import Backend, open_backend
 from .backends.local import storage_error
-from .bulk_load import BulkLoad
 from .chunk_cache import ChunkCache
 from .config import StoreConfig, create_or_load_config, load_config
 from .digest import hash_bytes, looks_like_digest, parse_ref, split_inside
@@ -49,7 +49,10 @@ from .restore import (
     write_tree,
 )
 from .roots import PinRoots, RootProvider, registered as registered_providers
-from .spill import Scratch
+from .scratch import Scratch
+
+if TYPE_CHECKING:
+    from .bulk_load import BulkLoad
 
 Progress = Callable[[int], None]
 SYNC_PASSES = 50  # listings of index objects before giving up on a store that keeps merging them
@@ -173,7 +176,7 @@ class Store:
             index.drop_partial_load()  # a bulk load died: what it wrote is relearned below
             if self._sync_gc_state(index) or forget:
                 index.forget_packs()  # gc deleted packs: relearn every location from the index objects
-            load: BulkLoad | None = None
+            load: BulkLoad | None = None  # imported once a pass has that much to learn (it needs numpy)
             added = 0
             for _ in range(SYNC_PASSES):
                 read = index.index_objects_read()  # before listing: an object read by now is durable, so listed
@@ -188,6 +191,7 @@ class Store:
                 seen = read | (load.named.keys() if load else set())
                 if load is None and (index.knows_no_packs()
                                      or sum(sizes[k] for k in listed if k not in seen) >= BULK_SYNC_BYTES):
+                    from .bulk_load import BulkLoad
                     load = BulkLoad(index, scratch)
                 learner = load or index
                 vanished = False
@@ -295,6 +299,7 @@ class Store:
             def footer(item):
                 pid, size = item
                 return pid, size, read_pack_entries(self.backend, pid, size)
+            from .bulk_load import BulkLoad
             load = BulkLoad(index, scratch)
             for pid, size, entries in ordered_map(footer, listed, workers=self.backend.read_concurrency,
                                                   name="cas-reindex"):

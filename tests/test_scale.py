@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from cas import Store
+from cas import Store, scratch as scratch_module
 from cas.digest import hash_bytes
 from cas.index import COUNT_NAMES
 from cas.pack import FILE_MANIFEST
@@ -204,8 +204,8 @@ def test_a_spill_table_keeps_rows_by_partition_in_the_order_added_and_aligned(tm
     np = pytest.importorskip("numpy")
     from cas import spill
     from cas.supply import BASE, ENTRY
-    monkeypatch.setattr(spill, "SPILL_ROWS", 100)
-    monkeypatch.setattr(spill, "GROUP_ROWS", 250)
+    monkeypatch.setattr(scratch_module, "SPILL_ROWS", 100)
+    monkeypatch.setattr(scratch_module, "GROUP_ROWS", 250)
     rng = np.random.default_rng(7)
     ids = rng.integers(0, 256, size=(2000, 32), dtype=np.uint8).view("S32").ravel()
     delta = rng.random(2000) < 0.3
@@ -241,7 +241,7 @@ def test_a_spill_table_keeps_rows_by_partition_in_the_order_added_and_aligned(tm
 def test_a_scratch_folder_a_killed_process_left_is_removed(tmp_path):
     from cas import spill
     root = tmp_path / "scratch"
-    host = spill._host()
+    host = scratch_module._host()
     (root / f"{host}-999999999-dead").mkdir(parents=True)
     (root / f"{host}-999999999-dead" / "x").write_bytes(b"x")
     (root / f"{host}-{os.getpid()}-mine").mkdir()
@@ -258,7 +258,7 @@ def test_a_scratch_file_gone_or_cut_short_stops_the_command_never_reads_as_fewer
     np = pytest.importorskip("numpy")
     from cas import spill
     from cas.errors import StorageError
-    monkeypatch.setattr(spill, "SPILL_ROWS", 10)
+    monkeypatch.setattr(scratch_module, "SPILL_ROWS", 10)
     ids = np.random.default_rng(3).integers(0, 256, size=(300, 32), dtype=np.uint8).view("S32").ravel()
     with spill.Scratch(str(tmp_path / "scratch")) as scratch:
         table = spill.Table(np.dtype("S32"), scratch)
@@ -300,8 +300,8 @@ def test_gc_and_verify_decide_the_same_with_their_tables_spilled_to_disk(cli, sy
         return p, len(seen.reachable), {pid: (s.stored, s.keys()) for pid, s in p.supplies.items()}
     in_memory = plan(spill.IN_MEMORY)
     spills = []
-    monkeypatch.setattr(spill, "SPILL_ROWS", 500)
-    monkeypatch.setattr(spill, "GROUP_ROWS", 2000)
+    monkeypatch.setattr(scratch_module, "SPILL_ROWS", 500)
+    monkeypatch.setattr(scratch_module, "GROUP_ROWS", 2000)
     monkeypatch.setattr(spill.Table, "_spill", lambda self, f=spill.Table._spill: spills.append(1) or f(self))
     with store.scratch() as scratch:
         on_disk = plan(scratch)

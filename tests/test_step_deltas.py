@@ -11,7 +11,7 @@ import torch
 from conftest import one_error_line
 
 import tracker
-from cas import Store, codec, spill
+from cas import Store, codec, scratch as scratch_module
 from cas.blobset import Blobs
 from cas.digest import hash_bytes
 from cas.errors import IntegrityError
@@ -58,8 +58,8 @@ def _delta_chunks(store: Store) -> list[Location]:
 @pytest.mark.parametrize("budget", ["in memory", "spilled"])
 def test_puts_under_one_label_store_deltas_and_gc_keeps_their_bases(cli, store_dir, tmp_path, monkeypatch, budget):
     if budget == "spilled":  # gc's tables on disk, read back a few partitions at a time
-        monkeypatch.setattr(spill, "SPILL_ROWS", 16)
-        monkeypatch.setattr(spill, "GROUP_ROWS", 32)
+        monkeypatch.setattr(scratch_module, "SPILL_ROWS", 16)
+        monkeypatch.setattr(scratch_module, "GROUP_ROWS", 32)
     paths = _versions(str(tmp_path), 4)
     model = tmp_path / "model.pt"
     sizes = []

@@ -4,6 +4,7 @@ the CLI's command table matches its parser, and `import cas.cli` loads nothing h
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,37 @@ def test_importing_the_cli_loads_nothing_heavy():
             "or m in {'cas.store', 'cas.gc', 'cas.verify', 'cas.reach', 'cas.index', 'cas.records', 'cas.pack'})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
+
+
+def _modules_loaded_by(code: str, env: dict | None = None) -> set[str]:
+    code += "\nimport sys; print(' '.join(sorted(sys.modules)))"
+    return set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env=env).stdout.split())
+
+
+def test_a_store_that_reads_and_shows_needs_no_numpy(tmp_path):
+    """numpy costs a command a third of its start-up: opening a store, putting and reading a text file
+    and showing a checkpoint's tensors do without it (gc, verify, a bulk sync and float planes import it)."""
+    from cas import Store
+    store = Store.open(str(tmp_path / "s"))
+    (tmp_path / "a.txt").write_text("hello\n" * 1000)
+    import numpy as np
+    from safetensors.numpy import save_file
+    save_file({"w": np.ones((4, 4), np.float32)}, str(tmp_path / "m.safetensors"))
+    model = store.put_file(str(tmp_path / "m.safetensors")).digest
+    code = (f"from cas import Store\n"
+            f"s = Store.open({str(tmp_path / 's')!r})\n"
+            f"d = s.put_file({str(tmp_path / 'a.txt')!r}).digest\n"
+            f"assert s.read_bytes(d) == b'hello\\n' * 1000\n"
+            f"from cas.tensorfiles.stored import open_checkpoint\n"
+            f"assert [t.name for t in open_checkpoint(s, {model!r}).tensors] == ['w']\n")
+    loaded = _modules_loaded_by(code)
+    assert "cas.store" in loaded and "numpy" not in loaded
+
+
+def test_the_cas_command_keeps_numpy_blas_to_one_thread_unless_told(monkeypatch):
+    from cas import cli
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    assert cli.main(["--version"]) == 0 and os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    assert cli.main(["--version"]) == 0 and os.environ["OPENBLAS_NUM_THREADS"] == "2"
