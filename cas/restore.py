@@ -198,6 +198,7 @@ def stream_file(reader: ChunkReader, manifest: FileManifest, write: Callable[[by
     way for 125 MB, and held 75 MiB more: benchmarks/bench_s3.py.)
     """
     hasher = file_hasher()
+    codec.will_decode(manifest.size)
     with quick_handoffs(), ThreadPoolExecutor(max_workers=2, thread_name_prefix="cas-get") as pool, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-digest") as digester:
         fetching: deque = deque()

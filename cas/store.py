@@ -189,13 +189,14 @@ class Store:
                     for key in load.named.keys() - sizes.keys():
                         del load.named[key]  # merged as we read: its packs are named by the merged one
                 seen = read | (load.named.keys() if load else set())
-                if load is None and (index.knows_no_packs()
-                                     or sum(sizes[k] for k in listed if k not in seen) >= BULK_SYNC_BYTES):
-                    from .bulk_load import BulkLoad
+                unread = [k for k in listed if k not in seen]
+                if load is None and unread and (index.knows_no_packs()
+                                                or sum(sizes[k] for k in unread) >= BULK_SYNC_BYTES):
+                    from .bulk_load import BulkLoad  # numpy: not for a store with nothing to learn
                     load = BulkLoad(index, scratch)
                 learner = load or index
                 vanished = False
-                for key, records in pack_index.iter_present(self.backend, [k for k in listed if k not in seen]):
+                for key, records in pack_index.iter_present(self.backend, unread):
                     if records is None:
                         vanished = True
                     else:

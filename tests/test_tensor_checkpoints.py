@@ -8,6 +8,8 @@ import json
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import zipfile
 
 import blake3
@@ -285,6 +287,37 @@ def test_the_writer_rotates_by_the_bits_that_pay_and_names_a_rotation_it_does_no
 
 FUZZ = settings(max_examples=int(os.environ.get("CAS_FUZZ_EXAMPLES", "200")), deadline=None,
                 suppress_health_check=list(HealthCheck))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([2, 4, 8]), st.sampled_from(codec.ROTATIONS), st.binary(min_size=8, max_size=4096))
+def test_planes_join_the_same_with_and_without_numpy(width, transform, data):
+    """A process that has not imported numpy joins its first planes with big integers: same bytes."""
+    data = data[:len(data) // width * width]
+    planes = [data[i::width] for i in range(width)]
+    assert codec._join_plain(planes, width, transform) == codec._join_planes(planes, width, transform)
+    rotated = [int.from_bytes(data[i:i + width], "little") for i in range(0, len(data), width)]
+    bits = 8 * width
+    expected = b"".join(((v >> transform) | (v << (bits - transform)) & ((1 << bits) - 1)).to_bytes(width, "little")
+                        for v in rotated)
+    assert codec._join_plain(planes, width, transform) == expected
+
+
+def test_one_tensor_is_read_by_a_process_without_numpy(tmp_path):
+    """cas cat --tensor of a float tensor stored by planes imports no numpy (its start-up is most of
+    what reading one tensor costs)."""
+    weights = {"a": (np.random.default_rng(3).standard_normal((256, 1024)) * 0.02).astype(np.float32),
+               "b": np.ones(10, np.float32)}
+    save_numpy_safetensors(weights, str(tmp_path / "m.safetensors"))
+    store = Store.open(str(tmp_path / "s"))
+    digest = store.put_file(tmp_path / "m.safetensors").digest
+    assert codec.PLANES in {loc.codec for _, loc in store.index.iter_chunks()}
+    code = ("import sys\nfrom cas import cli\n"
+            f"code = cli.main(['cat', {digest!r}, '--tensor', 'a', '--store', {str(tmp_path / 's')!r}])\n"
+            "sys.stdout.flush()\nsys.stderr.write(str('numpy' in sys.modules))\nsys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    data, loaded = result.stdout, result.stderr.decode().strip().splitlines()[-1]
+    assert data == weights["a"].tobytes() and loaded == "False"
 
 
 def _mutated(data: bytes):
