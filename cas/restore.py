@@ -11,7 +11,7 @@ import shutil
 import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from . import codec, layout
 from .backends.local import fsync_dir, storage_error
@@ -27,6 +27,7 @@ FETCH_AHEAD = 4  # runs being fetched and verified ahead of the writer
 LOOKUP_BATCH = 512  # chunk locations read from the index in one transaction
 MAX_GAP = 256 << 10  # neighbouring chunks closer than this are read in one request
 MAX_LINK_HOPS = 64  # more links than the kernel follows in one lookup (40): a longer chain leads nowhere
+FLUSH_EVERY = 32 << 20  # a restored file's write-back to disk is started every this many bytes (_EarlyFlush)
 TEMP_BASE = 96  # bytes of the destination's name kept in a temp name, so the temp name stays legal
 _TEMP = re.compile(r"\..*\.cas-tmp-(\d+)-(\d+)-[0-9a-f]{8}", re.S)  # .<name>.cas-tmp-<pid>-<start>-<token>
 
@@ -289,10 +290,9 @@ def write_file(reader, manifest, digest: bytes, target: str, *, executable: bool
     """Restore one file at `target` (which must not exist), verified before it appears there."""
     tmp = _temp_sibling(target)
     try:
-        with open(tmp, "xb") as f:
-            stream_file(reader, manifest, f.write, digest=digest, on_progress=on_progress)
-            f.flush()
-            os.fsync(f.fileno())
+        with open(tmp, "xb") as f, _EarlyFlush(f) as out:
+            stream_file(reader, manifest, out.write, digest=digest, on_progress=on_progress)
+            out.finish()
         if executable:
             os.chmod(tmp, 0o755)
         os.link(tmp, target)
@@ -300,6 +300,40 @@ def write_file(reader, manifest, digest: bytes, target: str, *, executable: bool
         raise storage_error(exc, f"writing {target}") from exc
     finally:
         _remove(tmp)
+
+
+class _EarlyFlush:
+    """Writes a file and, every FLUSH_EVERY bytes, has another thread flush what is written so far to
+    disk (fdatasync), so that the fsync a restore ends with (a file is complete on disk before it gets
+    its name) waits for the last stretch only: the write-back of the rest overlaps the reading and
+    decoding (a 249 MB get spent 0.15 s of its 0.8 s in that one fsync)."""
+
+    def __init__(self, f):
+        self.f, self.fd, self.since = f, f.fileno(), 0
+        self.pending: Future | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-flush")
+
+    def write(self, data) -> None:
+        self.f.write(data)
+        self.since += len(data)
+        if self.since >= FLUSH_EVERY and (self.pending is None or self.pending.done()):
+            if self.pending is not None:
+                self.pending.result()  # its error, if any, is this write's
+            self.f.flush()
+            self.pending, self.since = self.pool.submit(getattr(os, "fdatasync", os.fsync), self.fd), 0  # macOS: fsync
+
+    def finish(self) -> None:
+        """Everything written is on disk."""
+        self.f.flush()
+        if self.pending is not None:
+            self.pending.result()
+        os.fsync(self.fd)
+
+    def __enter__(self) -> _EarlyFlush:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True)  # before the file is closed: no flush of a closed descriptor
 
 
 def write_tree(load_file: Callable[[bytes], FileManifest], reader, tree: TreeManifest, target: str, *,

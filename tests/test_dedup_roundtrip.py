@@ -182,3 +182,27 @@ def test_only_large_files_are_remembered_and_reindex_forgets_them(store_dir, tmp
     assert store.index.remembered_digest(_identity(str(large), os.stat(large))) == bytes.fromhex(digest)
     store.reindex()
     assert store.index.remembered_digest(_identity(str(large), os.stat(large))) is None
+
+
+def test_a_restore_flushes_as_it_writes_and_syncs_the_whole_file_before_naming_it(store_dir, tmp_path, monkeypatch):
+    """Write-back starts every FLUSH_EVERY bytes on another thread; the file gets its name only after
+    the last fsync, and comes out byte for byte."""
+    from cas import restore
+    data = os.urandom(3 * MiB)
+    (tmp_path / "f.bin").write_bytes(data)
+    store = Store.open(store_dir)
+    digest = store.put_file(tmp_path / "f.bin").digest
+    calls = []
+
+    def spy(kind, real):
+        return lambda fd: calls.append((kind, os.fstat(fd).st_size)) or real(fd)
+    monkeypatch.setattr(restore, "FLUSH_EVERY", 256 << 10)
+    monkeypatch.setattr(os, "fdatasync", spy("fdatasync", os.fdatasync))
+    monkeypatch.setattr(os, "fsync", spy("fsync", os.fsync))
+    out = tmp_path / "out.bin"
+    store.get_file(digest, out)
+    assert out.read_bytes() == data
+    # one flush at least is started while writing (more when the earlier one is done by the next 256 KiB)
+    kinds = [kind for kind, _ in calls]
+    assert "fdatasync" in kinds and calls[-1] == ("fsync", len(data)), calls
+    assert kinds.index("fsync") == len(kinds) - 1  # every early flush was waited for before the last fsync
