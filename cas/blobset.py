@@ -12,7 +12,8 @@ import numpy as np
 
 from . import spill
 from .pack import CHUNK
-from .spill import IN_MEMORY, Scratch, Table
+from .scratch import IN_MEMORY, Scratch
+from .spill import Table
 
 ID = np.dtype("S32")  # numpy compares fixed-width bytes over their whole width, embedded zeros included
 EMPTY = np.empty(0, ID)

@@ -32,7 +32,8 @@ import numpy as np
 
 from .index import CHUNK_VALUE, DELTA_VALUE, MANIFEST_VALUE, Index
 from .pack import CHUNK, FILE_MANIFEST, Location
-from .spill import Scratch, Table, groups, run_starts
+from .scratch import Scratch
+from .spill import Table, groups, run_starts
 
 BATCH = 1 << 17  # blobs learned per write transaction
 

@@ -18,14 +18,14 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from . import layout, pack_index, spill, temps
+from . import layout, pack_index, temps
 from .blobset import EMPTY, Blobs
 from .errors import IntegrityError, NotFound, StorageError
 from .gc_lists import decode_list, decode_sessions, encode_list, encode_sessions
 from .leases import backend_now, expired_sessions, lease_seconds, live_sessions
 from .pack import read_pack_entries
 from .pack_index import PackRecord
-from .spill import Scratch
+from .scratch import Scratch, group_rows
 from .supply import Catalog, Supplied, needed
 from .walk import RAISE, Walk
 
@@ -376,7 +376,7 @@ def _repack(store, supplies: dict[bytes, Supplied], victims: list[bytes], on_pro
     Only those: a reachable blob of a victim that another kept pack supplies stays there, else every
     repack would copy duplicates along and gc would never stop finding partly dead packs.
     Each blob is verified as it is read, in coalesced ranges. The victims' chosen chunk ids are asked of
-    the choice for all batches of victims (about spill.group_rows() chunks each) in one pass over the tables,
+    the choice for all batches of victims (about group_rows() chunks each) in one pass over the tables,
     and read back a batch at a time.
     """
     reader = store.chunk_reader()
@@ -400,7 +400,7 @@ def _batches(victims: list[bytes], supplies: dict[bytes, Supplied]):
     batch: list[bytes] = []
     rows = 0
     for pid in victims:
-        if batch and rows + supplies[pid].chunks > spill.group_rows():
+        if batch and rows + supplies[pid].chunks > group_rows():
             yield batch
             batch, rows = [], 0
         batch.append(pid)

@@ -75,10 +75,11 @@ def _host() -> str:
 
 
 def _remove_orphans(root: str) -> None:
+    me = _host()
     for name in os.listdir(root):
         host, _, rest = name.partition("-")
         pid = rest.partition("-")[0]
-        if host != _host() or not pid.isdigit() or int(pid) == os.getpid():
+        if host != me or not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             os.kill(int(pid), 0)

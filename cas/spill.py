@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .errors import StorageError
-from .scratch import IN_MEMORY, Scratch, group_rows, spill_rows
+from .scratch import IN_MEMORY, Scratch, group_rows, spill_rows  # the folder and budgets are scratch's
 
 PARTS = 256
 

@@ -25,7 +25,8 @@ from .blobset import EMPTY, ID, Blobs, IdSet, as_bytes, contains
 from .errors import IntegrityError
 from .pack import CHUNK, Location
 from .pack_index import PackRecord
-from .spill import IN_MEMORY, Scratch, Table
+from .scratch import IN_MEMORY, Scratch
+from .spill import Table
 
 ENTRY = np.dtype([("id", ID), ("pack", "<u4"), ("stored", "<u4"), ("delta", "u1")])
 BASE = np.dtype([("id", ID), ("base", ID)])  # one row per delta entry, in the order of its entry

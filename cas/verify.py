@@ -11,7 +11,7 @@ from .digest import hash_bytes
 from .errors import CasError, IntegrityError, NotFound
 from .gc_lists import decode_list, decode_sessions
 from .pack import CHUNK, FILE_MANIFEST, HEADER, read_pack_entries
-from .spill import Scratch
+from .scratch import Scratch
 from .walk import REPORT, Walk, bases_of
 
 

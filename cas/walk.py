@@ -13,7 +13,8 @@ from .digest import DIGEST_SIZE
 from .errors import CasError, IntegrityError
 from .index import INLINE
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST
-from .spill import IN_MEMORY, Scratch, Table
+from .scratch import IN_MEMORY, Scratch
+from .spill import Table
 
 RAISE, REPORT, SKIP = "raise", "report", "skip"
 CHECK_ROW = np.dtype([("id", ID), ("file", "<u4")])  # a chunk of a walked file, by the file's number

@@ -21,7 +21,7 @@ from cas.bulk_load import BulkLoad
 from cas.codec import DELTA, ZSTD
 from cas.index import Index
 from cas.pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, Location
-from cas.spill import Scratch
+from cas.scratch import Scratch
 
 
 def _packs(seed: int, n_packs: int = 12, per_pack: int = 60) -> list[tuple[bytes, int, list[Location]]]:

@@ -209,7 +209,7 @@ def test_a_spill_table_keeps_rows_by_partition_in_the_order_added_and_aligned(tm
     rng = np.random.default_rng(7)
     ids = rng.integers(0, 256, size=(2000, 32), dtype=np.uint8).view("S32").ravel()
     delta = rng.random(2000) < 0.3
-    with spill.Scratch(str(tmp_path / "scratch")) as scratch:
+    with scratch_module.Scratch(str(tmp_path / "scratch")) as scratch:
         entries, bases = spill.Table(ENTRY, scratch), spill.Table(BASE, scratch)
         for start in range(0, 2000, 37):  # batches of rows, each spilled when 100 pile up
             rows = np.zeros(len(ids[start:start + 37]), ENTRY)
@@ -239,14 +239,13 @@ def test_a_spill_table_keeps_rows_by_partition_in_the_order_added_and_aligned(tm
 
 
 def test_a_scratch_folder_a_killed_process_left_is_removed(tmp_path):
-    from cas import spill
     root = tmp_path / "scratch"
     host = scratch_module._host()
     (root / f"{host}-999999999-dead").mkdir(parents=True)
     (root / f"{host}-999999999-dead" / "x").write_bytes(b"x")
     (root / f"{host}-{os.getpid()}-mine").mkdir()
     (root / "otherhost-999999999-theirs").mkdir()  # another host's: its pid means nothing here
-    with spill.Scratch(str(root)) as scratch:
+    with scratch_module.Scratch(str(root)) as scratch:
         scratch.folder()
         assert not (root / f"{host}-999999999-dead").exists() and (root / f"{host}-{os.getpid()}-mine").exists()
         assert (root / "otherhost-999999999-theirs").exists()
@@ -260,7 +259,7 @@ def test_a_scratch_file_gone_or_cut_short_stops_the_command_never_reads_as_fewer
     from cas.errors import StorageError
     monkeypatch.setattr(scratch_module, "SPILL_ROWS", 10)
     ids = np.random.default_rng(3).integers(0, 256, size=(300, 32), dtype=np.uint8).view("S32").ravel()
-    with spill.Scratch(str(tmp_path / "scratch")) as scratch:
+    with scratch_module.Scratch(str(tmp_path / "scratch")) as scratch:
         table = spill.Table(np.dtype("S32"), scratch)
         table.add(ids)
         assert len(table.load()) == 300
@@ -298,7 +297,7 @@ def test_gc_and_verify_decide_the_same_with_their_tables_spilled_to_disk(cli, sy
         seen = gc._Reader(store, scratch).collect(dry_run=True)
         p = gc.plan_gc(seen.packs, seen.reachable, seen.condemnations, seen.live, seen.now, 0.0)
         return p, len(seen.reachable), {pid: (s.stored, s.keys()) for pid, s in p.supplies.items()}
-    in_memory = plan(spill.IN_MEMORY)
+    in_memory = plan(scratch_module.IN_MEMORY)
     spills = []
     monkeypatch.setattr(scratch_module, "SPILL_ROWS", 500)
     monkeypatch.setattr(scratch_module, "GROUP_ROWS", 2000)
@@ -352,7 +351,7 @@ def test_the_repack_finds_each_victims_chunks_for_hundreds_of_batches_in_one_pas
         keys = [hash_bytes(b"%d-%d" % (p, i)) for i in range(1 + p % 4)]
         records.append(PackRecord(pid, 1000, tuple(Location(pid, CHUNK, k, 16 + 10 * i, 5, 5, 0, k)
                                                    for i, k in enumerate(keys))))
-    with spill.Scratch(str(tmp_path / "scratch")) as scratch:
+    with scratch_module.Scratch(str(tmp_path / "scratch")) as scratch:
         catalog = Catalog.of(records, scratch)
         choice = Choice(catalog)
         for lo, hi in spill.groups(catalog.entries):  # every entry chosen except each pack's first

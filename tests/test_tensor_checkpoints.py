@@ -303,21 +303,46 @@ def test_planes_join_the_same_with_and_without_numpy(width, transform, data):
     assert codec._join_plain(planes, width, transform) == expected
 
 
-def test_one_tensor_is_read_by_a_process_without_numpy(tmp_path):
-    """cas cat --tensor of a float tensor stored by planes imports no numpy (its start-up is most of
-    what reading one tensor costs)."""
-    weights = {"a": (np.random.default_rng(3).standard_normal((256, 1024)) * 0.02).astype(np.float32),
-               "b": np.ones(10, np.float32)}
-    save_numpy_safetensors(weights, str(tmp_path / "m.safetensors"))
+def _float_file_stored(tmp_path) -> tuple[str, np.ndarray]:
+    """A 1 MiB float tensor "a" (and a small "b") in a safetensors file stored by planes: (digest, a)."""
+    a = (np.random.default_rng(3).standard_normal((256, 1024)) * 0.02).astype(np.float32)
+    save_numpy_safetensors({"a": a, "b": np.ones(10, np.float32)}, str(tmp_path / "m.safetensors"))
     store = Store.open(str(tmp_path / "s"))
     digest = store.put_file(tmp_path / "m.safetensors").digest
     assert codec.PLANES in {loc.codec for _, loc in store.index.iter_chunks()}
-    code = ("import sys\nfrom cas import cli\n"
-            f"code = cli.main(['cat', {digest!r}, '--tensor', 'a', '--store', {str(tmp_path / 's')!r}])\n"
-            "sys.stdout.flush()\nsys.stderr.write(str('numpy' in sys.modules))\nsys.exit(code)")
+    return digest, a
+
+
+def _in_a_fresh_process(code: str) -> tuple[bytes, str]:
+    """(stdout, the last line of stderr) of `code` run by a new interpreter, which must succeed."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
-    data, loaded = result.stdout, result.stderr.decode().strip().splitlines()[-1]
-    assert data == weights["a"].tobytes() and loaded == "False"
+    return result.stdout, result.stderr.decode().strip().splitlines()[-1]
+
+
+def test_one_tensor_is_read_by_a_process_without_numpy(tmp_path):
+    """cas cat --tensor of a float tensor stored by planes imports no numpy (its start-up is most of
+    what reading one tensor costs)."""
+    digest, a = _float_file_stored(tmp_path)
+    data, loaded = _in_a_fresh_process(
+        "import sys\nfrom cas import cli\n"
+        f"code = cli.main(['cat', {digest!r}, '--tensor', 'a', '--store', {str(tmp_path / 's')!r}])\n"
+        "sys.stdout.flush()\nsys.stderr.write(str('numpy' in sys.modules))\nsys.exit(code)")
+    assert data == a.tobytes() and loaded == "False"
+
+
+def test_a_whole_file_larger_than_the_plain_budget_is_joined_by_numpy_alone(tmp_path):
+    """A reader of a whole file says how much it will decode: when that is more than the joins without
+    numpy have left, not one chunk takes the slow way."""
+    digest, _ = _float_file_stored(tmp_path)
+    _, plain_joins = _in_a_fresh_process(
+        "import sys\nfrom cas import Store, codec\n"
+        "codec._plain_join_left = 512 << 10  # less than the file, more than one chunk\n"
+        "joins, real = [], codec._join_plain\n"
+        "codec._join_plain = lambda *args: joins.append(1) or real(*args)\n"
+        f"data = Store.open({str(tmp_path / 's')!r}).read_bytes({digest!r})\n"
+        f"assert data == open({str(tmp_path / 'm.safetensors')!r}, 'rb').read()\n"
+        "sys.stderr.write(str(len(joins)))")
+    assert plain_joins == "0"
 
 
 def _mutated(data: bytes):
