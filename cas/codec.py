@@ -338,10 +338,11 @@ def encode_delta(data, base_raw: bytes, base_id: bytes, base_depth: int, width: 
     zigzag = (diff << uint(1)) ^ (diff.view(signed) >> signed(8 * width - 1)).view(uint)
     # small moves (weights between two steps) go in the order of the base's exponents: how far a
     # weight moves, in units of its last place, depends on its exponent, so each exponent's differences
-    # get their own statistics. Large ones (optimizer moments) gain too little to pay for the sorting, and
-    # so do 2-byte floats for its time (4x the CPU of the rest of the delta for 17 % fewer bytes on bf16).
+    # get their own statistics (bf16 weights moved by noise: 30.6 -> 25.2 % of raw; the sorting makes
+    # such a delta 2.8x slower to write and 4x slower to read, on the changed chunks only). Large moves
+    # (optimizer moments) gain too little to pay for the sorting; 8-byte floats are left as they were.
     runs = None
-    if width == 4 and len(zigzag) >= 2 * MIN_BLOCK \
+    if width in (2, 4) and len(zigzag) >= 2 * MIN_BLOCK \
             and np.mean(zigzag[::ENTROPY_STRIDE] >> uint(8 * width - 9) == 0) >= SMALL_MOVES:
         context = top_bytes(base_raw, width)
         zigzag = zigzag[np.argsort(context, kind="stable")]  # the decoder sorts the base's bytes alike

@@ -170,7 +170,7 @@ def test_a_delta_frame_rebuilds_exactly_and_refuses_damage():
 
 
 def test_delta_planes_in_the_base_exponent_order_rebuild_and_frames_of_the_first_delta_version_still_read():
-    """Differences of 4-byte floats are stored in the order of the base's exponents (planes frame version 2); a delta
+    """Differences of 2- and 4-byte floats are stored in the order of the base's exponents (planes frame version 2); a delta
     frame written before that (its planes in element order, version 1) still decodes; a version 2
     planes frame read without its base, or with a plane coder or context this cas does not know, is
     refused by name."""
@@ -179,8 +179,7 @@ def test_delta_planes_in_the_base_exponent_order_rebuild_and_frames_of_the_first
         base = (rng.standard_normal(40_000) * 0.02).astype(dtype)
         new = (base - rng.standard_normal(40_000) * step).astype(dtype)
         frame = codec.encode_delta(new.tobytes(), base.tobytes(), b"b" * 32, 0, width, 1)
-        # 2-byte floats are not sorted (too little gain for the time)
-        assert frame is not None and frame[37] == (codec.CONTEXT_VERSION if width == 4 else codec.PLANES_VERSION)
+        assert frame is not None and frame[37] == codec.CONTEXT_VERSION
         assert codec.decode_delta(frame, new.nbytes, base.tobytes(), name="c") == new.tobytes()
         # the first delta version: the same head around a planes frame of the zigzag differences, version 1
         uint, signed = {4: (np.uint32, np.int32), 2: (np.uint16, np.int16)}[width]
