@@ -49,12 +49,12 @@ class ParentCopy:
     """
 
     def __init__(self, fd: int, spans: dict[bytes, tuple[int, int]],
-                 from_store: Callable[[bytes], tuple[bytes, int, int | None]],
-                 facts: Callable[[bytes], tuple[int, int | None]]):
+                 from_store: Callable[[bytes], tuple[bytes, int, int | None, bytes | None]],
+                 facts: Callable[[bytes], tuple[int, int | None, bytes | None]]):
         self.fd, self.spans, self.from_store, self.facts = fd, spans, from_store, facts
         self.local = self.stored = 0  # bases read from each source, for tests and benchmarks
 
-    def __call__(self, chunk_id: bytes) -> tuple[bytes, int, int | None]:
+    def __call__(self, chunk_id: bytes) -> tuple[bytes, int, int | None, bytes | None]:
         span = self.spans.get(chunk_id)
         if span is not None:
             try:
@@ -69,8 +69,8 @@ class ParentCopy:
 
 
 def open_parent_copy(ident: bytes | None, chunks: list[tuple[int, int, bytes]],
-                     from_store: Callable[[bytes], tuple[bytes, int, int | None]],
-                     facts: Callable[[bytes], tuple[int, int | None]]) -> ParentCopy | None:
+                     from_store: Callable[[bytes], tuple[bytes, int, int | None, bytes | None]],
+                     facts: Callable[[bytes], tuple[int, int | None, bytes | None]]) -> ParentCopy | None:
     """A ParentCopy over the file `ident` names if it is still there and readable (the caller closes
     its fd); chunks: (start, end, id) of the parent's chunks."""
     path = still_there(ident) if ident is not None else None

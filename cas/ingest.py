@@ -67,33 +67,45 @@ def _compress_all(parts: list[tuple[memoryview, int, bytes]], level: int, base_r
     against it if that pays, the others by byte plane where the width says floats (each run of chunks
     of one width in one numpy pass), else by zstd.
 
-    base_reader(id) gives the base's raw bytes, its delta depth and what its chain's copy stored alone
-    takes (None: unknown). A delta clearly smaller than that (codec.CLEAR_GAIN) is kept as it is; any
-    other is kept only if it beats the chunk stored alone, compressed to compare (codec.delta_pays).
+    base_reader(id) gives the base's raw bytes, its delta depth, and the stored size and id of the
+    chunk stored alone at the root of its chain (None: unknown). A base as deep as a base may be is
+    replaced by that root: the chain branches there instead of starting again from a chunk stored
+    alone (the same piece of the tensor a few versions back is still much closer than nothing). A
+    delta clearly smaller than the root's copy (codec.CLEAR_GAIN) is kept as it is; any other is kept
+    only if it beats the chunk stored alone, compressed to compare (codec.delta_pays). The base
+    returned may thus be another than the one asked for.
     """
     out: list[tuple[int, bytes, bytes] | None] = [None] * len(parts)
-    frames: dict[int, bytes] = {}  # deltas waiting for the size of their chunk stored alone
+    frames: dict[int, tuple[bytes, bytes]] = {}  # deltas (frame, base) waiting for the size of their chunk alone
     for i, (view, width, base_id) in enumerate(parts):
         if not base_id or base_reader is None:
             continue
         try:
-            base_raw, depth, alone = base_reader(base_id)
+            base_raw, depth, alone, root = base_reader(base_id)
+            if depth >= codec.MAX_DELTA_DEPTH and root is not None:
+                base_id = root
+                base_raw, depth, alone, _ = base_reader(root)
         except CasError:  # a base that cannot be read now is no base: the chunk is stored alone
             continue
         frame = codec.encode_delta(view, base_raw, base_id, depth, width, level)
         if frame is not None and alone is not None and len(frame) <= codec.CLEAR_GAIN * alone:
             out[i] = (codec.DELTA, frame, base_id)
         elif frame is not None:
-            frames[i] = frame
+            frames[i] = (frame, base_id)
     for width, run in groupby([i for i, done in enumerate(out) if done is None], key=lambda i: parts[i][1]):
         todo = list(run)
         views = [parts[i][0] for i in todo]
         plain = codec.compress_planes_many(views, width, level) if width else [codec.compress(v, level) for v in views]
         for i, (codec_id, stored) in zip(todo, plain):
-            frame = frames.get(i)
-            pays = frame is not None and codec.delta_pays(len(frame), len(stored))
-            out[i] = (codec.DELTA, frame, parts[i][2]) if pays else (codec_id, stored, b"")  # type: ignore[assignment]
+            frame, base_id = frames.get(i, (b"", b""))
+            pays = bool(frame) and codec.delta_pays(len(frame), len(stored))
+            out[i] = (codec.DELTA, frame, base_id) if pays else (codec_id, stored, b"")
     return out  # type: ignore[return-value]
+
+
+def _compress_alone(data, width: int, level: int) -> tuple[int, bytes]:
+    """(codec, stored) of a chunk stored without a base: by byte plane if its width says floats, else zstd."""
+    return codec.compress_planes(data, width, level) if width else codec.compress(data, level)
 
 
 def delta_bases(layout, regions, parent, step: int, size: int) -> dict[int, bytes]:
@@ -314,6 +326,21 @@ class PutSession:
             self.new_bytes += loc.raw_len
         self._add(loc.kind, loc.key, bytes(stored), loc.raw_len, loc.codec, loc.check, loc.size, loc.base)
 
+    def _rely_on_roots(self, new: list, compressed: list) -> None:
+        """Deltas made against another base than the one planned (a chain's root, _compress_all) rely on
+        that base's pack as on any base's; one whose pack the cache does not offer (condemned, or no
+        longer known) is stored alone instead."""
+        moved = [i for i, ((_, _, _, planned), (_, _, base)) in enumerate(zip(new, compressed))
+                 if base and base != planned]
+        if not moved:
+            return
+        for i, home in zip(moved, self.index.chunk_homes([compressed[i][2] for i in moved])):
+            if home is not None:
+                self.relied.add(home)
+                continue
+            _, view, width, _ = new[i]
+            compressed[i] = (*_compress_alone(view, width, self.config.level), b"")
+
     def rely_on(self, kind: int, key: bytes) -> bool:
         """Whether the store holds this blob in a pack a writer may use; if so that pack is checked to
         exist before this session commits (the index saying so is only a hint)."""
@@ -327,8 +354,7 @@ class PutSession:
         index knows it; `raw` was read and verified against chunk_id by the caller."""
         if (CHUNK, chunk_id) in self.pending:
             return
-        codec_id, stored = codec.compress_planes(raw, width, self.config.level) if width else \
-            codec.compress(raw, self.config.level)
+        codec_id, stored = _compress_alone(raw, width, self.config.level)
         self._add(CHUNK, chunk_id, stored, len(raw), codec_id, chunk_id)
 
     # ---- files ------------------------------------------------------------------------------
@@ -396,6 +422,7 @@ class PutSession:
 
     def _pack_segment(self, seg, digesting, new, futures) -> None:
         compressed = [c for f in futures for c in f.result()]
+        self._rely_on_roots(new, compressed)
         for (chunk_id, view, _, _), (codec_id, stored, base) in zip(new, compressed):
             self.new_bytes += len(view)
             self._add(CHUNK, chunk_id, stored, len(view), codec_id, chunk_id, base=base)

@@ -77,29 +77,31 @@ class ChunkReader:
         """One blob's raw bytes, verified (a delta through at most `depth` bases)."""
         return verified_blob(loc, self._read_run([(loc, 0)])[0], what=what, base=self._base, depth=depth)
 
-    def as_base(self, chunk_id: bytes) -> tuple[bytes, int, int | None]:
+    def as_base(self, chunk_id: bytes) -> tuple[bytes, int, int | None, bytes | None]:
         """A chunk read to be a delta's base: its raw bytes (verified) and its base_facts."""
         loc = self.location(chunk_id)
         stored = self._read_run([(loc, 0)])[0]
         raw = verified_blob(loc, stored, what=f"chunk {chunk_id.hex()}", base=self._base)
         return (raw, *self._chain_facts(chunk_id, loc, stored))
 
-    def base_facts(self, chunk_id: bytes) -> tuple[int, int | None]:
+    def base_facts(self, chunk_id: bytes) -> tuple[int, int | None, bytes | None]:
         """What a delta against this chunk needs to know of the copy that reads use: its delta depth (0:
-        stored alone; a delta's, from its frame's head) and the stored size of the copy stored alone
-        at the root of its chain of bases (None if the chain cannot be followed in the index)."""
+        stored alone; a delta's, from its frame's head), and the stored size and id of the chunk stored
+        alone at the root of its chain of bases (the chunk itself at depth 0; None, None if the chain
+        cannot be followed in the index)."""
         loc = self.location(chunk_id)
         return self._chain_facts(chunk_id, loc, self._read_run([(loc, 0)])[0] if loc.codec == codec.DELTA else b"")
 
-    def _chain_facts(self, chunk_id: bytes, loc: Location, stored) -> tuple[int, int | None]:
+    def _chain_facts(self, chunk_id: bytes, loc: Location, stored) -> tuple[int, int | None, bytes | None]:
         if loc.codec != codec.DELTA:
-            return 0, loc.stored_len
+            return 0, loc.stored_len, chunk_id
         depth = codec.delta_base(stored, name=f"chunk {chunk_id.hex()}")[1]
         for _ in range(codec.MAX_DELTA_DEPTH):
-            loc = self.location(loc.base)
+            base = loc.base
+            loc = self.location(base)
             if loc.codec != codec.DELTA:
-                return depth, loc.stored_len
-        return depth, None
+                return depth, loc.stored_len, base
+        return depth, None, None
 
     def raw_and_width(self, chunk_id: bytes) -> tuple[bytes, int]:
         """A delta chunk's raw bytes, verified, and the element width its frame records."""

@@ -82,19 +82,48 @@ def test_puts_under_one_label_store_deltas_and_gc_keeps_their_bases(cli, store_d
     assert cli("verify", "--read-data").code == 0
 
 
-def test_a_chunk_decodes_through_at_most_three_bases(store_dir, tmp_path):
+def test_a_chunk_decodes_through_at_most_three_bases_and_a_full_chain_branches_at_its_root(store_dir, tmp_path):
+    """Versions 1-3 of a tensor chunk are deltas one version back (depths 1-3); the fifth version's base
+    would be too deep, so it is a delta against the root of that chain (the first version's chunk,
+    stored alone), depth 1 again, rather than a chunk stored alone."""
     paths = _versions(str(tmp_path), 6)
     store = Store.open(store_dir)
-    parent = None
+    parent, digests = None, []
     for path in paths:
         parent = store.put_file(path, parent=parent).digest
+        digests.append(parent)
     reader = store.chunk_reader()
     depths = [reader.base_facts(loc.key)[0] for loc in _delta_chunks(store)]
-    assert depths and max(depths) == codec.MAX_DELTA_DEPTH  # the fifth version starts again from a whole chunk
+    assert depths and max(depths) == codec.MAX_DELTA_DEPTH
+    first, fifth = _chunk_ids(store, digests[0]), _chunk_ids(store, digests[4])
+    fifth_deltas = [loc for loc in _delta_chunks(store) if loc.key in fifth]
+    assert len(fifth_deltas) >= 3  # every tensor's chunks, not stored alone
+    for loc in fifth_deltas:
+        assert loc.base in first and reader.base_facts(loc.key)[:1] == (1,)
     fresh = Store.open(store_dir, cache_dir=str(tmp_path / "fresh"))
     for path in paths:
         data = open(path, "rb").read()
         assert fresh.read_bytes(fresh.put_file(path).digest) == data  # already stored: nothing new, reads back
+
+
+def test_a_root_whose_pack_the_cache_does_not_offer_is_no_base(store_dir, tmp_path, monkeypatch):
+    """A chain's root is relied on like any base: if the cache does not offer its pack (condemned by a
+    gc, or gone) when the delta against it is packed, the chunk is stored alone instead."""
+    paths = _versions(str(tmp_path), 5)
+    store = Store.open(store_dir)
+    digests = [store.put_file(paths[0]).digest]
+    for path in paths[1:4]:
+        digests.append(store.put_file(path, parent=digests[-1]).digest)
+    first = _chunk_ids(store, digests[0])
+    homes = store.index.chunk_homes
+    monkeypatch.setattr(store.index, "chunk_homes", lambda ids: [None if i in first else h
+                                                                 for i, h in zip(ids, homes(ids))])
+    fifth = store.put_file(paths[4], parent=digests[-1]).digest
+    fifth_ids = _chunk_ids(store, fifth)
+    assert not [loc for loc in _delta_chunks(store) if loc.key in fifth_ids and loc.base in first]
+    alone = [loc for _, loc in store.index.iter_chunks() if loc.key in fifth_ids and loc.codec == codec.PLANES]
+    assert len(alone) >= 3  # its tensors' chunks, stored alone
+    assert store.read_bytes(fifth) == open(paths[4], "rb").read()
 
 
 def _chunk_ids(store: Store, digest: str) -> set[bytes]:
@@ -170,8 +199,8 @@ def test_a_delta_frame_rebuilds_exactly_and_refuses_damage():
 
 
 def test_delta_planes_in_the_base_exponent_order_rebuild_and_frames_of_the_first_delta_version_still_read():
-    """Differences of 2- and 4-byte floats are stored in the order of the base's exponents (planes frame version 2); a delta
-    frame written before that (its planes in element order, version 1) still decodes; a version 2
+    """Differences of 2- and 4-byte floats are stored in the order of the base's exponents (planes frame
+    version 2); a delta frame written before that (its planes in element order, version 1) still decodes; a version 2
     planes frame read without its base, or with a plane coder or context this cas does not know, is
     refused by name."""
     rng = np.random.default_rng(7)
