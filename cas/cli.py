@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import sys
@@ -216,11 +217,32 @@ def _pin_commands(cmd) -> None:
     c.add_argument("label", metavar="LABEL", help="the label to remove, as cas pins shows it, e.g. release/v1")
 
 
+MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+KEEP_FREED = 64 << 20  # blocks up to this size are reused from the heap, not mapped afresh
+
+
+def keep_freed_blocks() -> bool:
+    """Have glibc's allocator keep freed blocks for reuse instead of unmapping them (the `cas` command
+    only; a user who set any MALLOC_* threshold keeps theirs). numpy's temporaries of 128 KiB and more
+    (a chunk's planes, the order of its exponents) would otherwise be fresh mappings, a page fault per
+    4 KiB on first touch: about a third of the system time of a put of new float data. True if set."""
+    if any(name in os.environ for name in MALLOC_SETTINGS):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, KEEP_FREED)) and bool(mallopt(_M_TRIM_THRESHOLD, 4 * KEEP_FREED))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # cas does no linear algebra; numpy's BLAS would start a thread per core at import and spin them
     # (60 ms of every command that decodes float planes, on 2 cores). The user's own setting wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    keep_freed_blocks()
     if argv[:1] == ["__complete"]:  # the shell asking what may come next (cas/completion.py)
         from .completion import complete
         return complete(_parser(), argv[1:])
