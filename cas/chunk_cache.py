@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import secrets
 
 from .digest import hash_bytes
 from .errors import InvalidInput
@@ -74,7 +73,7 @@ class ChunkCache:
         if len(stored) + _CHECK > self.limit // 10:
             return  # one blob never pushes out a tenth of the cache
         path = self._path(pack_id, offset, len(stored))
-        temp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        temp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(temp, "wb") as f:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-import secrets
 from dataclasses import asdict, dataclass, field
 
 from . import layout
@@ -55,7 +55,7 @@ class StoreConfig:
     @classmethod
     def new(cls, *, level: int = 1, chunker: ChunkerParams | None = None,
             conditional_writes: bool = True) -> StoreConfig:
-        return cls(store_id=secrets.token_hex(16), level=level, chunker=chunker or ChunkerParams(),
+        return cls(store_id=os.urandom(16).hex(), level=level, chunker=chunker or ChunkerParams(),
                    conditional_writes=conditional_writes)
 
     @property

@@ -14,7 +14,7 @@ manifests, records, pins.
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -191,7 +191,7 @@ def _condemnations(backend) -> list[Condemnation]:
 
 
 def _stamp(now: float) -> str:
-    return f"{int(now * 1e3):015d}-{secrets.token_hex(4)}"
+    return f"{int(now * 1e3):015d}-{os.urandom(4).hex()}"
 
 
 def execute_gc(store, *, grace: float = DEFAULT_GRACE, dry_run: bool = False,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import secrets
 import shutil
 import struct
 import threading
@@ -116,7 +115,7 @@ def _open(path: str) -> tuple[lmdb.Environment, int]:
 def _discard(path: str) -> None:
     """Rename the cache folder to a unique name, then delete it: a process still using it keeps its files."""
     if os.path.lexists(path):
-        aside = f"{path}.discarded-{os.getpid()}-{secrets.token_hex(4)}"
+        aside = f"{path}.discarded-{os.getpid()}-{os.urandom(4).hex()}"
         os.rename(path, aside)
         shutil.rmtree(aside, ignore_errors=True)
     os.makedirs(path, exist_ok=True)

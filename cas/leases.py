@@ -12,7 +12,6 @@ refreshes were further apart than that: a lease that lapsed stays lapsed, even o
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 import threading
 import time
@@ -42,7 +41,7 @@ class WriterLease:
 
     def __init__(self, backend) -> None:
         self.backend = backend
-        self.id = f"{int(time.time() * 1e3):015d}-{secrets.token_hex(8)}"
+        self.id = f"{int(time.time() * 1e3):015d}-{os.urandom(8).hex()}"
         self.key = layout.session_key(self.id)
         self.duration = lease_seconds()
         self.margin = self.duration / 2

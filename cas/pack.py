@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import struct
 from collections import deque
 from concurrent.futures import Executor, Future
@@ -117,7 +116,7 @@ _BLOB_START = len(HEADER)  # the first byte a blob may start at
 
 def spool_path(spool_dir: str) -> str:
     """A new spool file's path (the file is made by PackWriter)."""
-    return os.path.join(spool_dir, f".tmp.pack-{os.getpid()}-{secrets.token_hex(6)}")
+    return os.path.join(spool_dir, f".tmp.pack-{os.getpid()}-{os.urandom(6).hex()}")
 
 
 class PackWriter:
@@ -187,7 +186,7 @@ class PackWriter:
         # a random nonce makes every pack's bytes, hence its id, unique: a pack gc deleted (or is deleting) can
         # never be "written again" by a later put of the same blobs, whose create-only write would then succeed
         # on the doomed object, and whose id every cache would refuse to learn again
-        raw = msgpack.packb({"v": PACK_FORMAT, "nonce": secrets.token_bytes(16),
+        raw = msgpack.packb({"v": PACK_FORMAT, "nonce": os.urandom(16),
                              "entries": [e.to_list() for e in self.entries]}, use_bin_type=True)
         footer = zstandard.ZstdCompressor(level=3).compress(raw)
         offset = self.size

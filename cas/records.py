@@ -11,8 +11,8 @@ its record: one object per log call, checked against its digest whenever it is r
 from __future__ import annotations
 
 import functools
+import os
 import re
-import secrets
 import time
 import unicodedata
 from collections.abc import Callable
@@ -91,7 +91,7 @@ def check_step(step) -> int:
 
 
 def _stamp(now: float) -> str:
-    return f"{int(now * 1e9):020d}-{secrets.token_hex(6)}"
+    return f"{int(now * 1e9):020d}-{os.urandom(6).hex()}"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 from dataclasses import dataclass
 
@@ -62,7 +62,7 @@ def check_label(label: str) -> str:
 
 def _stamp(now: float) -> str:
     """Sortable and unique by construction: nanosecond time plus a random suffix."""
-    return f"{int(now * 1e9):020d}-{secrets.token_hex(6)}"
+    return f"{int(now * 1e9):020d}-{os.urandom(6).hex()}"
 
 
 def write_pin(backend, pin: Pin) -> None:

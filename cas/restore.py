@@ -6,7 +6,6 @@ import functools
 import io
 import os
 import re
-import secrets
 import shutil
 import stat
 from collections import deque
@@ -242,7 +241,7 @@ def _update_all(hasher, blobs: list[bytes]) -> None:
 def _temp_sibling(dest: str) -> str:
     folder, base = os.path.split(os.path.abspath(dest))
     base = os.fsdecode(os.fsencode(base)[:TEMP_BASE])
-    return os.path.join(folder, f".{base}.cas-tmp-{_owner(os.getpid())}-{secrets.token_hex(4)}")
+    return os.path.join(folder, f".{base}.cas-tmp-{_owner(os.getpid())}-{os.urandom(4).hex()}")
 
 
 @functools.lru_cache(maxsize=4)

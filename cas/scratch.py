@@ -6,7 +6,6 @@ that a command which never spills (cat, show, put of a text file) does not impor
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 
 from .errors import InvalidInput, StorageError
@@ -50,7 +49,7 @@ class Scratch:
             try:
                 os.makedirs(self.root, exist_ok=True)
                 _remove_orphans(self.root)
-                self._folder = os.path.join(self.root, f"{_host()}-{os.getpid()}-{secrets.token_hex(4)}")
+                self._folder = os.path.join(self.root, f"{_host()}-{os.getpid()}-{os.urandom(4).hex()}")
                 os.mkdir(self._folder)
             except OSError as exc:
                 raise StorageError(f"cannot use the scratch folder {self.root}: {exc.strerror or exc}",

@@ -13,7 +13,6 @@ rows were added in step (a row of one for each row of the other that matches a f
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 
 import numpy as np
@@ -69,7 +68,7 @@ class Table:
         rows, parts = rows[order], parts[order]
         bounds = np.searchsorted(parts, np.arange(PARTS + 1))
         if self._files is None:
-            self._files = os.path.join(self.scratch.folder(), secrets.token_hex(4))
+            self._files = os.path.join(self.scratch.folder(), os.urandom(4).hex())
             os.mkdir(self._files)
         try:
             for p in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterable, Iterator
 
@@ -68,7 +67,7 @@ class LocalBackend(Backend):
     def put(self, key, data, *, create_only=False):
         final = self._path(key)
         folder = os.path.dirname(final)
-        tmp = os.path.join(folder, TMP_PREFIX + secrets.token_hex(8))
+        tmp = os.path.join(folder, TMP_PREFIX + os.urandom(8).hex())
         try:
             os.makedirs(folder, exist_ok=True)
             with open(tmp, "wb") as f:
