@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 
 from .digest import hash_bytes
@@ -16,6 +17,12 @@ TMP = "tmp/"
 _PACK_KEY = re.compile(r"^packs/([0-9a-f]{2})/([0-9a-f]{64})$")
 _INDEX_KEY = re.compile(r"^index/([0-9a-f]{64})$")
 _PIN_KEY = re.compile(r"^pins/([0-9a-f]{32})/([0-9]{20}-[0-9a-f]{12})$")
+
+
+def new_stamp(now: float) -> str:
+    """The last part of a pin's or a record's key: sortable and unique by construction, nanosecond time
+    plus a random suffix (`_PIN_KEY`'s `[0-9]{20}-[0-9a-f]{12}`)."""
+    return f"{int(now * 1e9):020d}-{os.urandom(6).hex()}"
 
 
 def pack_key(pack_id: bytes) -> str:

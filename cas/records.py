@@ -11,7 +11,6 @@ its record: one object per log call, checked against its digest whenever it is r
 from __future__ import annotations
 
 import functools
-import os
 import re
 import time
 import unicodedata
@@ -89,9 +88,6 @@ def check_step(step) -> int:
         raise InvalidInput(f"invalid step {step!r}: a non-negative integer", subject=str(step))
     return step
 
-
-def _stamp(now: float) -> str:
-    return f"{int(now * 1e9):020d}-{os.urandom(6).hex()}"
 
 
 @dataclass(frozen=True)
@@ -306,7 +302,7 @@ class RecordBook:
         if inline is not None:
             doc["inline"] = bytes(inline)
         if step is not None:
-            return self._write(layout.version_key(run, name, step, _stamp(now)), doc)
+            return self._write(layout.version_key(run, name, step, layout.new_stamp(now)), doc)
         return self._claim_next_step(doc)
 
     def _claim_next_step(self, doc: dict) -> Version:
@@ -328,7 +324,7 @@ class RecordBook:
         check_name(run, "run name")
         now = time.time()
         doc = {"t": type_, "run": run, "time": now, "data": data}
-        self._write(layout.event_key(run, _stamp(now)), doc)
+        self._write(layout.event_key(run, layout.new_stamp(now)), doc)
         return RunEvent(run, type_, now, data)
 
     # ---- reading ------------------------------------------------------------------------
@@ -360,7 +356,7 @@ class RecordBook:
             now = time.time()
             doc = {"t": "version", "run": v.run, "name": v.name, "step": v.step, "kind": v.kind, "digest": None,
                    "size": 0, "new_bytes": 0, "time": now, "metadata": {}, "forgotten": True}
-            self._write(layout.version_key(v.run, v.name, v.step, _stamp(now)), doc)
+            self._write(layout.version_key(v.run, v.name, v.step, layout.new_stamp(now)), doc)
 
     def all_versions(self) -> list[Version]:
         """The live versions of every run."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -60,13 +59,9 @@ def check_label(label: str) -> str:
     return label
 
 
-def _stamp(now: float) -> str:
-    """Sortable and unique by construction: nanosecond time plus a random suffix."""
-    return f"{int(now * 1e9):020d}-{os.urandom(6).hex()}"
-
 
 def write_pin(backend, pin: Pin) -> None:
-    backend.put(layout.pin_key(check_label(pin.label), _stamp(pin.time)), pin.to_bytes(), create_only=True)
+    backend.put(layout.pin_key(check_label(pin.label), layout.new_stamp(pin.time)), pin.to_bytes(), create_only=True)
 
 
 def events(backend, prefix: str = layout.PINS) -> list[tuple[str, int]]:
