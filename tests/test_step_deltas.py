@@ -233,6 +233,30 @@ def test_delta_planes_in_the_base_exponent_order_rebuild_and_frames_of_the_first
         codec.decode_delta(bytes(first), new.nbytes, base.tobytes(), name="c")
 
 
+def test_a_delta_is_not_even_tried_where_a_sample_shows_moves_as_large_as_the_mantissa():
+    """4-byte floats that move by a share of their value (Adam's exp_avg two steps on) get no delta frame:
+    a sample of their differences says none could pay, so the chunk is stored alone without encoding
+    a delta first; weights moved by small steps still get one, and so does a chunk too small to sample."""
+    rng = np.random.default_rng(11)
+    base = (rng.standard_normal(65_536) * 1e-3).astype(np.float32)
+    moment = (0.8 * base + rng.standard_normal(base.size) * 5e-4).astype(np.float32)
+    weights = (base + rng.standard_normal(base.size) * 1e-7).astype(np.float32)
+    assert codec.encode_delta(moment.tobytes(), base.tobytes(), b"b" * 32, 0, 4, 1) is None
+    frame = codec.encode_delta(weights.tobytes(), base.tobytes(), b"b" * 32, 0, 4, 1)
+    assert frame is not None and codec.decode_delta(frame, base.nbytes, base.tobytes(), name="c") == weights.tobytes()
+    few, few_base = moment[:1000].tobytes(), base[:1000].tobytes()
+    small = codec.encode_delta(few, few_base, b"b" * 32, 0, 4, 1)
+    assert small is not None and codec.decode_delta(small, len(few), few_base, name="c") == few
+    # the sample was right: the delta it spared would not have paid
+    plain = codec.compress_planes(moment.tobytes(), 4, 1)[1]
+    skipped = codec.LARGE_MOVE_BITS.pop(4)
+    try:
+        spared = codec.encode_delta(moment.tobytes(), base.tobytes(), b"b" * 32, 0, 4, 1)
+    finally:
+        codec.LARGE_MOVE_BITS[4] = skipped
+    assert spared is not None and not codec.delta_pays(len(spared), len(plain))
+
+
 def test_a_parent_of_another_layout_is_matched_tensor_by_tensor(store_dir, tmp_path):
     """A tensor added at the front moves every other one: the parent's header is read and its tensors
     are matched by name, so the moved tensors are still stored as deltas of theirs."""
