@@ -60,13 +60,17 @@ def test_puts_under_one_label_store_deltas_and_gc_keeps_their_bases(cli, store_d
     if budget == "spilled":  # gc's tables on disk, read back a few partitions at a time
         monkeypatch.setattr(scratch_module, "SPILL_ROWS", 16)
         monkeypatch.setattr(scratch_module, "GROUP_ROWS", 32)
-    paths = _versions(str(tmp_path), 4)
+    paths = _versions(str(tmp_path), 6)  # the fifth and sixth branch at the first version's chunks
     model = tmp_path / "model.pt"
-    sizes = []
+    sizes, digests = [], []
     for path in paths:
         model.write_bytes(open(path, "rb").read())
-        assert cli("put", str(model), "--label", "model").code == 0
+        put = cli("--json", "put", str(model), "--label", "model")
+        assert put.code == 0
+        digests.append(put.json()["digest"])
         sizes.append(Store.open(store_dir).stats()["stored_bytes"])
+    # the fifth version, a delta against the first one's chunks, stays pinned after the first is forgotten
+    assert cli("pin", digests[4], "--label", "fifth").code == 0
     alone = sizes[0]
     assert sizes[-1] - sizes[-2] < 0.8 * alone, sizes  # a later version costs well under a first one
     deltas = _delta_chunks(Store.open(store_dir))
@@ -74,11 +78,12 @@ def test_puts_under_one_label_store_deltas_and_gc_keeps_their_bases(cli, store_d
     assert deltas and stats["delta_chunks"] == len(deltas) > 0
     assert stats["delta_stored_bytes"] == sum(loc.stored_len for loc in deltas)
     assert "delta_chunks" in cli("stats").out
-    assert cli("gc", "--grace", "0").code == 0  # the label names only the last version now
+    assert cli("gc", "--grace", "0").code == 0  # the labels name only the fifth and the last version now
     fresh_cache = str(tmp_path / "empty-cache")
     os.environ["CAS_CACHE_DIR"] = fresh_cache
-    got = cli("get", "model", "-o", str(tmp_path / "restored.pt"))
-    assert got.code == 0 and (tmp_path / "restored.pt").read_bytes() == open(paths[-1], "rb").read()
+    for label, path in (("model", paths[-1]), ("fifth", paths[4])):
+        got = cli("get", label, "-o", str(tmp_path / f"restored-{label}.pt"))
+        assert got.code == 0 and (tmp_path / f"restored-{label}.pt").read_bytes() == open(path, "rb").read()
     assert cli("verify", "--read-data").code == 0
 
 
