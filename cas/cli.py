@@ -242,10 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     # cas does no linear algebra; numpy's BLAS would start a thread per core at import and spin them
     # (60 ms of every command that decodes float planes, on 2 cores). The user's own setting wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    keep_freed_blocks()
     if argv[:1] == ["__complete"]:  # the shell asking what may come next (cas/completion.py)
         from .completion import complete
         return complete(_parser(), argv[1:])
+    keep_freed_blocks()  # not for a completion: it decodes nothing, and answers a key press
     as_json = _wants_json(argv)
     try:
         args = _parser().parse_args(argv)
