@@ -12,8 +12,12 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .digest import hash_bytes
+
+if TYPE_CHECKING:
+    from .restore import BaseSource
 
 REMEMBER_FROM = 1 << 20  # files this large have their digest (and their place) remembered
 _STAT = struct.Struct("<QQQqq")  # device, inode, size, mtime ns, ctime ns; then the absolute path
@@ -42,34 +46,40 @@ def still_there(ident: bytes) -> str | None:
 class ParentCopy:
     """Delta bases read from a local copy of the parent file where it holds them, else from the store.
 
-    Called like the store's base reader (ChunkReader.as_base): chunk id → its raw bytes, verified,
-    and the facts of its stored copy (ChunkReader.base_facts). Reading 64 KiB from a file and hashing it costs a
-    fraction of reading the stored chunk, decompressing it and, for a delta, rebuilding it through
-    its own bases.
+    Called like the store's base reader (ChunkReader.as_base): chunk id → a function reading its raw
+    bytes, verified, and the facts of its stored copy (ChunkReader.base_facts). Reading 64 KiB from a
+    file and hashing it costs a fraction of reading the stored chunk, decompressing it and, for a
+    delta, rebuilding it through its own bases.
     """
 
-    def __init__(self, fd: int, spans: dict[bytes, tuple[int, int]],
-                 from_store: Callable[[bytes], tuple[bytes, int, int | None, bytes | None]],
+    def __init__(self, fd: int, spans: dict[bytes, tuple[int, int]], from_store: Callable[[bytes], BaseSource],
                  facts: Callable[[bytes], tuple[int, int | None, bytes | None]]):
         self.fd, self.spans, self.from_store, self.facts = fd, spans, from_store, facts
         self.local = self.stored = 0  # bases read from each source, for tests and benchmarks
 
-    def __call__(self, chunk_id: bytes) -> tuple[bytes, int, int | None, bytes | None]:
+    def __call__(self, chunk_id: bytes) -> BaseSource:
         span = self.spans.get(chunk_id)
-        if span is not None:
-            try:
-                raw = os.pread(self.fd, span[1] - span[0], span[0])
-            except OSError:
-                raw = b""
-            if hash_bytes(raw) == chunk_id:
-                self.local += 1
-                return (raw, *self.facts(chunk_id))
+        if span is None:
+            return self._stored(chunk_id)
+        return (lambda: self._read(chunk_id, span), *self.facts(chunk_id))
+
+    def _read(self, chunk_id: bytes, span: tuple[int, int]) -> bytes:
+        try:
+            raw = os.pread(self.fd, span[1] - span[0], span[0])
+        except OSError:
+            raw = b""
+        if hash_bytes(raw) == chunk_id:
+            self.local += 1
+            return raw
+        return self._stored(chunk_id)[0]()
+
+    def _stored(self, chunk_id: bytes) -> BaseSource:
         self.stored += 1
         return self.from_store(chunk_id)
 
 
 def open_parent_copy(ident: bytes | None, chunks: list[tuple[int, int, bytes]],
-                     from_store: Callable[[bytes], tuple[bytes, int, int | None, bytes | None]],
+                     from_store: Callable[[bytes], BaseSource],
                      facts: Callable[[bytes], tuple[int, int | None, bytes | None]]) -> ParentCopy | None:
     """A ParentCopy over the file `ident` names if it is still there and readable (the caller closes
     its fd); chunks: (start, end, id) of the parent's chunks."""

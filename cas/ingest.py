@@ -67,13 +67,14 @@ def _compress_all(parts: list[tuple[memoryview, int, bytes]], level: int, base_r
     against it if that pays, the others by byte plane where the width says floats (each run of chunks
     of one width in one numpy pass), else by zstd.
 
-    base_reader(id) gives the base's raw bytes, its delta depth, and the stored size and id of the
-    chunk stored alone at the root of its chain (None: unknown). A base as deep as a base may be is
-    replaced by that root: the chain branches there instead of starting again from a chunk stored
-    alone (the same piece of the tensor a few versions back is still much closer than nothing). A
-    delta clearly smaller than the root's copy (codec.CLEAR_GAIN) is kept as it is; any other is kept
-    only if it beats the chunk stored alone, compressed to compare (codec.delta_pays). The base
-    returned may thus be another than the one asked for.
+    base_reader(id) gives a function reading the base's raw bytes, its delta depth, and the stored size
+    and id of the chunk stored alone at the root of its chain (None: unknown; restore.BaseSource). A
+    base as deep as a base may be is replaced by that root before either is read: the chain branches
+    there instead of starting again from a chunk stored alone (the same piece of the tensor a few
+    versions back is still much closer than nothing). A delta clearly smaller than the root's copy
+    (codec.CLEAR_GAIN) is kept as it is; any other is kept only if it beats the chunk stored alone,
+    compressed to compare (codec.delta_pays). The base returned may thus be another than the one
+    asked for.
     """
     out: list[tuple[int, bytes, bytes] | None] = [None] * len(parts)
     frames: dict[int, tuple[bytes, bytes]] = {}  # deltas (frame, base) waiting for the size of their chunk alone
@@ -81,10 +82,11 @@ def _compress_all(parts: list[tuple[memoryview, int, bytes]], level: int, base_r
         if not base_id or base_reader is None:
             continue
         try:
-            base_raw, depth, alone, root = base_reader(base_id)
+            read, depth, alone, root = base_reader(base_id)
             if depth >= codec.MAX_DELTA_DEPTH and root is not None:
                 base_id = root
-                base_raw, depth, alone, _ = base_reader(root)
+                read, depth, alone, _ = base_reader(root)
+            base_raw = read()
         except CasError:  # a base that cannot be read now is no base: the chunk is stored alone
             continue
         frame = codec.encode_delta(view, base_raw, base_id, depth, width, level)

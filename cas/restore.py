@@ -53,6 +53,11 @@ def verified_blob(loc: Location, stored, *, what: str, base: Callable[[bytes, in
     return raw
 
 
+# what a writer learns of a would-be delta base: a function reading its raw bytes (verified), its delta
+# depth, and the stored size and id of the chunk stored alone at the root of its chain (ChunkReader.base_facts)
+BaseSource = tuple[Callable[[], bytes], int, int | None, bytes | None]
+
+
 class ChunkReader:
     """Reads blobs from packs and verifies each against its hash before anyone sees a byte."""
 
@@ -76,12 +81,14 @@ class ChunkReader:
         """One blob's raw bytes, verified (a delta through at most `depth` bases)."""
         return verified_blob(loc, self._read_run([(loc, 0)])[0], what=what, base=self._base, depth=depth)
 
-    def as_base(self, chunk_id: bytes) -> tuple[bytes, int, int | None, bytes | None]:
-        """A chunk read to be a delta's base: its raw bytes (verified) and its base_facts."""
+    def as_base(self, chunk_id: bytes) -> BaseSource:
+        """A chunk to be a delta's base: a function giving its raw bytes (its stored copy is read now,
+        decoded through its own bases and verified when the function is called: not at all when the
+        writer takes another base) and its base_facts."""
         loc = self.location(chunk_id)
         stored = self._read_run([(loc, 0)])[0]
-        raw = verified_blob(loc, stored, what=f"chunk {chunk_id.hex()}", base=self._base)
-        return (raw, *self._chain_facts(chunk_id, loc, stored))
+        return (lambda: verified_blob(loc, stored, what=f"chunk {chunk_id.hex()}", base=self._base),
+                *self._chain_facts(chunk_id, loc, stored))
 
     def base_facts(self, chunk_id: bytes) -> tuple[int, int | None, bytes | None]:
         """What a delta against this chunk needs to know of the copy that reads use: its delta depth (0:

@@ -87,16 +87,23 @@ def test_puts_under_one_label_store_deltas_and_gc_keeps_their_bases(cli, store_d
     assert cli("verify", "--read-data").code == 0
 
 
-def test_a_chunk_decodes_through_at_most_three_bases_and_a_full_chain_branches_at_its_root(store_dir, tmp_path):
+def test_a_chunk_decodes_through_at_most_three_bases_and_a_full_chain_branches_at_its_root(store_dir, tmp_path,
+                                                                                          monkeypatch):
     """Versions 1-3 of a tensor chunk are deltas one version back (depths 1-3); the fifth version's base
     would be too deep, so it is a delta against the root of that chain (the first version's chunk,
     stored alone), depth 1 again, rather than a chunk stored alone."""
     paths = _versions(str(tmp_path), 6)
     store = Store.open(store_dir)
     parent, digests = None, []
-    for path in paths:
+    read: list[bytes] = []  # the bases read from a parent's file
+    monkeypatch.setattr(ParentCopy, "_read", lambda self, chunk_id, span, read_from=ParentCopy._read:
+                        read.append(chunk_id) or read_from(self, chunk_id, span))
+    for k, path in enumerate(paths):
+        read.clear()
         parent = store.put_file(path, parent=parent).digest
         digests.append(parent)
+        assert bool(read) == (1 <= k <= 3 or k == 5)  # the fifth: its parent's chunks are three bases deep
+        # and the root's come from the store, so no base is read from a parent's file
     reader = store.chunk_reader()
     depths = [reader.base_facts(loc.key)[0] for loc in _delta_chunks(store)]
     assert depths and max(depths) == codec.MAX_DELTA_DEPTH
@@ -328,11 +335,14 @@ def test_a_base_from_the_parents_file_is_checked_against_its_id(tmp_path):
     copy.write_bytes(bytes([good[0] ^ 1]) + good[1:])  # one bit off
     fd = os.open(copy, os.O_RDONLY)
     try:
-        bases = ParentCopy(fd, {hash_bytes(good): (0, len(good))}, lambda chunk_id: (good, 0, 10),
-                           lambda chunk_id: (0, 10))
-        assert bases(hash_bytes(good)) == (good, 0, 10) and (bases.local, bases.stored) == (0, 1)
+        root = b"r" * 32
+        bases = ParentCopy(fd, {hash_bytes(good): (0, len(good))}, lambda chunk_id: (lambda: good, 0, 10, root),
+                           lambda chunk_id: (0, 10, root))
+        read, *facts = bases(hash_bytes(good))
+        assert facts == [0, 10, root] and (bases.local, bases.stored) == (0, 0)  # nothing read for the facts
+        assert read() == good and (bases.local, bases.stored) == (0, 1)
         copy.write_bytes(good)
-        assert bases(hash_bytes(good)) == (good, 0, 10) and (bases.local, bases.stored) == (1, 1)
+        assert bases(hash_bytes(good))[0]() == good and (bases.local, bases.stored) == (1, 1)
     finally:
         os.close(fd)
 
