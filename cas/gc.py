@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from . import layout, pack_index, temps
+from . import framing, layout, pack_index, temps
 from .blobset import EMPTY, Blobs
 from .errors import IntegrityError, NotFound, StorageError
 from .gc_lists import decode_list, decode_sessions, encode_list, encode_sessions
@@ -385,7 +385,9 @@ def _repack(store, supplies: dict[bytes, Supplied], victims: list[bytes], on_pro
         return
     choice = supplies[victims[0]].choice  # one choice for every pack of the plan
     keys = choice.keys_by_batch([{supplies[p].pack.number for p in batch} for batch in batches])
-    with store.write_session(learn=False) as session:  # each chosen blob comes once; gc's last sync learns them
+    # each chosen blob comes once (gc's last sync learns them); millions of entries pass through, none in
+    # a cycle: the cycle collector would scan every live object again each time they pile up
+    with store.write_session(learn=False) as session, framing.many_objects():
         for batch, chunk_ids in zip(batches, keys):
             for pid in batch:
                 supplied = supplies[pid]
