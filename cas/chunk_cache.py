@@ -1,13 +1,21 @@
-"""A bounded cache, on local disk, of the blobs read from a remote store: a second read of the same
-version needs no request for its chunks.
+"""A bounded cache, on local disk, of the pack bytes read from a remote store: a second read of the
+same version needs no request for its chunks.
 
-One file per blob as it is stored in its pack (compressed), named by the BLAKE3 of its place (pack,
-offset, length) and holding the BLAKE3 of its bytes before them: a file that does not match is a
-miss (and is removed), and every blob served is still decoded and checked against its own hash by
-the reader, as any blob. Files are written to a temp name and renamed, so processes can share the
-folder. Least recently used goes first: a hit touches the file's time; once a process has added a
-tenth of the limit since it last looked (and on its first write), it takes the folder's lock, adds
-up the sizes and removes the oldest files until the folder is at 90 % of the limit.
+The cache holds ranges of packs as they are stored (compressed), in files of at most one BLOCK of a
+pack each: a read of a run of blobs (one ranged GET) is kept as one file per BLOCK it spans, and a
+later read of a range is served if the files of its blocks cover it. A file per blob cost a file
+creation per blob, which on ext4 took longer than the GETs it saved (563 files for a 125 MB
+checkpoint: 0.2-0.4 s of system time, against 0.03 s for the same bytes in 1 MiB files). A file is
+named by the BLAKE3 of its place (pack, block) and holds the BLAKE3 of the rest before it, then
+where in the block its bytes start: a file that does not match is a miss (and is removed), and
+every blob served is still decoded and checked against its own hash by the reader, as any blob. A
+range that touches what a block's file holds already is merged with it; one that does not replaces
+it. Files are written to a temp name and renamed, so processes can share the folder (a merge that
+loses a race only loses bytes from the cache). Least recently used goes first: a hit touches the
+file's time; before a process's first write, and before a write that would take what it added since
+it last looked past a tenth of the limit, it takes the folder's lock, adds up the sizes and removes
+the oldest files until the folder is at 90 % of the limit at most: a process never takes the folder
+past its limit.
 
 The size is `CAS_CHUNK_CACHE_SIZE` (`20GiB`, `500MiB`, a number of bytes; `0` turns the cache off;
 default 10 GiB); the folder is `<cache dir>/<store id>/chunks`. Local stores are not cached.
@@ -19,14 +27,14 @@ import fcntl
 import os
 import re
 
-from .digest import hash_bytes
+from .digest import file_hasher, hash_bytes
 from .errors import InvalidInput
 
 DEFAULT_SIZE = 10 << 30
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)\s*$", re.I)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000 ** 2, "mib": 1 << 20,
           "g": 1 << 30, "gb": 1000 ** 3, "gib": 1 << 30, "t": 1 << 40, "tb": 1000 ** 4, "tib": 1 << 40}
-_CHECK = 32  # bytes of BLAKE3 before a blob's stored bytes
+_CHECK = 32  # bytes of BLAKE3 at the start of a file, of the rest of it
 
 
 def size_from_env() -> int:
@@ -41,62 +49,108 @@ def size_from_env() -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+BLOCK = 1 << 20  # bytes of a pack one file covers at most
+_LO = 4  # bytes after the check: where in its block a file's bytes start
+
+
 class ChunkCache:
     def __init__(self, folder: str, limit: int):
         self.folder, self.limit = folder, limit
         self._added = 0
         self._looked = False  # whether this process has added up the folder yet
 
-    def _path(self, pack_id: bytes, offset: int, length: int) -> str:
-        name = hash_bytes(pack_id + offset.to_bytes(8, "little") + length.to_bytes(8, "little")).hex()
+    def _path(self, pack_id: bytes, block: int) -> str:
+        name = hash_bytes(b"block" + pack_id + block.to_bytes(8, "little")).hex()
         return os.path.join(self.folder, name[:2], name)
 
-    def get(self, pack_id: bytes, offset: int, length: int) -> bytes | None:
-        path = self._path(pack_id, offset, length)
+    def _piece(self, path: str) -> tuple[int, memoryview] | None:
+        """(where in its block the bytes start, the bytes) of a block's file; None if there is none or it
+        is damaged (then it is removed)."""
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                data = memoryview(f.read())
         except OSError:
             return None
-        body = data[_CHECK:]
-        if len(body) != length or hash_bytes(body) != data[:_CHECK]:
+        if len(data) < _CHECK + _LO or hash_bytes(data[_CHECK:]) != data[:_CHECK]:
             self._drop(path)  # damaged or cut short: a miss
             return None
-        try:
-            os.utime(path)  # recently used
-        except OSError:
-            pass
-        return body
+        lo = int.from_bytes(data[_CHECK:_CHECK + _LO], "little")
+        body = data[_CHECK + _LO:]
+        if lo + len(body) > BLOCK:
+            self._drop(path)
+            return None
+        return lo, body
 
-    def put(self, pack_id: bytes, offset: int, stored) -> None:
-        """Keep a blob's stored bytes (read from the store: the reader verifies them whenever served)."""
-        if len(stored) + _CHECK > self.limit // 10:
-            return  # one blob never pushes out a tenth of the cache
-        path = self._path(pack_id, offset, len(stored))
+    def get(self, pack_id: bytes, start: int, end: int) -> bytes | None:
+        """Bytes start..end of a pack if the cache holds all of them, else None."""
+        parts, paths = [], []
+        for block in range(start // BLOCK, (end - 1) // BLOCK + 1):
+            base = block * BLOCK
+            path = self._path(pack_id, block)
+            piece = self._piece(path)
+            if piece is None:
+                return None
+            lo, body = piece
+            a, b = max(start, base) - base, min(end, base + BLOCK) - base
+            if a < lo or b > lo + len(body):
+                return None
+            parts.append(body[a - lo:b - lo])
+            paths.append(path)
+        for path in paths:
+            try:
+                os.utime(path)  # recently used
+            except OSError:
+                pass
+        return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+
+    def put(self, pack_id: bytes, start: int, data) -> None:
+        """Keep bytes of a pack read from the store, starting at `start` (the reader verifies every blob
+        in them whenever served)."""
+        view = memoryview(data)
+        end = start + len(view)
+        if not len(view) or len(view) > self.limit // 10:
+            return  # one read never pushes out a tenth of the cache
+        for block in range(start // BLOCK, (end - 1) // BLOCK + 1):
+            base = block * BLOCK
+            a, b = max(start, base), min(end, base + BLOCK)
+            self._write(self._path(pack_id, block), a - base, view[a - start:b - start])
+
+    def _write(self, path: str, lo: int, body) -> None:
+        """Keep body at lo of a block, merged with what its file holds when the two touch."""
+        held = self._piece(path)
+        if held is not None and held[0] <= lo + len(body) and lo <= held[0] + len(held[1]):
+            first = min(lo, held[0])
+            merged = bytearray(max(lo + len(body), held[0] + len(held[1])) - first)
+            merged[held[0] - first:held[0] - first + len(held[1])] = held[1]
+            merged[lo - first:lo - first + len(body)] = body
+            lo, body = first, merged
+        size = _CHECK + _LO + len(body)
+        if not self._looked or self._added + size > self.limit // 10:
+            self.evict()  # the folder is at 90 % of the limit at most now: room for what comes before the next look
+        head = lo.to_bytes(_LO, "little")
         temp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(temp, "wb") as f:
-                f.write(hash_bytes(stored))
-                f.write(stored)
+                f.write(file_hasher().update(head).update(body).digest())
+                f.write(head)
+                f.write(body)
             os.replace(temp, path)
         except OSError:
             self._drop(temp)  # a full disk only means no cache
             return
-        self._added += len(stored) + _CHECK
-        if not self._looked or self._added >= self.limit // 10:
-            self.evict()
+        self._added += size
 
     def evict(self) -> int:
-        """Remove the least recently used files until the folder is at 90 % of the limit (when it is over
-        the limit); returns the bytes removed. Under the folder's lock: one process evicts at a time."""
+        """Remove the least recently used files until the folder is at 90 % of the limit at most; returns
+        the bytes removed. Under the folder's lock: one process evicts at a time."""
         self._looked, self._added = True, 0
         os.makedirs(self.folder, exist_ok=True)
         with open(os.path.join(self.folder, ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             files = self._files()
             total = sum(size for _, size, _ in files)
-            if total <= self.limit:
+            if total <= self.limit * 9 // 10:
                 return 0
             freed = 0
             for _, size, path in sorted(files):

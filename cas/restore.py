@@ -157,23 +157,20 @@ class ChunkReader:
         first, last = run[0][0], run[-1][0]
         if first.kind == INLINE:
             return [self.index.inline_content(loc.check) or b"" for loc, _ in run]
-        cache = self.cache if whole is None else None
-        if cache is not None:
-            hits = [cache.get(loc.pack_id, loc.offset, loc.stored_len) for loc, _ in run]
-            if all(hit is not None for hit in hits):
-                return hits
         start, end = first.offset, last.offset + last.stored_len
-        key = layout.pack_key(first.pack_id)
-        try:
-            data = self.backend.get(key, start, end) if whole is None else memoryview(whole)[start:end]
-        except NotFound:
-            raise PackMissing(f"pack {first.pack_id.hex()} holding {_what(first)} is missing", subject=key) from None
+        cache = self.cache if whole is None else None
+        data = cache.get(first.pack_id, start, end) if cache is not None else None
+        if data is None:
+            key = layout.pack_key(first.pack_id)
+            try:
+                data = self.backend.get(key, start, end) if whole is None else memoryview(whole)[start:end]
+            except NotFound:
+                raise PackMissing(f"pack {first.pack_id.hex()} holding {_what(first)} is missing",
+                                  subject=key) from None
+            if cache is not None:
+                cache.put(first.pack_id, start, data)
         view = memoryview(data)
-        blobs = [view[loc.offset - first.offset: loc.offset - first.offset + loc.stored_len] for loc, _ in run]
-        if cache is not None:
-            for (loc, _), blob in zip(run, blobs):
-                cache.put(loc.pack_id, loc.offset, blob)
-        return blobs
+        return [view[loc.offset - start: loc.offset - start + loc.stored_len] for loc, _ in run]
 
 
 def _what(loc: Location) -> str:

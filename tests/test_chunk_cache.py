@@ -1,0 +1,73 @@
+"""The local cache of pack bytes read from a remote store: ranges kept in one file per block of a pack,
+served only whole and only when their files check out."""
+
+from __future__ import annotations
+
+import os
+
+from cas.chunk_cache import BLOCK, ChunkCache
+
+PACK = bytes(range(32))
+
+
+def _files(folder) -> list[str]:
+    return [os.path.join(p, f) for p, _, fs in os.walk(folder) for f in fs if f != ".lock"]
+
+
+def _pack_bytes(n: int) -> bytes:
+    return os.urandom(n)
+
+
+def test_a_run_is_kept_in_one_file_per_block_and_served_in_any_part(tmp_path):
+    cache = ChunkCache(str(tmp_path / "c"), 1 << 30)
+    data = _pack_bytes(3 * BLOCK)
+    start = BLOCK // 2  # spans blocks 0..3
+    cache.put(PACK, start, data)
+    assert len(_files(cache.folder)) == 4  # not one file per blob: one per block the run touches
+    assert cache.get(PACK, start, start + len(data)) == data
+    assert cache.get(PACK, start + 100, start + 2 * BLOCK) == data[100:2 * BLOCK]
+    assert cache.get(PACK, start - 1, start + 10) is None  # a byte before what was read: a miss
+    assert cache.get(PACK, start, start + len(data) + 1) is None
+    assert cache.get(bytes(32), start, start + 10) is None  # another pack
+
+
+def test_ranges_that_touch_in_a_block_are_merged_and_one_apart_replaces(tmp_path):
+    cache = ChunkCache(str(tmp_path / "c"), 1 << 30)
+    data = _pack_bytes(BLOCK)
+    cache.put(PACK, 1000, data[1000:300_000])
+    cache.put(PACK, 300_000, data[300_000:700_000])  # touches the first: one range now
+    assert cache.get(PACK, 1000, 700_000) == data[1000:700_000]
+    cache.put(PACK, 900_000, data[900_000:950_000])  # apart from it: the newer read wins the block's file
+    assert cache.get(PACK, 900_000, 950_000) == data[900_000:950_000]
+    assert cache.get(PACK, 1000, 2000) is None
+    assert len(_files(cache.folder)) == 1
+
+
+def test_a_damaged_or_cut_file_is_a_miss_and_is_removed(tmp_path):
+    cache = ChunkCache(str(tmp_path / "c"), 1 << 30)
+    data = _pack_bytes(200_000)
+    for damage in ("flip", "cut"):
+        cache.put(PACK, 0, data)
+        (path,) = _files(cache.folder)
+        raw = bytearray(open(path, "rb").read())
+        if damage == "flip":
+            raw[-7] ^= 1
+        else:
+            del raw[-7:]
+        with open(path, "wb") as f:
+            f.write(raw)
+        assert cache.get(PACK, 0, len(data)) is None
+        assert not os.path.exists(path)
+
+
+def test_the_folder_stays_under_its_limit(tmp_path):
+    limit = 40 * BLOCK
+    cache = ChunkCache(str(tmp_path / "c"), limit)
+    fullest = 0
+    for i in range(50):  # runs of up to 3.5 blocks: the folder is never past its limit, after any of them
+        cache.put(os.urandom(32), BLOCK // 3, _pack_bytes(BLOCK // 2 + i * BLOCK // 16))
+        on_disk = sum(os.path.getsize(p) for p in _files(cache.folder))
+        assert 0 < on_disk <= limit, (i, on_disk / BLOCK)
+        fullest = max(fullest, on_disk)
+    assert fullest > limit * 0.9  # it did fill up
+    assert cache.put(PACK, 0, _pack_bytes(limit // 10 + 1)) is None and cache.get(PACK, 0, 10) is None  # too big
