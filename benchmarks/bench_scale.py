@@ -12,7 +12,10 @@ whole process with its own peak RSS (measure.run), in this order:
 
 Also reported: the cache's bytes on disk per chunk after the cold stats. Times are wall seconds of
 whole processes (interpreter start included); the ratio columns compare each size with the first one
-run, so growth is read in the same run.
+run, so growth is read in the same run. Sizes up to --repeat-up-to (3 M) run the whole sequence
+--repeat (3) times, each on a fresh copy of the store with a new cache, and report each command's
+median time (and the largest peak RSS): the smallest size is the denominator of every ratio, and a
+single run of a 17 s command varied by a quarter on this shared machine. The largest size runs once.
 
 With `--records VERSIONS,RUNS` it runs the records scenario instead (records_scenario): run records
 written loose, as a cas without record objects wrote them; machine A's first `cas runs` (one GET a
@@ -20,7 +23,7 @@ record); a run started on A (tracker.init: the first writer, which compacts them
 then a new machine B's `cas runs` (the measured one), B's warm `cas runs` and `cas log RUN`, and a new
 machine C's `cas log RUN`. GETs are counted by running each command through counted.py.
 
-    python benchmarks/bench_scale.py [--sizes 1,3,10] [--out benchmarks/results/scale.json] [--keep DIR]
+    python benchmarks/bench_scale.py [--sizes 1,3,10] [--repeat 3] [--out benchmarks/results/scale.json] [--keep DIR]
     python benchmarks/bench_scale.py --records 100000,1000
 
 Results are merged into the output file: each mode rewrites its own keys only.
@@ -33,6 +36,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -56,21 +60,34 @@ COMMANDS = (  # (key, arguments after `cas`), in the order they run
 )
 
 
-def one_size(millions: float, work: Path, cas: list[str], commands=COMMANDS) -> dict:
-    store, cache = work / "store", work / "cache"
+def one_size(millions: float, work: Path, cas: list[str], commands=COMMANDS, repeat: int = 1) -> dict:
+    """The commands on a store of `millions` chunks; with repeat > 1, each sequence runs on a fresh copy
+    of the store with a new cache, and each command's median time and largest peak RSS are reported."""
+    made_store = work / "made"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    made = make_store(str(store), int(millions * 1e6), garbage=0.5, cache_dir=str(work / "writer-cache"))
+    made = make_store(str(made_store), int(millions * 1e6), garbage=0.5, cache_dir=str(work / "writer-cache"))
     shutil.rmtree(work / "writer-cache", ignore_errors=True)
-    out: dict = {"millions": millions, "made": made, "store_bytes": tree_bytes(store)}
-    env = child_env(cache)
-    for key, args in commands:
-        proc = run([*cas, *args, "--store", str(store)], env)
-        out[key] = {"seconds": round(proc.seconds, 2), "peak_rss_mb": round(proc.rss_mb, 1)}
-        if key == "stats_cold":
-            out["cache_bytes"] = tree_bytes(cache)
-            out["cache_bytes_per_chunk"] = round(out["cache_bytes"] / made["chunks"], 1)
-        print(f"  {millions:g} M {key}: {out[key]['seconds']} s, {out[key]['peak_rss_mb']} MB", file=sys.stderr)
+    out: dict = {"millions": millions, "made": made, "store_bytes": tree_bytes(made_store), "repeat": repeat}
+    runs: dict[str, list] = {key: [] for key, _ in commands}
+    for r in range(repeat):
+        store, cache = work / "store", work / "cache"
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.copytree(made_store, store)  # gc changes the store: every sequence starts from the same one
+        env = child_env(cache)
+        for key, args in commands:
+            proc = run([*cas, *args, "--store", str(store)], env)
+            runs[key].append((proc.seconds, proc.rss_mb))
+            if key == "stats_cold" and r == 0:
+                out["cache_bytes"] = tree_bytes(cache)
+                out["cache_bytes_per_chunk"] = round(out["cache_bytes"] / made["chunks"], 1)
+            print(f"  {millions:g} M {key}: {proc.seconds:.2f} s, {proc.rss_mb:.1f} MB", file=sys.stderr)
+    for key, got in runs.items():
+        out[key] = {"seconds": round(statistics.median(s for s, _ in got), 2),
+                    "peak_rss_mb": round(max(m for _, m in got), 1)}
+        if repeat > 1:
+            out[key]["all_seconds"] = [round(s, 2) for s, _ in got]
     return out
 
 
@@ -138,6 +155,10 @@ def main() -> None:
     ap.add_argument("--cas", help="the cas command line (default: beside this python)")
     ap.add_argument("--commands", help="comma-separated keys of the commands to run (default: all): "
                                        + ",".join(k for k, _ in COMMANDS))
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of each command at sizes up to --repeat-up-to millions, median reported (default 3)")
+    ap.add_argument("--repeat-up-to", type=float, default=3.0,
+                    help="largest size, in millions of chunks, that is run --repeat times (default 3; larger: once)")
     ap.add_argument("--records", metavar="VERSIONS,RUNS", help="run the records scenario instead, e.g. 100000,1000")
     args = ap.parse_args()
     if args.records:
@@ -162,7 +183,8 @@ def main() -> None:
     try:
         for m in (float(s) for s in args.sizes.split(",")):
             print(f"bench_scale: {m:g} M chunks", file=sys.stderr)
-            sizes.append(one_size(m, base / f"{m:g}M", cas, commands))
+            repeat = args.repeat if m <= args.repeat_up_to else 1
+            sizes.append(one_size(m, base / f"{m:g}M", cas, commands, repeat))
             shutil.rmtree(base / f"{m:g}M", ignore_errors=True)
     finally:
         if not args.keep:
