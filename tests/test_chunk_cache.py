@@ -71,3 +71,22 @@ def test_the_folder_stays_under_its_limit(tmp_path):
         fullest = max(fullest, on_disk)
     assert fullest > limit * 0.9  # it did fill up
     assert cache.put(PACK, 0, _pack_bytes(limit // 10 + 1)) is None and cache.get(PACK, 0, 10) is None  # too big
+
+
+def test_threads_writing_neighbouring_runs_lose_none_of_the_block_they_share(tmp_path):
+    import threading
+    data = _pack_bytes(2 * BLOCK)
+    for round_ in range(60):
+        cache = ChunkCache(str(tmp_path / f"c{round_}"), 1 << 30)
+        cut = BLOCK // 2 + round_ * 997  # both runs write block 0
+        barrier = threading.Barrier(2)
+
+        def put(start, end):
+            barrier.wait()
+            cache.put(PACK, start, data[start:end])
+        threads = [threading.Thread(target=put, args=span) for span in ((0, cut), (cut, BLOCK + 1000))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert cache.get(PACK, 0, BLOCK + 1000) == data[:BLOCK + 1000], round_
