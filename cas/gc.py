@@ -117,14 +117,16 @@ class _Reader:
         self.every_pack = Catalog(scratch)  # every pack read so far, from index objects or footers
         self.index_objects: dict[str, list[bytes]] = {}  # index object key → the packs it names
 
-    def reachable(self) -> Blobs:
+    def reachable(self, *, unlearned: frozenset[str] = frozenset()) -> Blobs:
         """(kind, key) of every blob the roots as they are now need, and those earlier calls found:
         manifests and chunks, from manifests only. The walk's policy is RAISE: a root whose content is
         missing or damaged stops gc before it deletes. The roots are read first, and only then the
-        index: a root's data was indexed before the root was written, so the sync makes it known."""
+        index: a root's data was indexed before the root was written, so the sync makes it known.
+        unlearned: index objects the sync leaves for later (this run's repack: it copied blobs the
+        cache knows in packs that stay until this run deletes them, after its last walk)."""
         store = self.store
         roots = store.roots(fresh=True)
-        store.sync()
+        store.sync(unlearned=unlearned)
         try:
             self.walk.reach(roots, into=self.reached)
         except IntegrityError as exc:
@@ -247,8 +249,9 @@ def _execute(store, plan: GcPlan, seen: Collected, reader: _Reader, on_progress)
     is now; `plan` is narrowed to what was done."""
     backend = store.backend
     with store.writing():
+        repacked: frozenset[str] = frozenset()
         if plan.repack:
-            _repack(store, plan.supplies, plan.repack, on_progress)
+            repacked = _repack(store, plan.supplies, plan.repack, on_progress)
         if plan.condemn:
             stamp = _stamp(seen.now)
             backend.put(layout.condemned_key(stamp), encode_list(plan.condemn, seen.now), create_only=True)
@@ -262,7 +265,7 @@ def _execute(store, plan: GcPlan, seen: Collected, reader: _Reader, on_progress)
             elif plan.condemn_now_deletes:
                 plan.finished.append(stamp)
     if plan.delete:
-        _confirm(store, plan, seen, reader)
+        _confirm(store, plan, seen, reader, repacked)
     if plan.delete:
         now = backend_now(backend)
         backend.put(layout.deleted_key(_stamp(now)), encode_list(plan.delete, now), create_only=True)
@@ -272,13 +275,15 @@ def _execute(store, plan: GcPlan, seen: Collected, reader: _Reader, on_progress)
                     for k in (layout.condemned_key(stamp), layout.gc_sessions_key(stamp))])
 
 
-def _confirm(store, plan: GcPlan, seen: Collected, reader: _Reader) -> None:
+def _confirm(store, plan: GcPlan, seen: Collected, reader: _Reader, repacked: frozenset[str]) -> None:
     """Spare every pack of plan.delete some root needs now: a writer may have committed a ref to a
     condemned pack before it learned of the condemnation. Roots seen earlier in this run count too
     (a superset only spares more packs). The catalog is read again when this run repacked (the
     repacked blobs' new homes are what let the victims go); blobs only in packs written since are
-    not our concern, as we delete none of those."""
-    still = reader.reachable()
+    not our concern, as we delete none of those. The cache does not learn the repack's index objects
+    here (the catalog is read from the index objects themselves): learned one by one into a large
+    cache they took a tenth of gc, and the sync after the deletions learns every pack again anyway."""
+    still = reader.reachable(unlearned=repacked)
     packs = reader.catalog()[0] if plan.repack else seen.packs
     keep, _ = needed(packs, still, {p for c in _condemnations(store.backend) for p in c.packs}, missing_ok=True)
     plan.delete -= keep  # its condemnation ends with this run: the pack is live again
@@ -370,8 +375,9 @@ def _store_alone_what_only_bases_need(store) -> int:
     return len(todo)
 
 
-def _repack(store, supplies: dict[bytes, Supplied], victims: list[bytes], on_progress) -> None:
-    """Copy the blobs partly dead packs are the home of, still compressed, into new packs (durable and indexed).
+def _repack(store, supplies: dict[bytes, Supplied], victims: list[bytes], on_progress) -> frozenset[str]:
+    """Copy the blobs partly dead packs are the home of, still compressed, into new packs (durable and
+    indexed); returns the keys of the index objects naming them.
 
     Only those: a reachable blob of a victim that another kept pack supplies stays there, else every
     repack would copy duplicates along and gc would never stop finding partly dead packs.
@@ -382,7 +388,7 @@ def _repack(store, supplies: dict[bytes, Supplied], victims: list[bytes], on_pro
     reader = store.chunk_reader()
     batches = list(_batches(victims, supplies))
     if not batches:
-        return
+        return frozenset()
     choice = supplies[victims[0]].choice  # one choice for every pack of the plan
     keys = choice.keys_by_batch([{supplies[p].pack.number for p in batch} for batch in batches])
     # each chosen blob comes once (gc's last sync learns them); millions of entries pass through, none in
@@ -396,6 +402,7 @@ def _repack(store, supplies: dict[bytes, Supplied], victims: list[bytes], on_pro
                 for loc, stored in reader.stored_blobs(chosen):
                     session.copy_blob(loc, stored, force=True)
                     on_progress(loc.stored_len)
+    return frozenset(key for key, _ in session.index_keys)
 
 
 def _batches(victims: list[bytes], supplies: dict[bytes, Supplied]):

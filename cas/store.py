@@ -162,9 +162,10 @@ class Store:
         index.mark_missing(known - listed)
         self.sync(forget=True)
 
-    def sync(self, *, forget: bool = False) -> int:
+    def sync(self, *, forget: bool = False, unlearned: frozenset[str] = frozenset()) -> int:
         """Learn packs written elsewhere from the store's index objects; returns how many packs were added.
-        forget: relearn every pack (the cache named one the store lacks).
+        forget: relearn every pack (the cache named one the store lacks). unlearned: index objects left
+        for a later sync (gc's own repack, which its last sync relearns anyway).
 
         Reads only index objects this cache has not read yet, never pack data. An index object that
         vanishes while we read was merged by a writer: list again and read the merged one. Into a cache
@@ -189,7 +190,7 @@ class Store:
                     for key in load.named.keys() - sizes.keys():
                         del load.named[key]  # merged as we read: its packs are named by the merged one
                 seen = read | (load.named.keys() if load else set())
-                unread = [k for k in listed if k not in seen]
+                unread = [k for k in listed if k not in seen and k not in unlearned]
                 if load is None and unread and (index.knows_no_packs()
                                                 or sum(sizes[k] for k in unread) >= BULK_SYNC_BYTES):
                     from .bulk_load import BulkLoad  # numpy: not for a store with nothing to learn
