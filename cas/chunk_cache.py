@@ -5,14 +5,14 @@ The cache holds ranges of packs as they are stored (compressed), in files of at 
 pack each: a read of a run of blobs (one ranged GET) is kept as one file per BLOCK it spans, and a
 later read of a range is served if the files of its blocks cover it (a file per blob made 563 files
 for a 125 MB checkpoint, 0.2-0.4 s of system time on this machine's ext4, against 0.03 s for the
-same bytes in 1 MiB files; and a full cache, 16 times as many files to add up). A file is
-named by the BLAKE3 of its place (pack, block) and holds the BLAKE3 of the rest before it, then
-where in the block its bytes start: a file that does not match is a miss (and is removed), and
-every blob served is still decoded and checked against its own hash by the reader, as any blob. A
-range that touches what a block's file holds already is merged with it; one that does not replaces
-it. Files are written to a temp name and renamed, so processes can share the folder (a merge that
-loses a race with another process only loses bytes from the cache; a process's own threads write
-one at a time).
+same bytes in 1 MiB files; and a full cache, 16 times as many files to add up). A file is named by
+the BLAKE3 of its place (pack, block) and holds the BLAKE3 of the rest before it, then where in the
+block its bytes start: a file that does not match is a miss (and is removed), and every blob served
+is still decoded and checked against its own hash by the reader, as any blob. A range that touches
+what a block's file holds already is merged with it; one that does not replaces it. Bytes served
+that the reader then finds damaged are dropped (`drop`) and read from the store. Files are written
+to a temp name and renamed, so processes can share the folder (a merge that loses a race with
+another process only loses bytes from the cache; a process's own threads write one at a time).
 
 Least recently used goes first: a hit touches the file's time; before a process's first write, and
 before a write that would take what it added since it last looked past a tenth of the limit, it
@@ -109,6 +109,12 @@ class ChunkCache:
                 pass
         return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
 
+    def drop(self, pack_id: bytes, start: int, end: int) -> None:
+        """Forget what the cache holds of the blocks of bytes start..end of a pack (bytes it served that
+        failed their check: the reader reads them from the store again)."""
+        for block in range(start // BLOCK, (end - 1) // BLOCK + 1):
+            self._drop(self._path(pack_id, block))
+
     def put(self, pack_id: bytes, start: int, data) -> None:
         """Keep bytes of a pack read from the store, starting at `start` (the reader verifies every blob
         in them whenever served)."""
@@ -124,7 +130,7 @@ class ChunkCache:
 
     def _write(self, path: str, lo: int, body) -> None:
         """Keep body at lo of a block, merged with what its file holds when the two touch."""
-        held = self._piece(path)
+        held = None if len(body) == BLOCK else self._piece(path)  # a whole block: nothing to merge
         if held is not None and held[0] <= lo + len(body) and lo <= held[0] + len(held[1]):
             first = min(lo, held[0])
             merged = bytearray(max(lo + len(body), held[0] + len(held[1])) - first)

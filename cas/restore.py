@@ -79,14 +79,14 @@ class ChunkReader:
 
     def blob(self, loc: Location, *, what: str, depth: int = codec.MAX_DELTA_DEPTH) -> bytes:
         """One blob's raw bytes, verified (a delta through at most `depth` bases)."""
-        return verified_blob(loc, self._read_run([(loc, 0)])[0], what=what, base=self._base, depth=depth)
+        return next(self._verified([(loc, 0)], what=what, depth=depth))[2]
 
     def as_base(self, chunk_id: bytes) -> BaseSource:
         """A chunk to be a delta's base: a function giving its raw bytes (its stored copy is read now,
         decoded through its own bases and verified when the function is called: not at all when the
         writer takes another base) and its base_facts."""
         loc = self.location(chunk_id)
-        stored = self._read_run([(loc, 0)])[0]
+        stored = self._stored(loc)
         return (lambda: verified_blob(loc, stored, what=f"chunk {chunk_id.hex()}", base=self._base),
                 *self._chain_facts(chunk_id, loc, stored))
 
@@ -96,7 +96,7 @@ class ChunkReader:
         alone at the root of its chain of bases (the chunk itself at depth 0; None, None if the chain
         cannot be followed in the index)."""
         loc = self.location(chunk_id)
-        return self._chain_facts(chunk_id, loc, self._read_run([(loc, 0)])[0] if loc.codec == codec.DELTA else b"")
+        return self._chain_facts(chunk_id, loc, self._stored(loc) if loc.codec == codec.DELTA else b"")
 
     def _chain_facts(self, chunk_id: bytes, loc: Location, stored) -> tuple[int, int | None, bytes | None]:
         if loc.codec != codec.DELTA:
@@ -111,10 +111,8 @@ class ChunkReader:
 
     def raw_and_width(self, chunk_id: bytes) -> tuple[bytes, int]:
         """A delta chunk's raw bytes, verified, and the element width its frame records."""
-        loc = self.location(chunk_id)
-        stored = self._read_run([(loc, 0)])[0]
-        width = codec.delta_width(stored, name=f"chunk {chunk_id.hex()}") if loc.codec == codec.DELTA else 0
-        return verified_blob(loc, stored, what=f"chunk {chunk_id.hex()}", base=self._base), width
+        loc, stored, raw = next(self._verified([(self.location(chunk_id), 0)], what=f"chunk {chunk_id.hex()}"))
+        return raw, codec.delta_width(stored, name=f"chunk {chunk_id.hex()}") if loc.codec == codec.DELTA else 0
 
     def _base(self, chunk_id: bytes, depth: int) -> bytes:
         """The raw bytes of a delta's base, itself a delta through at most `depth` bases."""
@@ -138,8 +136,7 @@ class ChunkReader:
 
     def fetch_run(self, run: list[tuple[Location, int]]) -> list[bytes]:
         """The raw bytes of a run's blobs, each verified."""
-        return [verified_blob(loc, stored, what=_what(loc), base=self._base)
-                for (loc, _), stored in zip(run, self._read_run(run))]
+        return [raw for _, _, raw in self._verified(run)]
 
     def stored_blobs(self, locs: list[Location], *, whole=None) -> Iterator[tuple[Location, memoryview]]:
         """The stored (still compressed) bytes of blobs in packs, each verified before it is handed out,
@@ -147,19 +144,42 @@ class ChunkReader:
         whole: the bytes of the one pack all locs are in, already read (verify reads it whole)."""
         ordered = sorted(locs, key=lambda loc: (loc.pack_id, loc.offset))
         for run in _runs((loc, 0) for loc in ordered):
-            for (loc, _), stored in zip(run, self._read_run(run, whole)):
-                verified_blob(loc, stored, what=_what(loc), base=self._base)
+            for loc, stored, _ in self._verified(run, whole):
                 yield loc, stored
 
-    def _read_run(self, run: list[tuple[Location, int]], whole=None) -> list:
+    def _verified(self, run: list[tuple[Location, int]], whole=None, *, what: str | None = None,
+                  depth: int = codec.MAX_DELTA_DEPTH) -> Iterator[tuple[Location, memoryview, bytes]]:
+        """Each blob of a run with its stored and its raw bytes, verified (what: its name in errors).
+
+        The chunk cache is a hint: bytes it served that fail their check are dropped from it and the
+        run is read again from the store, whose bytes alone decide whether a blob is damaged."""
+        blobs, cached = self._read_run(run, whole)
+        for i, (loc, _) in enumerate(run):
+            try:
+                raw = verified_blob(loc, blobs[i], what=what or _what(loc), base=self._base, depth=depth)
+            except IntegrityError:
+                if not cached:
+                    raise
+                self.cache.drop(loc.pack_id, run[0][0].offset, run[-1][0].offset + run[-1][0].stored_len)
+                blobs, cached = self._read_run(run, whole, cached=False)
+                raw = verified_blob(loc, blobs[i], what=what or _what(loc), base=self._base, depth=depth)
+            yield loc, blobs[i], raw
+
+    def _stored(self, loc: Location):
+        """One blob's stored bytes, unverified (what a writer reads of a would-be base's frame)."""
+        return self._read_run([(loc, 0)])[0][0]
+
+    def _read_run(self, run: list[tuple[Location, int]], whole=None, *, cached: bool = True) -> tuple[list, bool]:
         """The stored bytes of each blob of a run (one ranged read of one pack, or a slice of `whole`),
-        unverified: each is exactly as long as its location says or verified_blob refuses it."""
+        unverified: each is exactly as long as its location says or verified_blob refuses it; and
+        whether they came from the chunk cache (cached=False: not looked up there)."""
         first, last = run[0][0], run[-1][0]
         if first.kind == INLINE:
-            return [self.index.inline_content(loc.check) or b"" for loc, _ in run]
+            return [self.index.inline_content(loc.check) or b"" for loc, _ in run], False
         start, end = first.offset, last.offset + last.stored_len
         cache = self.cache if whole is None else None
-        data = cache.get(first.pack_id, start, end) if cache is not None else None
+        data = cache.get(first.pack_id, start, end) if cache is not None and cached else None
+        hit = data is not None
         if data is None:
             key = layout.pack_key(first.pack_id)
             try:
@@ -170,7 +190,7 @@ class ChunkReader:
             if cache is not None:
                 cache.put(first.pack_id, start, data)
         view = memoryview(data)
-        return [view[loc.offset - start: loc.offset - start + loc.stored_len] for loc, _ in run]
+        return [view[loc.offset - start: loc.offset - start + loc.stored_len] for loc, _ in run], hit
 
 
 def _what(loc: Location) -> str:
