@@ -315,6 +315,30 @@ def test_gc_and_verify_decide_the_same_with_their_tables_spilled_to_disk(cli, sy
     assert os.listdir(os.path.join(store.cache_dir, "scratch")) == []  # nothing left behind
 
 
+def test_after_a_gc_that_repacks_its_cache_knows_what_a_new_machines_does(cli, synthetic, tmp_path, monkeypatch):
+    """gc's confirmation leaves the repack's own index objects to its last sync (docs/design.md, phase
+    2): that sync, after the deletions, learns every pack again, so the cache of the machine that ran
+    gc ends as a new machine's would, and reads from it."""
+    where, _ = synthetic
+    learned = []  # (index objects left unlearned, packs learned) of each sync of the gc run
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, "sync", lambda self, *, forget=False, unlearned=frozenset(), f=Store.sync:
+                      learned.append((unlearned, f(self, forget=forget, unlearned=unlearned))) or learned[-1][1])
+        report = cli("--json", "gc", "--grace", "0").json()
+    assert report["repacked_packs"] and report["deleted_packs"]
+    assert [n for left, n in learned if left] == [0]  # the confirmation: the repack is not learned there
+    counts = ("chunks", "packs", "files", "unique_bytes", "logical_bytes", "delta_chunks")
+    here = Store.open(where)
+    assert os.path.dirname(here.cache_dir) == str(tmp_path)  # the gc machine's cache (conftest's)
+    with monkeypatch.context() as patch:
+        patch.setenv("CAS_CACHE_DIR", str(tmp_path / "new-machine"))
+        fresh = Store.open(where).stats()
+    assert {k: here.stats()[k] for k in counts} == {k: fresh[k] for k in counts} and fresh["packs"]
+    assert cli("verify").code == 0
+    for pin in cli("--json", "pins").json():
+        assert Store.open(where).read_bytes(pin["label"]) == synthetic_file(int(pin["label"].split("/")[1]))
+
+
 def test_decoding_pauses_the_cycle_collector_and_leaves_it_as_it_was(synthetic):
     import gc
 
