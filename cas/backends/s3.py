@@ -116,7 +116,7 @@ class S3Backend(Backend):
         self._sse = {"ServerSideEncryption": self.settings["sse"]} if self.settings["sse"] else {}
         if self.settings["kms_key_id"]:
             self._sse["SSEKMSKeyId"] = self.settings["kms_key_id"]
-        try:  # botocore, which boto3 is built on, alone: boto3's own modules add 50 ms to every command
+        try:  # botocore, which boto3 is built on, alone: boto3's own modules took 0.04-0.06 s to import
             import botocore.config
             import botocore.exceptions as bex
             import botocore.session
