@@ -77,8 +77,8 @@ def test_a_random_read_fetches_only_the_chunks_it_touches(store_env, tmp_path, m
         f.write(data)
     fetched: list[int] = []
     read_run = ChunkReader._read_run
-    monkeypatch.setattr(ChunkReader, "_read_run", lambda self, run: fetched.append(sum(loc.stored_len for loc, _ in
-                                                                                       run)) or read_run(self, run))
+    monkeypatch.setattr(ChunkReader, "_read_run", lambda self, run, *args, **kw: fetched.append(
+        sum(loc.stored_len for loc, _ in run)) or read_run(self, run, *args, **kw))
     with fsspec.open("runs://exp/big.bin", "rb") as f:
         f.seek(5 << 20)
         assert f.read(100) == data[5 << 20:(5 << 20) + 100]
