@@ -35,16 +35,19 @@ def verified_blob(loc: Location, stored, *, what: str, base: Callable[[bytes, in
                   depth: int = codec.MAX_DELTA_DEPTH) -> bytes:
     """Decompress a stored blob (bounded by its recorded size) and check it against its hash. A delta
     chunk is rebuilt from its base, which base(base id, the depth it may have) reads and verifies;
-    `depth` is how many bases this blob may still decode through."""
+    `depth` is how many bases this blob may still decode through, counted along the chain as it is
+    read (a frame's own depth byte is checked for its range only: the bound holds whatever it says)."""
     name = f"{what} in pack {loc.pack_id.hex()}"
     if len(stored) != loc.stored_len:
         raise IntegrityError(f"{name} is truncated", subject=loc.pack_id.hex())
     if loc.codec == codec.DELTA:
-        base_id, frame_depth = codec.delta_base(stored, name=name)
-        if base_id != loc.base or frame_depth > depth or base is None:
+        base_id = codec.delta_base(stored, name=name)[0]
+        if base_id != loc.base or base is None:
             raise IntegrityError(f"{name} is damaged: its delta frame does not match its location",
                                  subject=loc.pack_id.hex())
-        raw = codec.decode_delta(stored, loc.raw_len, base(base_id, frame_depth - 1), name=name)
+        if depth < 1:
+            raise IntegrityError(f"{name} is a delta deeper than its dependants allow", subject=loc.pack_id.hex())
+        raw = codec.decode_delta(stored, loc.raw_len, base(base_id, depth - 1), name=name)
     else:
         raw = codec.decompress(loc.codec, stored, loc.raw_len, name=name)
     if hash_bytes(raw) != loc.check:
@@ -82,32 +85,27 @@ class ChunkReader:
         return next(self._verified([(loc, 0)], what=what, depth=depth))[2]
 
     def as_base(self, chunk_id: bytes) -> BaseSource:
-        """A chunk to be a delta's base: a function giving its raw bytes (its stored copy is read now,
-        decoded through its own bases and verified when the function is called: not at all when the
-        writer takes another base) and its base_facts."""
+        """A chunk to be a delta's base: a function giving its raw bytes (its stored copy read, decoded
+        through its own bases and verified when the function is called: not at all when the writer
+        takes another base) and its base_facts."""
         loc = self.location(chunk_id)
-        stored = self._stored(loc)
-        return (lambda: verified_blob(loc, stored, what=f"chunk {chunk_id.hex()}", base=self._base),
-                *self._chain_facts(chunk_id, loc, stored))
+        return (lambda: self.blob(loc, what=f"chunk {chunk_id.hex()}"), *self.base_facts(chunk_id, loc))
 
-    def base_facts(self, chunk_id: bytes) -> tuple[int, int | None, bytes | None]:
-        """What a delta against this chunk needs to know of the copy that reads use: its delta depth (0:
-        stored alone; a delta's, from its frame's head), and the stored size and id of the chunk stored
-        alone at the root of its chain of bases (the chunk itself at depth 0; None, None if the chain
-        cannot be followed in the index)."""
-        loc = self.location(chunk_id)
-        return self._chain_facts(chunk_id, loc, self._stored(loc) if loc.codec == codec.DELTA else b"")
-
-    def _chain_facts(self, chunk_id: bytes, loc: Location, stored) -> tuple[int, int | None, bytes | None]:
-        if loc.codec != codec.DELTA:
-            return 0, loc.stored_len, chunk_id
-        depth = codec.delta_base(stored, name=f"chunk {chunk_id.hex()}")[1]
-        for _ in range(codec.MAX_DELTA_DEPTH):
-            base = loc.base
-            loc = self.location(base)
-            if loc.codec != codec.DELTA:
-                return depth, loc.stored_len, base
-        return depth, None, None
+    def base_facts(self, chunk_id: bytes, loc: Location | None = None) -> tuple[int, int | None, bytes | None]:
+        """What a delta against this chunk needs to know of the copy that reads use, from the index
+        alone: its delta depth (how many bases a read of that copy decodes through; 0: stored alone),
+        and the stored size and id of the chunk stored alone at the root of its chain of bases (the
+        chunk itself at depth 0). A chain longer than a reader follows gives (MAX_DELTA_DEPTH, None,
+        None): no delta against it, nor against its root. No frame is read: a depth byte served by
+        the chunk cache is a hint, and the chain a reader will follow is the index's."""
+        loc = self.location(chunk_id) if loc is None else loc
+        depth, here = 0, chunk_id
+        while loc.codec == codec.DELTA:
+            if depth == codec.MAX_DELTA_DEPTH:
+                return depth, None, None
+            depth, here = depth + 1, loc.base
+            loc = self.location(here)
+        return depth, loc.stored_len, here
 
     def raw_and_width(self, chunk_id: bytes) -> tuple[bytes, int]:
         """A delta chunk's raw bytes, verified, and the element width its frame records."""
@@ -116,11 +114,7 @@ class ChunkReader:
 
     def _base(self, chunk_id: bytes, depth: int) -> bytes:
         """The raw bytes of a delta's base, itself a delta through at most `depth` bases."""
-        loc = self.location(chunk_id)
-        if loc.codec == codec.DELTA and depth < 1:
-            raise IntegrityError(f"chunk {chunk_id.hex()} is a delta deeper than its dependants allow",
-                                 subject=chunk_id.hex())
-        return self.blob(loc, what=f"chunk {chunk_id.hex()} (a delta base)", depth=depth)
+        return self.blob(self.location(chunk_id), what=f"chunk {chunk_id.hex()} (a delta base)", depth=depth)
 
     def chunk(self, chunk_id: bytes) -> bytes:
         return self.blob(self.location(chunk_id), what=f"chunk {chunk_id.hex()}")
@@ -164,10 +158,6 @@ class ChunkReader:
                 blobs, cached = self._read_run(run, whole, cached=False)
                 raw = verified_blob(loc, blobs[i], what=what or _what(loc), base=self._base, depth=depth)
             yield loc, blobs[i], raw
-
-    def _stored(self, loc: Location):
-        """One blob's stored bytes, unverified (what a writer reads of a would-be base's frame)."""
-        return self._read_run([(loc, 0)])[0][0]
 
     def _read_run(self, run: list[tuple[Location, int]], whole=None, *, cached: bool = True) -> tuple[list, bool]:
         """The stored bytes of each blob of a run (one ranged read of one pack, or a slice of `whole`),

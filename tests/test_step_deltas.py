@@ -328,6 +328,35 @@ def test_bases_are_read_from_the_parents_file_while_it_is_as_it_was_stored(store
         assert fresh.read_bytes(digest) == open(path, "rb").read()
 
 
+def test_a_depth_the_chunk_cache_understates_never_makes_a_child_unreadable(s3_store, tmp_path):
+    """A child's depth comes from its base's chain in the index, never from a frame head the chunk
+    cache serves: with the cache's copies of the parent's deepest delta frames claiming depth 1
+    (their files' checks redone, as a forger would), the child, whose bases come from the parent's
+    file, is still a delta no deeper than readers follow, and restores from an empty cache."""
+    paths = _versions(str(tmp_path), 5)
+    store = Store.open(s3_store, cache_dir=str(tmp_path / "cache"))
+    digests = [store.put_file(paths[0]).digest]
+    for path in paths[1:4]:
+        digests.append(store.put_file(path, parent=digests[-1]).digest)
+    assert store.read_bytes(digests[3]) == open(paths[3], "rb").read()  # the cache holds the parent's blobs now
+    reader, cache = store.chunk_reader(), store.chunk_cache()
+    deepest = [loc for loc in _delta_chunks(store) if loc.key in _chunk_ids(store, digests[3])
+               and reader.base_facts(loc.key)[0] == codec.MAX_DELTA_DEPTH]
+    assert deepest and cache is not None
+    for loc in deepest:
+        forged = bytearray(cache.get(loc.pack_id, loc.offset, loc.offset + loc.stored_len))
+        assert forged[3] == codec.MAX_DELTA_DEPTH  # the frame's depth byte (docs/format.md)
+        forged[3] = 1
+        cache.put(loc.pack_id, loc.offset, forged)
+        assert cache.get(loc.pack_id, loc.offset, loc.offset + loc.stored_len) == forged
+    child = store.put_file(paths[4], parent=digests[3]).digest
+    child_ids = _chunk_ids(store, child)
+    assert [loc for loc in _delta_chunks(store) if loc.key in child_ids]  # still stored as deltas
+    assert all(reader.base_facts(i)[0] <= codec.MAX_DELTA_DEPTH for i in child_ids)
+    fresh = Store.open(s3_store, cache_dir=str(tmp_path / "empty-cache"))
+    assert fresh.read_bytes(child) == open(paths[4], "rb").read()
+
+
 def test_a_base_from_the_parents_file_is_checked_against_its_id(tmp_path):
     """Bytes of the local copy that do not hash to the base's id are never used: the store's are."""
     good = os.urandom(4096)
