@@ -32,7 +32,6 @@ from .errors import (
 )
 from .handoff import quick_handoffs
 from .index import INLINE, Index
-from .ingest import PutResult, PutSession
 from .leases import WriterLease
 from .manifest import DIR, FILE, FileManifest, TreeEntry, TreeManifest
 from .pack import CHUNK, FILE_MANIFEST, TREE_MANIFEST, Location, read_pack_entries
@@ -53,6 +52,7 @@ from .scratch import Scratch
 
 if TYPE_CHECKING:
     from .bulk_load import BulkLoad
+    from .ingest import PutResult, PutSession
 
 Progress = Callable[[int], None]
 SYNC_PASSES = 50  # listings of index objects before giving up on a store that keeps merging them
@@ -480,6 +480,7 @@ class Store:
         """A put session: blobs added to it are durable and indexed when the block ends (call under
         writing(), which holds the lease a ref needs). learn=False: the cache learns the packs written
         at its next sync, not now (gc's repack: see PutSession.learn)."""
+        from .ingest import PutSession  # here, as in _put: a command that only reads never imports the write path
         self.init()
         spool = self.spool_dir()
         session = PutSession(backend=self.backend, index=self.index, config=self.config, spool_dir=spool,
@@ -502,18 +503,21 @@ class Store:
         background (creates the store if it does not exist)."""
         return self.backend.spool_dir() or os.path.join(self.cache_dir, self.init().store_id, "spool")
 
-    def _put(self, store: Callable[[PutSession], tuple[bytes, int]], on_progress: Progress | None):
+    def _put(self, store: Callable[[PutSession], tuple[bytes, int]], on_progress: Progress | None, *,
+             path: str = "", kind: str = "file") -> PutResult:
         """Run one put in a session; if a pack it relied on turns out missing (the cache was stale: the
         store was restored, copied or changed behind it), run it once more without those packs."""
-        for attempt in (1, 2):
-            try:
-                with self.write_session(on_progress) as session:
-                    digest, size = store(session)
-                return session, digest, size
-            except PackMissing:
-                if attempt == 2:
-                    raise
-                self.relearn()
+        from .ingest import PutResult  # here: a command that only reads never imports the write path
+
+        def once() -> PutResult:
+            with self.write_session(on_progress) as session:
+                digest, size = store(session)
+            return PutResult(path, digest.hex(), size, session.new_bytes, kind)
+        try:
+            return once()
+        except PackMissing:
+            self.relearn()
+        return once()
 
     def _merge_index_objects(self) -> None:
         """Keep a new machine's sync to a few reads: fold many small index objects into a few, each of at
@@ -536,9 +540,8 @@ class Store:
         with self.writing():
             base = self._parent(parent) if parent is not None and kind == "file" else None
             parents = self._tree_parents(parent) if parent is not None and kind == "tree" else None
-            session, digest, size = self._put(
-                lambda s: s.put_tree(path, parents) if kind == "tree" else s.put_file(path, base), on_progress)
-            result = PutResult(path, digest.hex(), size, session.new_bytes, kind)
+            result = self._put(lambda s: s.put_tree(path, parents) if kind == "tree" else s.put_file(path, base),
+                               on_progress, path=path, kind=kind)
             if pin is not None:
                 self.pin(result.digest, pin)
         return result
@@ -573,13 +576,11 @@ class Store:
         for _, full in items:
             source_kind(full)
         with self.writing():
-            session, digest, size = self._put(lambda s: s.put_selection(items), on_progress)
-        return PutResult("", digest.hex(), size, session.new_bytes, "tree")
+            return self._put(lambda s: s.put_selection(items), on_progress, kind="tree")
 
     def put_bytes(self, data: bytes, *, pin: str | None = None, on_progress: Progress | None = None) -> PutResult:
         with self.writing():
-            session, digest, size = self._put(lambda s: s.put_stream(io.BytesIO(data)), on_progress)
-            result = PutResult("", digest.hex(), size, session.new_bytes)
+            result = self._put(lambda s: s.put_stream(io.BytesIO(data)), on_progress)
             if pin is not None:
                 self.pin(result.digest, pin)
         return result

@@ -162,6 +162,20 @@ def test_a_store_that_reads_and_shows_needs_no_numpy(tmp_path):
     assert "cas.store" in loaded and "numpy" not in loaded
 
 
+def test_a_store_that_only_reads_never_imports_the_write_path(tmp_path):
+    """Opening a store, reading a file and listing pins leave the put pipeline (cas.ingest, the
+    chunker, the tensor-file parsers) unimported: about 20 ms of every read command's start-up."""
+    from cas import Store
+    store = Store.open(str(tmp_path / "s"))
+    digest = store.put_bytes(b"hello\n" * 1000, pin="hello").digest
+    code = (f"from cas import Store\n"
+            f"s = Store.open({str(tmp_path / 's')!r})\n"
+            f"assert s.read_bytes({digest!r}) == b'hello\\n' * 1000\n"
+            f"assert s.pins()\n")
+    loaded = _modules_loaded_by(code)
+    assert "cas.store" in loaded and not loaded & {"cas.ingest", "cas.chunker", "pyfastcdc", "cas.tensorfiles"}
+
+
 def test_the_cas_command_keeps_numpy_blas_to_one_thread_unless_told(monkeypatch):
     from cas import cli
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
