@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import lmdb
 
 from . import lmdb_check
+from .codec import MAX_DELTA_DEPTH
 from .errors import StorageError
 from .pack import CHUNK, FILE_MANIFEST, Location
 from .resident import Releaser, release
@@ -629,10 +630,30 @@ class Index:
             return None
         return pid
 
-    def usable(self, kind: int, key: bytes) -> bytes | None:
-        """The pack a writer may deduplicate this blob against (known, in a pack gc has not condemned), or None."""
-        db = self.chunks if kind == CHUNK else self.manifests
-        return self._read(lambda txn: self._home(txn, txn.get(key, db=db)))
+    def _homes(self, txn, chunk_id: bytes) -> tuple[bytes, ...] | None:
+        """The packs a reader of this chunk decodes from, if a writer may rely on every one: its own and,
+        for a delta copy, each base's down the chain (the copy stored alone last); None if an entry on
+        the way is unknown or its pack not usable, or the chain is longer than a reader follows. gc
+        deletes what only dead blobs need, so a dead delta can outlive its base (docs/design.md)."""
+        packs = []
+        for _ in range(MAX_DELTA_DEPTH + 1):
+            raw = txn.get(chunk_id, db=self.chunks)
+            home = self._home(txn, raw)
+            if home is None:
+                return None
+            packs.append(home)
+            if len(raw) != DELTA_VALUE.size:
+                return tuple(packs)
+            chunk_id = DELTA_VALUE.unpack(raw)[5]
+        return None
+
+    def usable(self, kind: int, key: bytes) -> tuple[bytes, ...] | None:
+        """The packs a writer relies on to deduplicate this blob against (known, in packs gc has not
+        condemned: a manifest's, a chunk's and its bases'), or None: store it."""
+        if kind == CHUNK:
+            return self._read(lambda txn: self._homes(txn, key))
+        home = self._read(lambda txn: self._home(txn, txn.get(key, db=self.manifests)))
+        return None if home is None else (home,)
 
     def clear(self) -> None:
         def fn(txn):
@@ -668,9 +689,10 @@ class Index:
             return out
         return self._read(fn)
 
-    def chunk_homes(self, ids: list[bytes]) -> list[bytes | None]:
-        """For each id, the pack a writer may deduplicate it against (None: store it), in one transaction."""
-        return self._read(lambda txn: [self._home(txn, txn.get(i, db=self.chunks)) for i in ids])
+    def chunk_homes(self, ids: list[bytes]) -> list[tuple[bytes, ...] | None]:
+        """For each id, the packs a writer relies on to deduplicate it against (its own and, for a delta,
+        its bases'; None: store it), in one transaction."""
+        return self._read(lambda txn: [self._homes(txn, i) for i in ids])
 
     def has_delta_chunks(self) -> bool:
         """Whether any chunk this cache knows is stored as a delta (its home is a delta copy): a counter."""

@@ -306,10 +306,10 @@ class PutSession:
         """Whether this session may rely on the blob being stored (by itself, or in a live pack)."""
         if (kind, key) in self.pending:
             return True
-        home = self.index.usable(kind, key)
-        if home is not None:
-            self.relied.add(home)
-        return home is not None
+        homes = self.index.usable(kind, key)
+        if homes is not None:
+            self.relied.update(homes)
+        return homes is not None
 
     def add_manifest(self, kind: int, key: bytes, raw: bytes, size: int) -> None:
         if (kind, key) in self.pending or (key not in self.distrusted and self._known(key, kind)):
@@ -336,9 +336,9 @@ class PutSession:
                  if base and base != planned]
         if not moved:
             return
-        for i, home in zip(moved, self.index.chunk_homes([compressed[i][2] for i in moved])):
-            if home is not None:
-                self.relied.add(home)
+        for i, homes in zip(moved, self.index.chunk_homes([compressed[i][2] for i in moved])):
+            if homes is not None:
+                self.relied.update(homes)
                 continue
             _, view, width, _ = new[i]
             compressed[i] = (*_compress_alone(view, width, self.config.level), b"")
@@ -346,10 +346,10 @@ class PutSession:
     def rely_on(self, kind: int, key: bytes) -> bool:
         """Whether the store holds this blob in a pack a writer may use; if so that pack is checked to
         exist before this session commits (the index saying so is only a hint)."""
-        home = self.index.usable(kind, key)
-        if home is not None:
-            self.relied.add(home)
-        return home is not None
+        homes = self.index.usable(kind, key)
+        if homes is not None:
+            self.relied.update(homes)
+        return homes is not None
 
     def store_alone(self, chunk_id: bytes, raw: bytes, width: int) -> None:
         """Store a chunk again without a base (gc: a delta whose base only it needs), even though the
@@ -399,8 +399,8 @@ class PutSession:
         `hashed` is (segment, its file-digest future, its chunk-ids future)."""
         seg, digesting, future = hashed
         ids = future.result()
-        homes = self.index.chunk_homes(ids)
-        self.relied.update(h for h in homes if h is not None)
+        homes = self.index.chunk_homes(ids)  # a delta's: its pack and its bases' (Index._homes)
+        self.relied.update(p for h in homes if h is not None for p in h)
         new, pos = [], 0
         widths = seg.widths or [0] * len(ids)
         candidates = [self._bases.get(self._offset + start) for start in accumulate(seg.lengths, initial=0)]
@@ -413,7 +413,7 @@ class PutSession:
                 self.pending.add((CHUNK, chunk_id))
                 base = base if base in usable and base != chunk_id and width else b""
                 if base:
-                    self.relied.add(usable[base])  # its pack must still be there when this put commits
+                    self.relied.update(usable[base])  # its packs must still be there when this put commits
                 new.append((chunk_id, seg.data[pos:pos + n], width, base))
             pos += n
         self._offset += pos
@@ -531,7 +531,7 @@ class PutSession:
         home = self.index.usable(FILE_MANIFEST, digest)
         if home is None or self.read_manifest is None:
             return None
-        homes = {home}
+        homes = set(home)
         try:
             manifest = self.read_manifest(digest)
         except CasError:  # gone or damaged: the full put stores the file, and its manifest, again
@@ -542,7 +542,7 @@ class PutSession:
             found = self.index.chunk_homes(ids[start:start + 4096])
             if None in found:
                 return None
-            homes.update(found)
+            homes.update(p for packs in found if packs is not None for p in packs)
         return homes
 
     def put_tree(self, root: str, parents: Callable[[str], object] | None = None) -> tuple[bytes, int]:

@@ -357,6 +357,33 @@ def test_a_depth_the_chunk_cache_understates_never_makes_a_child_unreadable(s3_s
     assert fresh.read_bytes(child) == open(paths[4], "rb").read()
 
 
+def test_a_dead_delta_whose_base_gc_took_is_never_deduplicated_against(store_dir, tmp_path):
+    """gc keeps a pack for its live blobs and deletes what only dead ones need, so a dead delta can
+    outlive its base. A later put of the same checkpoint must not rely on such a delta: it stores
+    the chunks again, and restores from an empty cache."""
+    paths = _versions(str(tmp_path), 2)
+    v0, v1 = tmp_path / "v0", tmp_path / "v1"
+    v0.mkdir()
+    v1.mkdir()
+    os.replace(paths[0], v0 / "model.pt")
+    os.replace(paths[1], v1 / "model.pt")
+    (v1 / "x.bin").write_bytes(os.urandom(24 << 20))  # most of the pack the deltas are in, and kept alive
+    store = Store.open(store_dir)
+    first = store.put_file(str(v0), pin="v").digest
+    second = store.put_file(str(v1), parent=first, pin="v").digest
+    store.put_file(str(v1 / "x.bin"), pin="x")  # deduplicated: the pack stays live through x.bin
+    model = next(e.digest for e in store.load_manifest(*store.resolve(second)).entries if e.path == "model.pt")
+    model_ids = _chunk_ids(store, model.hex())
+    store.unpin("v")
+    execute_gc(store, grace=0)
+    orphans = [loc for loc in _delta_chunks(store) if store.index.chunk(loc.base) is None]
+    assert orphans and all(loc.key in model_ids for loc in orphans)  # the model's deltas, their bases gone
+    again = store.put_file(str(v1 / "model.pt"))
+    assert again.digest == model.hex() and again.new_bytes >= sum(loc.raw_len for loc in orphans)
+    fresh = Store.open(store_dir, cache_dir=str(tmp_path / "fresh"))
+    assert fresh.read_bytes(again.digest) == (v1 / "model.pt").read_bytes()
+
+
 def test_a_base_from_the_parents_file_is_checked_against_its_id(tmp_path):
     """Bytes of the local copy that do not hash to the base's id are never used: the store's are."""
     good = os.urandom(4096)
