@@ -704,17 +704,19 @@ class Store:
         return pin
 
     def revive(self, digest: bytes) -> int:
-        """Store again every blob of an object that sits in a pack gc condemned; call under writing().
-
-        A new ref to old data must not point into a pack gc may delete; returns the blobs copied.
+        """Make a new ref to stored data safe; call under writing(). Every blob of the object must be in
+        packs a writer may rely on, which exist (a dead file's manifest may outlive the chunks gc took:
+        NotFound, one line); every blob in a pack gc condemned is stored again. Returns the blobs copied.
         """
+        from .walk import RAISE, Walk
+        reached = list(Walk(self, policy=RAISE).reach({digest.hex(): digest}))
+        self._check_all_stored(digest, reached)
         condemned = self.index.condemned_packs()
         everything = self.index.gc_state_unreadable()  # any pack may be condemned: copy every blob
         if not condemned and not everything:
             return 0
-        from .walk import RAISE, Walk
         blobs = []
-        for kind, key in Walk(self, policy=RAISE).reach({digest.hex(): digest}):
+        for kind, key in reached:
             loc = self.index.chunk(key) if kind == CHUNK else self.index.manifest(key)
             if loc is not None and (everything or loc.pack_id in condemned):
                 blobs.append(loc)
@@ -723,6 +725,24 @@ class Store:
                 for loc, stored in self.chunk_reader().stored_blobs(blobs):
                     session.copy_blob(loc, stored)
         return len(blobs)
+
+    def _check_all_stored(self, digest: bytes, blobs: list[tuple[int, bytes]]) -> None:
+        """NotFound unless every blob is in packs a writer may rely on and those packs exist (the cache
+        relearns once if it named a pack the store lacks: another copy may hold the blob)."""
+        from .ingest import missing_packs
+        chunks = [key for kind, key in blobs if kind == CHUNK]
+        for attempt in (1, 2):
+            found = [homes for start in range(0, len(chunks), 4096)
+                     for homes in self.index.chunk_homes(chunks[start:start + 4096])]
+            found += [self.index.usable(kind, key) for kind, key in blobs if kind != CHUNK]
+            if None in found:
+                break
+            if not missing_packs(self.backend, {p for homes in found for p in homes or ()}):
+                return
+            if attempt == 1:
+                self.relearn()
+        raise NotFound(f"{digest.hex()} is not all in the store any more (gc took part of its content): put it "
+                       "again to keep it", subject=digest.hex())
 
     def unpin(self, label: str) -> refs.Pin:
         self.require()

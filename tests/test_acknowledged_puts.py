@@ -10,6 +10,7 @@ import os
 import shutil
 
 import numpy as np
+from conftest import one_error_line
 
 from cas import Store
 from cas.digest import hash_bytes
@@ -34,8 +35,10 @@ def _restores_from_a_fresh_cache(store_dir, ref: str, expected: bytes, tmp_path,
         assert report.ok, report.problems
 
 
-def test_reput_fast_path_after_gc_took_the_chunks_its_manifest_lists(cli, store_dir, tmp_path, monkeypatch):
-    """The manifest of v2 stays in a partly dead pack gc keeps, while the chunks it lists go with v1's pack."""
+def _manifest_outlives_its_chunks(cli, tmp_path) -> tuple[bytes, bytes, os.PathLike]:
+    """v1, then a folder holding v2 (v1 plus 1 MiB) and a large file kept alive apart; both versions
+    forgotten and gc --grace 0: v2's manifest stays in the partly dead pack gc keeps for the large
+    file, while the chunks it shares with v1 go with v1's pack. Returns (v1, v2, the folder)."""
     v1 = _floats(8 * MiB, seed=1)
     (tmp_path / "v1.bin").write_bytes(v1)
     folder = tmp_path / "D"
@@ -53,11 +56,31 @@ def test_reput_fast_path_after_gc_took_the_chunks_its_manifest_lists(cli, store_
     assert cli("unpin", str(folder / "keep.bin")).code == 0
     gc = cli("gc", "--grace", "0", "--json").json()
     assert gc["deleted_packs"] >= 1, gc
+    return v1, v2, folder
+
+
+def test_reput_fast_path_after_gc_took_the_chunks_its_manifest_lists(cli, store_dir, tmp_path, monkeypatch):
+    """The manifest of v2 stays in a partly dead pack gc keeps, while the chunks it lists go with v1's pack."""
+    v1, v2, folder = _manifest_outlives_its_chunks(cli, tmp_path)
     res = cli("put", str(folder / "v2.bin"), "--label", "v2", "--json")
     assert res.code == 0, res.err
     put = res.json()
     assert put["new_bytes"] >= len(v1) - (256 << 10), put  # v1's chunks were deleted: stored again
     _restores_from_a_fresh_cache(store_dir, put["digest"], v2, tmp_path, monkeypatch)
+
+
+def test_a_ref_to_a_file_whose_chunks_gc_took_is_refused(cli, store_dir, tmp_path, monkeypatch):
+    """Pinning v2 by its digest once the chunks its surviving manifest lists are gone: one line, exit 3,
+    no pin (it was acknowledged and did not read back); put again, it pins and restores."""
+    _, v2, folder = _manifest_outlives_its_chunks(cli, tmp_path)
+    digest = hash_bytes(v2).hex()
+    assert Store.open(store_dir).index.manifest(bytes.fromhex(digest)) is not None  # the manifest outlived them
+    res = cli("pin", digest, "--label", "v2")
+    assert res.code == 3 and "not all in the store" in one_error_line(res.err)
+    assert "v2" not in [p.label for p in Store.open(store_dir).pins()]
+    assert cli("put", str(folder / "v2.bin"), "--no-pin").code == 0
+    assert cli("pin", digest, "--label", "v2").code == 0
+    _restores_from_a_fresh_cache(store_dir, "v2", v2, tmp_path, monkeypatch)
 
 
 def test_a_put_that_failed_after_writing_its_manifest_is_not_trusted_by_the_next(cli, store_dir, tmp_path,
