@@ -705,8 +705,8 @@ class Store:
 
     def revive(self, digest: bytes) -> int:
         """Make a new ref to stored data safe; call under writing(). Every blob of the object must be in
-        packs a writer may rely on, which exist (a dead file's manifest may outlive the chunks gc took:
-        NotFound, one line); every blob in a pack gc condemned is stored again. Returns the blobs copied.
+        packs that exist (a dead file's manifest may outlive the chunks gc took: NotFound, one line);
+        every blob in a pack gc condemned is stored again. Returns the blobs copied.
         """
         from .walk import RAISE, Walk
         reached = list(Walk(self, policy=RAISE).reach({digest.hex(): digest}))
@@ -727,14 +727,15 @@ class Store:
         return len(blobs)
 
     def _check_all_stored(self, digest: bytes, blobs: list[tuple[int, bytes]]) -> None:
-        """NotFound unless every blob is in packs a writer may rely on and those packs exist (the cache
-        relearns once if it named a pack the store lacks: another copy may hold the blob)."""
+        """NotFound unless every blob (a delta's bases too) is in packs the cache knows and has not found
+        missing, and those packs exist; condemned ones count, as revive stores their blobs again (the
+        cache relearns once if it named a pack the store lacks: another copy may hold the blob)."""
         from .ingest import missing_packs
         chunks = [key for kind, key in blobs if kind == CHUNK]
         for attempt in (1, 2):
             found = [homes for start in range(0, len(chunks), 4096)
-                     for homes in self.index.chunk_homes(chunks[start:start + 4096])]
-            found += [self.index.usable(kind, key) for kind, key in blobs if kind != CHUNK]
+                     for homes in self.index.chunk_homes(chunks[start:start + 4096], condemned_ok=True)]
+            found += [self.index.usable(kind, key, condemned_ok=True) for kind, key in blobs if kind != CHUNK]
             if None in found:
                 break
             if not missing_packs(self.backend, {p for homes in found for p in homes or ()}):

@@ -83,6 +83,19 @@ def test_a_ref_to_a_file_whose_chunks_gc_took_is_refused(cli, store_dir, tmp_pat
     _restores_from_a_fresh_cache(store_dir, "v2", v2, tmp_path, monkeypatch)
 
 
+def test_a_ref_to_content_in_a_condemned_pack_stores_it_again(cli, store_dir, tmp_path, monkeypatch):
+    """Pinning a forgotten file gc has condemned (not yet deleted) is accepted: its blobs are stored
+    again, so a gc past the grace deletes the condemned pack and the pin still reads back."""
+    data = _floats(3 * MiB, seed=11)
+    (tmp_path / "a.bin").write_bytes(data)
+    digest = cli("put", str(tmp_path / "a.bin"), "--json").json()["digest"]
+    assert cli("unpin", str(tmp_path / "a.bin")).code == 0
+    assert cli("gc", "--json").json()["condemned_packs"] >= 1  # default grace: condemned, kept
+    assert cli("pin", digest, "--label", "back").code == 0
+    assert cli("gc", "--grace", "0", "--json").json()["deleted_packs"] >= 1
+    _restores_from_a_fresh_cache(store_dir, "back", data, tmp_path, monkeypatch)
+
+
 def test_a_put_that_failed_after_writing_its_manifest_is_not_trusted_by_the_next(cli, store_dir, tmp_path,
                                                                                   monkeypatch):
     """A put that wrote its packs, index object and manifest but never its ref: gc takes its data, and
