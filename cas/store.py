@@ -543,7 +543,7 @@ class Store:
             result = self._put(lambda s: s.put_tree(path, parents) if kind == "tree" else s.put_file(path, base),
                                on_progress, path=path, kind=kind)
             if pin is not None:
-                self.pin(result.digest, pin)
+                self.pin(result.digest, pin, just_put=True)
         return result
 
     def _parent(self, ref: str):
@@ -582,7 +582,7 @@ class Store:
         with self.writing():
             result = self._put(lambda s: s.put_stream(io.BytesIO(data)), on_progress)
             if pin is not None:
-                self.pin(result.digest, pin)
+                self.pin(result.digest, pin, just_put=True)
         return result
 
     # ---- reading ----------------------------------------------------------------------------
@@ -691,12 +691,15 @@ class Store:
         return digest.hex()
 
     # ---- pins -------------------------------------------------------------------------------
-    def pin(self, ref: str, label: str) -> refs.Pin:
+    def pin(self, ref: str, label: str, *, just_put: bool = False) -> refs.Pin:
+        """Pin stored content under label. just_put: the content is what this process's put just stored
+        under the same writing() (it relied only on packs it checked): no walk to revive or check it."""
         refs.check_label(label)
         self.require()  # pinning never creates a store
         with self.writing():
             digest, loc = self.resolve(ref)
-            self.revive(digest)
+            if not just_put:
+                self.revive(digest)
             kind = "tree" if loc.kind == TREE_MANIFEST else "file"
             pin = refs.Pin(label, digest.hex(), time.time(), kind, loc.size)
             self._before_commit()
