@@ -620,19 +620,17 @@ class Index:
     def gc_state_unreadable(self) -> bool:
         return self._read(lambda txn: txn.get(b"gc_unreadable", db=self.meta) is not None)
 
-    def _home(self, txn, raw, condemned_ok: bool = False) -> bytes | None:
+    def _home(self, txn, raw) -> bytes | None:
         """The pack of an index entry if a writer may rely on it (not condemned, not found missing, and
-        every gc list readable); condemned_ok: if it is not found missing (a caller that stores again
-        what sits in condemned packs, Store.revive)."""
-        if raw is None or (not condemned_ok and txn.get(b"gc_unreadable", db=self.meta) is not None):
+        every gc list readable)."""
+        if raw is None or txn.get(b"gc_unreadable", db=self.meta) is not None:
             return None
         pid = self._pack_id(txn, CHUNK_VALUE.unpack_from(raw)[0])
-        if (not condemned_ok and txn.get(pid, db=self.condemned) is not None) or \
-                txn.get(pid, db=self.missing) is not None:
+        if txn.get(pid, db=self.condemned) is not None or txn.get(pid, db=self.missing) is not None:
             return None
         return pid
 
-    def _homes(self, txn, chunk_id: bytes, condemned_ok: bool = False) -> tuple[bytes, ...] | None:
+    def _homes(self, txn, chunk_id: bytes) -> tuple[bytes, ...] | None:
         """The packs a reader of this chunk decodes from, if a writer may rely on every one: its own and,
         for a delta copy, each base's down the chain (the copy stored alone last); None if an entry on
         the way is unknown or its pack not usable, or the chain is longer than a reader follows. gc
@@ -640,7 +638,7 @@ class Index:
         packs = []
         for _ in range(MAX_DELTA_DEPTH + 1):
             raw = txn.get(chunk_id, db=self.chunks)
-            home = self._home(txn, raw, condemned_ok)
+            home = self._home(txn, raw)
             if home is None:
                 return None
             packs.append(home)
@@ -649,12 +647,12 @@ class Index:
             chunk_id = DELTA_VALUE.unpack(raw)[5]
         return None
 
-    def usable(self, kind: int, key: bytes, *, condemned_ok: bool = False) -> tuple[bytes, ...] | None:
+    def usable(self, kind: int, key: bytes) -> tuple[bytes, ...] | None:
         """The packs a writer relies on to deduplicate this blob against (known, in packs gc has not
-        condemned: a manifest's, a chunk's and its bases'), or None: store it. condemned_ok: see _home."""
+        condemned: a manifest's, a chunk's and its bases'), or None: store it."""
         if kind == CHUNK:
-            return self._read(lambda txn: self._homes(txn, key, condemned_ok))
-        home = self._read(lambda txn: self._home(txn, txn.get(key, db=self.manifests), condemned_ok))
+            return self._read(lambda txn: self._homes(txn, key))
+        home = self._read(lambda txn: self._home(txn, txn.get(key, db=self.manifests)))
         return None if home is None else (home,)
 
     def clear(self) -> None:
@@ -691,10 +689,10 @@ class Index:
             return out
         return self._read(fn)
 
-    def chunk_homes(self, ids: list[bytes], *, condemned_ok: bool = False) -> list[tuple[bytes, ...] | None]:
+    def chunk_homes(self, ids: list[bytes]) -> list[tuple[bytes, ...] | None]:
         """For each id, the packs a writer relies on to deduplicate it against (its own and, for a delta,
-        its bases'; None: store it), in one transaction. condemned_ok: see _home."""
-        return self._read(lambda txn: [self._homes(txn, i, condemned_ok) for i in ids])
+        its bases'; None: store it), in one transaction."""
+        return self._read(lambda txn: [self._homes(txn, i) for i in ids])
 
     def has_delta_chunks(self) -> bool:
         """Whether any chunk this cache knows is stored as a delta (its home is a delta copy): a counter."""

@@ -12,7 +12,7 @@ from array import array
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from . import chunk_cache, framing, layout, pack_index, refs, temps
 from .backends import Backend, open_backend
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from .ingest import PutResult, PutSession
 
 Progress = Callable[[int], None]
+T = TypeVar("T")
 SYNC_PASSES = 50  # listings of index objects before giving up on a store that keeps merging them
 BULK_SYNC_BYTES = 1 << 20  # index objects not read yet (about 25,000 blobs) from which a sync loads in bulk
 # 2: index objects remembered with the packs they name; missing packs. 3: a delta chunk's entry holds its base
@@ -505,14 +506,20 @@ class Store:
 
     def _put(self, store: Callable[[PutSession], tuple[bytes, int]], on_progress: Progress | None, *,
              path: str = "", kind: str = "file") -> PutResult:
-        """Run one put in a session; if a pack it relied on turns out missing (the cache was stale: the
-        store was restored, copied or changed behind it), run it once more without those packs."""
+        """Run one put (store(session) gives the digest and size) in a session, as _in_session runs it."""
         from .ingest import PutResult  # here: a command that only reads never imports the write path
 
-        def once() -> PutResult:
-            with self.write_session(on_progress) as session:
-                digest, size = store(session)
+        def work(session: PutSession) -> PutResult:
+            digest, size = store(session)
             return PutResult(path, digest.hex(), size, session.new_bytes, kind)
+        return self._in_session(work, on_progress)
+
+    def _in_session(self, work: Callable[[PutSession], T], on_progress: Progress | None = None) -> T:
+        """Run work in a put session; if a pack it relied on turns out missing (the cache was stale: the
+        store was restored, copied or changed behind it), relearn and run it once more without those packs."""
+        def once() -> T:
+            with self.write_session(on_progress) as session:
+                return work(session)
         try:
             return once()
         except PackMissing:
@@ -707,46 +714,29 @@ class Store:
         return pin
 
     def revive(self, digest: bytes) -> int:
-        """Make a new ref to stored data safe; call under writing(). Every blob of the object must be in
-        packs that exist (a dead file's manifest may outlive the chunks gc took: NotFound, one line);
-        every blob in a pack gc condemned is stored again. Returns the blobs copied.
-        """
+        """Make a new ref to stored data safe: a put with nothing new to send; call under writing(). Each
+        blob of the object is relied on as a put relies on it (its pack, and a delta's bases' packs,
+        checked at commit), or, where the cache does not offer it (a pack gc condemned, or any pack while
+        gc's lists are unreadable), stored again from where it is. A blob the cache cannot place at all
+        (gc took it, while a dead file's manifest outlived it) is NotFound, one line. Returns the blobs
+        copied."""
         from .walk import RAISE, Walk
         reached = list(Walk(self, policy=RAISE).reach({digest.hex(): digest}))
-        self._check_all_stored(digest, reached)
-        condemned = self.index.condemned_packs()
-        everything = self.index.gc_state_unreadable()  # any pack may be condemned: copy every blob
-        if not condemned and not everything:
-            return 0
-        blobs = []
-        for kind, key in reached:
-            loc = self.index.chunk(key) if kind == CHUNK else self.index.manifest(key)
-            if loc is not None and (everything or loc.pack_id in condemned):
-                blobs.append(loc)
-        if blobs:
-            with self.write_session() as session:
-                for loc, stored in self.chunk_reader().stored_blobs(blobs):
-                    session.copy_blob(loc, stored)
-        return len(blobs)
 
-    def _check_all_stored(self, digest: bytes, blobs: list[tuple[int, bytes]]) -> None:
-        """NotFound unless every blob (a delta's bases too) is in packs the cache knows and has not found
-        missing, and those packs exist; condemned ones count, as revive stores their blobs again (the
-        cache relearns once if it named a pack the store lacks: another copy may hold the blob)."""
-        from .ingest import missing_packs
-        chunks = [key for kind, key in blobs if kind == CHUNK]
-        for attempt in (1, 2):
-            found = [homes for start in range(0, len(chunks), 4096)
-                     for homes in self.index.chunk_homes(chunks[start:start + 4096], condemned_ok=True)]
-            found += [self.index.usable(kind, key, condemned_ok=True) for kind, key in blobs if kind != CHUNK]
-            if None in found:
-                break
-            if not missing_packs(self.backend, {p for homes in found for p in homes or ()}):
-                return
-            if attempt == 1:
-                self.relearn()
-        raise NotFound(f"{digest.hex()} is not all in the store any more (gc took part of its content): put it "
-                       "again to keep it", subject=digest.hex())
+        def work(session: PutSession) -> int:
+            copies = []
+            for kind, key in reached:
+                if session.rely_on(kind, key):
+                    continue
+                loc = self.index.chunk(key) if kind == CHUNK else self.index.manifest(key)
+                if loc is None:
+                    raise NotFound(f"{digest.hex()} is not all in the store any more (gc took part of its "
+                                   "content): put it again to keep it", subject=digest.hex())
+                copies.append(loc)
+            for loc, stored in self.chunk_reader().stored_blobs(copies):
+                session.copy_blob(loc, stored, force=True)  # rely_on refused it above
+            return len(copies)
+        return self._in_session(work)
 
     def unpin(self, label: str) -> refs.Pin:
         self.require()
