@@ -550,7 +550,7 @@ class Store:
             result = self._put(lambda s: s.put_tree(path, parents) if kind == "tree" else s.put_file(path, base),
                                on_progress, path=path, kind=kind)
             if pin is not None:
-                self.pin(result.digest, pin, just_put=True)
+                self._pin_put(result, pin)
         return result
 
     def _parent(self, ref: str):
@@ -589,7 +589,7 @@ class Store:
         with self.writing():
             result = self._put(lambda s: s.put_stream(io.BytesIO(data)), on_progress)
             if pin is not None:
-                self.pin(result.digest, pin, just_put=True)
+                self._pin_put(result, pin)
         return result
 
     # ---- reading ----------------------------------------------------------------------------
@@ -698,19 +698,25 @@ class Store:
         return digest.hex()
 
     # ---- pins -------------------------------------------------------------------------------
-    def pin(self, ref: str, label: str, *, just_put: bool = False) -> refs.Pin:
-        """Pin stored content under label. just_put: the content is what this process's put just stored
-        under the same writing() (it relied only on packs it checked): no walk to revive or check it."""
+    def pin(self, ref: str, label: str) -> refs.Pin:
         refs.check_label(label)
         self.require()  # pinning never creates a store
         with self.writing():
             digest, loc = self.resolve(ref)
-            if not just_put:
-                self.revive(digest)
-            kind = "tree" if loc.kind == TREE_MANIFEST else "file"
-            pin = refs.Pin(label, digest.hex(), time.time(), kind, loc.size)
-            self._before_commit()
-            refs.write_pin(self.backend, pin)
+            self.revive(digest)
+            return self._write_pin(digest, loc, label)
+
+    def _pin_put(self, result: PutResult, label: str) -> refs.Pin:
+        """The pin a put writes for what it has just stored, under the same writing(): no revive (the put
+        relied only on packs it checked at commit, none condemned)."""
+        refs.check_label(label)
+        return self._write_pin(*self.resolve(result.digest), label)
+
+    def _write_pin(self, digest: bytes, loc: Location, label: str) -> refs.Pin:
+        kind = "tree" if loc.kind == TREE_MANIFEST else "file"
+        pin = refs.Pin(label, digest.hex(), time.time(), kind, loc.size)
+        self._before_commit()
+        refs.write_pin(self.backend, pin)
         return pin
 
     def revive(self, digest: bytes) -> int:
