@@ -61,10 +61,26 @@ ROTATION_SAMPLE = 8192  # elements of a batch of chunks the rotation is picked o
 _PLANES_HEAD = struct.Struct("<BBBB")
 _PLANE = struct.Struct("<BI")
 _UINT = {2: "<u2", 4: "<u4", 8: "<u8"}
+_FORMAT = {2: "H", 4: "I", 8: "Q"}  # the same as memoryview formats (native order, little-endian where it matters)
 PLAIN_JOIN_BYTES = 16 << 20  # planes a process joins before it imports numpy for them (_join_planes)
 _plain_join_left = PLAIN_JOIN_BYTES
 
 _local = threading.local()
+
+
+def _load_kernels():
+    """cas._planes (cas/_planes.c), the compiled kernels that split, join and difference planes in one
+    pass each without the GIL, where the install could build them; None: numpy does the same work."""
+    if sys.byteorder != "little":  # the kernels load elements in host order
+        return None
+    try:
+        from . import _planes
+    except ImportError:
+        return None
+    return _planes
+
+
+_kernels = _load_kernels()
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
@@ -113,44 +129,59 @@ def compress_planes(data, width: int, level: int) -> tuple[int, bytes]:
 
 
 def compress_planes_many(chunks: list, width: int, level: int) -> list[tuple[int, bytes]]:
-    """compress_planes of each chunk, the numpy work done once for them all: their elements are rotated
-    and split into planes in one pass, and each chunk's plane is a slice of the whole plane."""
-    import numpy as np
+    """compress_planes of each chunk, all split with the one rotation picked on a sample of their
+    elements together."""
     def floats(c) -> bool:
         return width in _UINT and len(c) % width == 0 and len(c) > 0
     if not all(floats(c) for c in chunks):  # a chunk that is not whole elements (or empty) is stored by zstd
         return [compress_planes_many([c], width, level)[0] if floats(c) else compress(c, level) for c in chunks]
-    uint = np.dtype(_UINT[width]).type
-    values = np.frombuffer(b"".join(chunks), dtype=uint) if len(chunks) > 1 else np.frombuffer(chunks[0], dtype=uint)
-    rotation = _rotation(values, width)
-    planes = _rotated_planes(values, width, rotation)
-    out, start = [], 0
+    rotation = _rotation(_sample(chunks, width), width)
+    out = []
     for chunk in chunks:
-        n = len(chunk) // width
-        stored = _planes_frame([plane[start:start + n] for plane in planes], rotation=rotation)
-        start += n
+        stored = _planes_frame(_split(chunk, width, rotation), rotation=rotation)
         out.append((PLANES, stored) if len(stored) < len(chunk) else (RAW, bytes(chunk)))
     return out
 
 
-def _rotation(values, width: int) -> int:
+def _sample(chunks: list, width: int) -> bytes:
+    """About ROTATION_SAMPLE elements of the chunks taken as one array, evenly spaced from its first."""
+    total = sum(len(c) for c in chunks) // width
+    step, start, parts = max(1, total // ROTATION_SAMPLE), 0, []
+    for chunk in chunks:
+        n = len(chunk) // width
+        elements = memoryview(chunk).cast("B").cast(_FORMAT[width])  # type: ignore[call-overload]
+        parts.append(elements[(-start) % step::step].tobytes())
+        start += n
+    return b"".join(parts)
+
+
+def _rotation(sample: bytes, width: int) -> int:
     """The rotation whose planes zstd stores smallest on a sample of the elements (ties: the smallest).
     Only the top and bottom planes are compared: the bits a rotation moves leave one for the other,
     and the planes between hold mantissa bits whichever the rotation."""
-    sample = values[::max(1, len(values) // ROTATION_SAMPLE)]
-    if len(sample) < 1024:
+    if len(sample) < 1024 * width:
         return ROTATE
     costs = []
     for rotation in ROTATIONS:
-        planes = _rotated_planes(sample, width, rotation)
-        costs.append(sum(min(len(_plane_compressor().compress(plane.data)), len(plane))
+        planes = _split(sample, width, rotation)
+        costs.append(sum(min(len(_plane_compressor().compress(plane)), len(plane))
                          for plane in (planes[0], planes[-1])))
     return ROTATIONS[costs.index(min(costs))]
 
 
-def _rotated_planes(values, width: int, rotation: int = ROTATE) -> list:
+def _split(data, width: int, rotation: int = ROTATE) -> list[memoryview]:
     """The byte planes of the elements rotated left by `rotation` bits (by one, plane width-1 is the
     exponent's byte)."""
+    n = len(data) // width
+    if _kernels is not None:
+        planes = memoryview(_kernels.split(data, width, rotation))
+        return [planes[i * n:(i + 1) * n] for i in range(width)]
+    import numpy as np
+    return [memoryview(plane) for plane in _rotated_planes(np.frombuffer(data, dtype=_UINT[width]), width, rotation)]
+
+
+def _rotated_planes(values, width: int, rotation: int = ROTATE) -> list:
+    """_split in numpy, of the elements as an array."""
     import numpy as np
     uint = np.dtype(_UINT[width]).type
     rotated = np.left_shift(values, uint(rotation))
@@ -160,27 +191,31 @@ def _rotated_planes(values, width: int, rotation: int = ROTATE) -> list:
     return list(np.ascontiguousarray(rotated.view(np.uint8).reshape(-1, width).T))
 
 
-def _planes_frame(planes: list, runs: list[int] | None = None, *, rotation: int = ROTATE) -> bytes:
+def _planes_frame(planes: list[memoryview], runs: list[int] | None = None, *, rotation: int = ROTATE) -> bytes:
     """A planes frame of these planes (of elements rotated by `rotation` bits): version 1, or, given the
-    runs of a context order the elements are in, version 2 with a zstd block ended at each run's end."""
+    ends of the runs of a context order the elements are in, version 2 with a zstd block ended at each."""
     n = len(planes[0])
-    head, bodies = [], []
+    head: list[bytes] = []
+    bodies: list[bytes | memoryview] = []
     for plane in planes:
         packed = None
         if _compressible(plane):
-            packed = _plane_compressor().compress(plane.data) if runs is None else _blocks(plane, runs)
+            packed = _plane_compressor().compress(plane) if runs is None else _blocks(plane, runs)
         coder, body = (ZSTD, packed) if packed is not None and len(packed) < n else (RAW, plane)
         head.append(_PLANE.pack(coder, len(body)))
         bodies.append(body)
     version, context = (PLANES_VERSION, NO_CONTEXT) if runs is None else (CONTEXT_VERSION, BASE_CONTEXT)
-    return b"".join([_PLANES_HEAD.pack(version, len(planes), rotation, context)] + head + bodies)
+    return b"".join([_PLANES_HEAD.pack(version, len(planes), rotation, context), *head, *bodies])
 
 
-def _runs(counts) -> list[int]:
-    """Where the blocks of a plane in context order end: after each context value's run, runs shorter
-    than MIN_BLOCK joined to the next (the last block is at least MIN_BLOCK too, when it can be)."""
-    ends, start, pos, total = [], 0, 0, int(counts.sum())
-    for count in counts[counts > 0].tolist():
+def _runs(counts: list[int]) -> list[int]:
+    """Where the blocks of a plane in context order end: after each context value's run (counts: the
+    elements of each), runs shorter than MIN_BLOCK joined to the next (the last block is at least
+    MIN_BLOCK too, when it can be)."""
+    ends, start, pos, total = [], 0, 0, sum(counts)
+    for count in counts:
+        if not count:
+            continue
         pos += count
         if pos - start >= MIN_BLOCK and total - pos >= MIN_BLOCK:
             ends.append(pos)
@@ -189,31 +224,42 @@ def _runs(counts) -> list[int]:
     return ends
 
 
-def _blocks(plane, ends: list[int]) -> bytes:
+def _blocks(plane: memoryview, ends: list[int]) -> bytes:
     """One zstd frame of the plane, declaring its size, a block ended at each of `ends`."""
     packer = _plane_compressor().compressobj(size=len(plane))
     out, start = [], 0
     for end in ends:
-        out.append(packer.compress(plane[start:end].data))
+        out.append(packer.compress(plane[start:end]))
         out.append(packer.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
         start = end
     out.append(packer.flush())
     return b"".join(out)
 
 
-def _compressible(plane) -> bool:
+def _compressible(plane: memoryview) -> bool:
     """Whether zstd may shrink a plane: no, when its bytes are near uniform (low mantissa bytes), for
     zstd's literal coder cannot go below their order-0 entropy; such a plane is stored raw untried."""
+    stride = ENTROPY_STRIDE if len(plane) >= 256 * ENTROPY_STRIDE else 1  # 8K bytes of a 128 KiB plane
+    if _kernels is not None:
+        return _kernels.entropy(plane, stride) < MAX_PLANE_ENTROPY
     import numpy as np
-    sample = plane[::ENTROPY_STRIDE] if len(plane) >= 256 * ENTROPY_STRIDE else plane  # 8K bytes of a 128 KiB plane
-    counts = np.bincount(sample, minlength=256)
-    p = counts[counts > 0] / len(sample)
+    counts = np.bincount(np.frombuffer(plane, dtype=np.uint8)[::stride], minlength=256)
+    sample = counts.sum()
+    p = counts[counts > 0] / sample
     return float(-(p * np.log2(p)).sum()) < MAX_PLANE_ENTROPY
 
 
-def _decompress_planes(stored, raw_len: int, *, name: str, base=None) -> bytes:
-    """The chunk a planes frame holds; `base` is the delta base's raw bytes when the frame is inside a
-    delta frame (a frame in its context order needs them)."""
+def _decompress_planes(stored, raw_len: int, *, name: str) -> bytes:
+    """The chunk a planes frame (not inside a delta frame) holds."""
+    planes, width, transform, source = _read_planes(stored, raw_len, name=name)
+    if source != NO_CONTEXT:
+        raise IntegrityError(f"plane frame of {name} is ordered by a delta base it was not given", subject=name)
+    return _join_planes(planes, width, transform)
+
+
+def _read_planes(stored, raw_len: int, *, name: str) -> tuple[list, int, int, int]:
+    """(planes, width, transform, context) of a planes frame, each plane decompressed and checked to be
+    raw_len / width bytes long."""
     stored = memoryview(stored)
     if len(stored) < _PLANES_HEAD.size:
         raise IntegrityError(f"truncated plane frame in {name}", subject=name)
@@ -222,8 +268,6 @@ def _decompress_planes(stored, raw_len: int, *, name: str, base=None) -> bytes:
     if not known or width not in _UINT or transform not in ROTATIONS or raw_len % width:
         raise IntegrityError(f"unknown plane frame (version {version}, width {width}, transform {transform}, "
                              f"context {source}) in {name}: upgrade cas if it is newer", subject=name)
-    if source == BASE_CONTEXT and (base is None or len(base) != raw_len):
-        raise IntegrityError(f"plane frame of {name} is ordered by a delta base it was not given", subject=name)
     n = raw_len // width
     pos = _PLANES_HEAD.size + width * _PLANE.size
     if len(stored) < pos:
@@ -245,16 +289,18 @@ def _decompress_planes(stored, raw_len: int, *, name: str, base=None) -> bytes:
         raise IntegrityError(f"plane frame of {name} has {len(stored) - pos} extra bytes", subject=name)
     planes = [body if coder == RAW else decompress(ZSTD, body, n, name=f"plane {i} of {name}")
               for i, (coder, body) in enumerate(bodies)]
-    return _join_planes(planes, width, transform, base if source == BASE_CONTEXT else None)
+    return planes, width, transform, source
 
 
 def _join_planes(planes: list, width: int, transform: int, base=None) -> bytes:
     """The elements whose byte planes these are (plane i: byte i of each), rotated back right by
     `transform` bits; given a base, the planes are in the base's exponent order and are put back in
-    their own. A process that has not imported numpy joins its first PLAIN_JOIN_BYTES without it
-    (_join_plain: about what importing numpy costs, 60 ms), so reading one tensor does not pay for it;
-    a reader of more than that says so first (will_decode)."""
+    their own. Without the kernels, a process that has not imported numpy joins its first
+    PLAIN_JOIN_BYTES without it (_join_plain: about what importing numpy costs, 60 ms), so reading one
+    tensor does not pay for it; a reader of more than that says so first (will_decode)."""
     global _plain_join_left
+    if _kernels is not None and base is None:
+        return _kernels.join(planes, width, transform, len(planes[0]))
     if base is None and "numpy" not in sys.modules and _plain_join_left >= len(planes[0]) * width:
         _plain_join_left -= len(planes[0]) * width
         return _join_plain(planes, width, transform)
@@ -334,37 +380,64 @@ def encode_delta(data, base_raw: bytes, base_id: bytes, base_depth: int, width: 
     pay (LARGE_MOVE_BITS): the integer difference of each element's bit pattern
     from the base's, zigzag-coded (small moves give small numbers whatever their sign), then stored by
     byte plane. Whether it pays is the caller's call (delta_pays)."""
-    import numpy as np
     if base_depth >= MAX_DELTA_DEPTH or len(base_raw) != len(data) or width not in _UINT or len(data) % width:
         return None
-    uint = np.dtype(_UINT[width]).type
-    signed = np.dtype(_UINT[width].replace("u", "i")).type
-    new, base = np.frombuffer(data, dtype=uint), np.frombuffer(base_raw, dtype=uint)
-    sampled = len(new) >= 2 * MIN_BLOCK  # every 16th difference: enough to judge the chunk by
-    sample = _zigzag(new[::ENTROPY_STRIDE] - base[::ENTROPY_STRIDE], uint, signed) if sampled else None
-    if sample is not None and width in LARGE_MOVE_BITS and _mean_bits(sample) >= LARGE_MOVE_BITS[width]:
+    # every 16th difference is enough to judge the chunk by
+    sampled = len(data) // width >= 2 * MIN_BLOCK
+    mean_bits, small = _delta_sample(data, base_raw, width) if sampled else (0.0, 0.0)
+    if sampled and width in LARGE_MOVE_BITS and mean_bits >= LARGE_MOVE_BITS[width]:
         return None  # moves as large as the mantissa (optimizer moments a few steps on): no delta can pay
-    zigzag = ordered = _zigzag(new - base, uint, signed)  # the difference wraps: exact both ways
     # small moves (weights between two steps) go in the order of the base's exponents: how far a
     # weight moves, in units of its last place, depends on its exponent, so each exponent's differences
-    # get their own statistics (bf16 weights moved by noise: 30.6 -> 25.2 % of raw; the sorting makes
-    # such a delta 2.8x slower to write and 4x slower to read, on the changed chunks only). Large moves
+    # get their own statistics (bf16 weights moved by noise: 30.6 -> 25.2 % of raw). Large moves
     # (optimizer moments) gain too little to pay for the sorting; 8-byte floats are left as they were.
-    runs = None
-    if sample is not None and width in (2, 4) and np.mean(sample >> uint(8 * width - 9) == 0) >= SMALL_MOVES:
-        context = top_bytes(base_raw, width)
-        zigzag = zigzag[np.argsort(context, kind="stable")]  # the decoder sorts the base's bytes alike
-        runs = _runs(np.bincount(context, minlength=256))
-    inner = _planes_frame(_rotated_planes(zigzag, width), runs)
+    ordered = sampled and width in (2, 4) and small >= SMALL_MOVES
+    planes, counts = _delta_planes(data, base_raw, width, ordered)
+    inner = _planes_frame(planes, _runs(counts) if counts is not None else None)
     inner_codec = PLANES if len(inner) < len(data) else RAW
-    if inner_codec == RAW:  # in the elements' own order
-        inner = ordered.tobytes()
+    if inner_codec == RAW:  # the differences in the elements' own order
+        inner = _zigzag_of(data, base_raw, width).tobytes()
     return _DELTA_HEAD.pack(DELTA_VERSION, SUB, width, base_depth + 1, base_id, inner_codec) + inner
 
 
-def _zigzag(diff, uint, signed):
-    """Differences as unsigned numbers, small whatever their sign: (d << 1) ^ (d >> (8w - 1)), d signed."""
-    return (diff << uint(1)) ^ (diff.view(signed) >> signed(8 * diff.itemsize - 1)).view(uint)
+def _delta_sample(data, base_raw, width: int) -> tuple[float, float]:
+    """Over every ENTROPY_STRIDE-th element's zigzag-coded difference from its base: the mean bit length
+    (log2(z + 1)), and the share small enough to leave the top byte of the difference zero."""
+    if _kernels is not None:
+        return _kernels.delta_sample(data, base_raw, width, ENTROPY_STRIDE)
+    import numpy as np
+    uint = np.dtype(_UINT[width]).type
+    new, base = np.frombuffer(data, dtype=uint), np.frombuffer(base_raw, dtype=uint)
+    sample = _zigzag(new[::ENTROPY_STRIDE] - base[::ENTROPY_STRIDE], uint)
+    return _mean_bits(sample), float(np.mean(sample >> uint(8 * width - 9) == 0))
+
+
+def _delta_planes(data, base_raw, width: int, ordered: bool) -> tuple[list[memoryview], list[int] | None]:
+    """The byte planes (rotated by ROTATE) of the zigzag-coded differences of data from base_raw; ordered:
+    in the stable order of the base's exponent bytes, whose 256 counts come with them."""
+    if _kernels is not None:
+        planes, counts = _kernels.delta_split(data, base_raw, width, ROTATE, ordered)
+        n = len(data) // width
+        return [memoryview(planes)[i * n:(i + 1) * n] for i in range(width)], counts
+    import numpy as np
+    zigzag, counts = _zigzag_of(data, base_raw, width), None
+    if ordered:
+        context = top_bytes(base_raw, width)
+        zigzag = zigzag[np.argsort(context, kind="stable")]  # the decoder sorts the base's bytes alike
+        counts = np.bincount(context, minlength=256).tolist()
+    return [memoryview(plane) for plane in _rotated_planes(zigzag, width)], counts
+
+
+def _zigzag_of(data, base_raw, width: int):
+    """The zigzag-coded differences of data's elements from base_raw's, as numpy (they wrap: exact both ways)."""
+    import numpy as np
+    uint = np.dtype(_UINT[width]).type
+    return _zigzag(np.frombuffer(data, dtype=uint) - np.frombuffer(base_raw, dtype=uint), uint)
+
+
+def _zigzag(diff, uint):
+    """Differences as unsigned numbers, small whatever their sign: (d << 1) ^ -(d >> (8w - 1))."""
+    return (diff << uint(1)) ^ (uint(0) - (diff >> uint(8 * diff.itemsize - 1)))
 
 
 def _mean_bits(values) -> float:
@@ -398,14 +471,22 @@ def delta_width(stored, *, name: str) -> int:
 
 def decode_delta(stored, raw_len: int, base_raw: bytes, *, name: str) -> bytes:
     """The chunk a DELTA frame rebuilds from its base's raw bytes (the caller checks the result's hash)."""
-    import numpy as np
     delta_base(stored, name=name)
     _, _, width, _, _, inner = _DELTA_HEAD.unpack_from(stored)
     if len(base_raw) != raw_len or raw_len % width:
         raise IntegrityError(f"delta of {name} does not fit its base", subject=name)
     body = memoryview(stored)[_DELTA_HEAD.size:]
-    plain = _decompress_planes(body, raw_len, name=name, base=base_raw) if inner == PLANES else \
-        decompress(inner, body, raw_len, name=name)
+    if inner == PLANES:
+        planes, plane_width, transform, source = _read_planes(body, raw_len, name=name)
+        if plane_width != width:
+            raise IntegrityError(f"delta of {name} holds planes of {plane_width}-byte elements, not {width}",
+                                 subject=name)
+        if _kernels is not None:
+            return _kernels.delta_join(planes, base_raw, width, transform, source == BASE_CONTEXT)
+        plain = _join_planes(planes, width, transform, base_raw if source == BASE_CONTEXT else None)
+    else:
+        plain = decompress(inner, body, raw_len, name=name)
+    import numpy as np
     uint = np.dtype(_UINT[width]).type
     zigzag = np.frombuffer(plain, dtype=uint)
     diff, half, _ = _scratch(np, uint, len(zigzag))
