@@ -620,30 +620,36 @@ class Index:
     def gc_state_unreadable(self) -> bool:
         return self._read(lambda txn: txn.get(b"gc_unreadable", db=self.meta) is not None)
 
-    def _home(self, txn, raw) -> bytes | None:
-        """The pack of an index entry if a writer may rely on it (not condemned, not found missing, and
+    def _usable_pack(self, txn, number: int) -> bytes | None:
+        """The pack of this number if a writer may rely on it (not condemned, not found missing, and
         every gc list readable)."""
-        if raw is None or txn.get(b"gc_unreadable", db=self.meta) is not None:
+        if txn.get(b"gc_unreadable", db=self.meta) is not None:
             return None
-        pid = self._pack_id(txn, CHUNK_VALUE.unpack_from(raw)[0])
+        pid = self._pack_id(txn, number)
         if txn.get(pid, db=self.condemned) is not None or txn.get(pid, db=self.missing) is not None:
             return None
         return pid
 
-    def _homes(self, txn, chunk_id: bytes) -> tuple[bytes, ...] | None:
+    def _homes(self, txn, chunk_id: bytes, packs: dict[int, bytes | None]) -> tuple[bytes, ...] | None:
         """The packs a reader of this chunk decodes from, if a writer may rely on every one: its own and,
         for a delta copy, each base's down the chain (the copy stored alone last); None if an entry on
         the way is unknown or its pack not usable, or the chain is longer than a reader follows. gc
-        deletes what only dead blobs need, so a dead delta can outlive its base (docs/design.md)."""
-        packs = []
+        deletes what only dead blobs need, so a dead delta can outlive its base (docs/design.md).
+        packs: pack number -> _usable_pack, remembered for the rest of this transaction."""
+        found = []
         for _ in range(MAX_DELTA_DEPTH + 1):
             raw = txn.get(chunk_id, db=self.chunks)
-            home = self._home(txn, raw)
+            if raw is None:
+                return None
+            number = CHUNK_VALUE.unpack_from(raw)[0]
+            if number not in packs:
+                packs[number] = self._usable_pack(txn, number)
+            home = packs[number]
             if home is None:
                 return None
-            packs.append(home)
+            found.append(home)
             if len(raw) != DELTA_VALUE.size:
-                return tuple(packs)
+                return tuple(found)
             chunk_id = DELTA_VALUE.unpack(raw)[5]
         return None
 
@@ -651,8 +657,12 @@ class Index:
         """The packs a writer relies on to deduplicate this blob against (known, in packs gc has not
         condemned: a manifest's, a chunk's and its bases'), or None: store it."""
         if kind == CHUNK:
-            return self._read(lambda txn: self._homes(txn, key))
-        home = self._read(lambda txn: self._home(txn, txn.get(key, db=self.manifests)))
+            return self._read(lambda txn: self._homes(txn, key, {}))
+
+        def manifest_home(txn) -> bytes | None:
+            raw = txn.get(key, db=self.manifests)
+            return None if raw is None else self._usable_pack(txn, MANIFEST_VALUE.unpack_from(raw)[0])
+        home = self._read(manifest_home)
         return None if home is None else (home,)
 
     def clear(self) -> None:
@@ -692,7 +702,10 @@ class Index:
     def chunk_homes(self, ids: list[bytes]) -> list[tuple[bytes, ...] | None]:
         """For each id, the packs a writer relies on to deduplicate it against (its own and, for a delta,
         its bases'; None: store it), in one transaction."""
-        return self._read(lambda txn: [self._homes(txn, i) for i in ids])
+        def fn(txn):
+            packs: dict[int, bytes | None] = {}
+            return [self._homes(txn, i, packs) for i in ids]
+        return self._read(fn)
 
     def has_delta_chunks(self) -> bool:
         """Whether any chunk this cache knows is stored as a delta (its home is a delta copy): a counter."""
