@@ -214,6 +214,31 @@ static PyObject *join(PyObject *self, PyObject *args) {
     return out;
 }
 
+PyDoc_STRVAR(gather_doc, "gather(data, width, start, step) -> bytes\n\n"
+             "Elements start, start + step, ... of data (elements of `width` bytes), one after the other.");
+
+static PyObject *gather(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    int width;
+    Py_ssize_t start, step;
+    if (!PyArg_ParseTuple(args, "y*inn:gather", &data, &width, &start, &step))
+        return NULL;
+    PyObject *out = NULL;
+    if (start < 0 || step < 1) {
+        PyErr_Format(PyExc_ValueError, "start %zd, step %zd", start, step);
+    } else if (check_shape(data.len, width, 0) == 0) {
+        Py_ssize_t n = data.len / width, count = start < n ? (n - start - 1) / step + 1 : 0;
+        if ((out = PyBytes_FromStringAndSize(NULL, count * width)) != NULL) {
+            uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
+            const uint8_t *src = (const uint8_t *)data.buf;
+            for (Py_ssize_t k = 0; k < count; k++)
+                memcpy(dst + k * width, src + (start + k * step) * width, width);
+        }
+    }
+    PyBuffer_Release(&data);
+    return out;
+}
+
 PyDoc_STRVAR(entropy_doc, "entropy(data, stride) -> float\n\n"
              "The order-0 entropy, in bits per byte, of every `stride`-th byte of data (0.0 if empty).");
 
@@ -340,6 +365,7 @@ static PyObject *delta_sample(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"split", split, METH_VARARGS, split_doc},
     {"join", join, METH_VARARGS, join_doc},
+    {"gather", gather, METH_VARARGS, gather_doc},
     {"entropy", entropy, METH_VARARGS, entropy_doc},
     {"delta_split", delta_split, METH_VARARGS, delta_split_doc},
     {"delta_join", delta_join, METH_VARARGS, delta_join_doc},

@@ -148,10 +148,12 @@ def _sample(chunks: list, width: int) -> bytes:
     total = sum(len(c) for c in chunks) // width
     step, start, parts = max(1, total // ROTATION_SAMPLE), 0, []
     for chunk in chunks:
-        n = len(chunk) // width
-        elements = memoryview(chunk).cast("B").cast(_FORMAT[width])  # type: ignore[call-overload]
-        parts.append(elements[(-start) % step::step].tobytes())
-        start += n
+        if _kernels is not None:
+            parts.append(_kernels.gather(chunk, width, (-start) % step, step))
+        else:
+            elements = memoryview(chunk).cast("B").cast(_FORMAT[width])  # type: ignore[call-overload]
+            parts.append(elements[(-start) % step::step].tobytes())
+        start += len(chunk) // width
     return b"".join(parts)
 
 

@@ -63,6 +63,14 @@ def test_split_and_join_are_numpys_planes_and_back(width, rotation, data):
 
 
 @settings(max_examples=150, deadline=None)
+@given(WIDTHS, st.binary(max_size=3000), st.integers(0, 400), st.integers(1, 50))
+def test_gather_takes_every_step_th_element_from_start(width, data, start, step):
+    data = _elements(data, width)
+    elements = [data[i:i + width] for i in range(0, len(data), width)]
+    assert KERNELS.gather(data, width, start, step) == b"".join(elements[start::step])
+
+
+@settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=5000), st.sampled_from([1, 3, 16]))
 def test_entropy_is_numpys(data, stride):
     sample = np.frombuffer(data, dtype=np.uint8)[::stride]
@@ -138,6 +146,8 @@ def test_bad_arguments_are_errors_not_crashes():
         KERNELS.join([b"ab", b"a"], 2, 1, 2)
     with pytest.raises(ValueError, match="3 planes"):
         KERNELS.join([b"a", b"b", b"c"], 2, 1, 1)
+    with pytest.raises(ValueError, match="step 0"):
+        KERNELS.gather(b"abcd", 2, 0, 0)
     with pytest.raises(ValueError, match="against a base"):
         KERNELS.delta_split(b"abcd", b"ab", 2, 1, True)
     with pytest.raises(ValueError, match="plane 0 has"):
