@@ -51,7 +51,36 @@ def _examples(*lines: str, forms: str = "") -> str:
     return (forms + "\n\n" if forms else "") + "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+class _Unbuilt:
+    """The parser of a command this run does not parse: its arguments are never built (argparse spends
+    about 0.5 ms on a parser and its arguments, looking up translations and the terminal's width)."""
+
+    def add_argument(self, *args, **kwargs) -> None:
+        pass
+
+
+GLOBAL_VALUES = ("--store", "--jobs")  # the options before a command that take a value
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The command argv names, if it plainly names one (None: build every command's parser): the first
+    word that is neither an option nor a global option's value, with no help or version asked before it."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in GLOBAL_VALUES:
+            skip = True
+        elif word.startswith("-"):
+            if word in ("-h", "--help", "--version") or word == "--":
+                return None
+        else:
+            return word if word in COMMANDS else None
+    return None
+
+
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; given `only`, with that command's parser alone (the others unbuilt)."""
     common = _CommandParser(add_help=False)  # only a parent: its arguments are copied into each parser
     common.add_argument("--store", default=argparse.SUPPRESS, metavar="URI",
                         help="the store: a folder, file:///abs/path or s3://bucket/prefix "
@@ -69,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def cmd(name: str, help_: str, epilog: str | None = None):
+        if only is not None and name != only:
+            return _Unbuilt()
         return sub.add_parser(name, parents=[common], help=help_, description=help_, epilog=epilog,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -248,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_blocks()  # not for a completion: it decodes nothing, and answers a key press
     as_json = _wants_json(argv)
     try:
-        args = _parser().parse_args(argv)
+        args = _parse(argv)
     except SystemExit as exc:  # argparse printed --help or --version
         return int(exc.code or 0)
     except CasError as exc:  # a usage error
@@ -276,6 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """argv parsed by the parser of the command it names alone; a usage error is said by the parser of
+    every command (which also parses what _command_in misread, e.g. an abbreviated global option)."""
+    try:
+        return _parser(_command_in(argv)).parse_args(argv)
+    except CasError:
+        return _parser().parse_args(argv)
 
 
 def _after_interrupt(exc: Interrupted, command: str) -> Interrupted:

@@ -127,6 +127,24 @@ def test_the_command_table_matches_the_parser():
     assert set(sub.choices) == set(COMMANDS)
 
 
+@pytest.mark.parametrize("argv", [
+    ["put", "a.bin", "--label", "m"], ["--json", "put", "a", "b"], ["--store", "put", "get", "x", "-o", "y"],
+    ["--jobs", "3", "--store", "s3://b/p", "stats"], ["gc", "--grace", "0", "--dry-run"], ["--json", "pins"],
+    ["cat", "m", "--tensor", "w"], ["--sto", "get", "put", "x"], ["copy", "exp-1", "--to", "s3://b/p"]])
+def test_a_command_parsed_by_its_own_parser_alone_reads_as_with_every_parser(argv):
+    """The CLI builds only the parser of the command argv names (the others' arguments cost start-up
+    time): what it parses is what the parser of every command parses."""
+    from cas.cli import _parse, _parser
+    assert vars(_parse(argv)) == vars(_parser().parse_args(argv))
+
+
+def test_help_version_and_unclear_command_lines_get_every_parser():
+    from cas.cli import _command_in
+    for argv in (["--help", "put"], ["-h"], ["--version"], ["nosuch", "x"], ["--", "put"], ["--store"], []):
+        assert _command_in(argv) is None, argv
+    assert _command_in(["--store", "s", "put", "x"]) == "put"
+
+
 def test_importing_the_cli_loads_nothing_heavy():
     """`cas --version` and `cas --help` must not pay for boto3, numpy or the store's modules."""
     code = ("import sys, cas.cli\n"
