@@ -38,8 +38,9 @@ CODECS = (RAW, ZSTD, PLANES, DELTA)
 MAX_DELTA_DEPTH = 3  # a chunk decodes through at most this many bases
 DELTA_GAIN = 0.9  # a delta is kept only when at most this share of the chunk stored alone
 # a delta at most this share of what its base chain's copy stored alone takes is kept without storing
-# the chunk alone to compare (the same tensor piece a few steps back compresses about as well)
-CLEAR_GAIN = 0.8
+# the chunk alone to compare (the same tensor piece a few steps back compresses about as well): the same
+# gain as DELTA_GAIN, measured against that copy (docs/design.md, step-delta invariant 4)
+CLEAR_GAIN = 0.9
 DELTA_VERSION = 1
 SUB, XOR = 1, 2  # delta transforms: integer difference of bit patterns (zigzag), or XOR
 _DELTA_HEAD = struct.Struct("<BBBB32sB")  # version, transform, width, depth, base id, inner codec
