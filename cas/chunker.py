@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from dataclasses import dataclass
 from io import BufferedIOBase
 
 from pyfastcdc import FastCDC
 
 from .config import ChunkerParams
+from .datatype import datatype
 
 SEGMENT = 2 << 20  # small enough that a 40 MB file fills the pipeline, large enough to amortize its hand-offs
 TENSOR_MIN = 64 << 10  # smaller tensors are chunked by content with their neighbours
@@ -30,7 +30,7 @@ def tensor_regions(layout, min_size: int = TENSOR_MIN) -> list[tuple[int, int, i
             for start, end, dtype in layout.regions if end - start >= min_size]
 
 
-@dataclass(slots=True)
+@datatype(slots=True)
 class Segment:
     """A run of the input: `data` holds whole chunks of the given lengths; `fresh` bytes were newly read.
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
 
 from . import layout
+from .datatype import asdict, datatype, field
 from .errors import FormatError, NotFound
 
 # 2: pins, records and gc lists carry a BLAKE3 seal (format 1 stores still read)
@@ -24,7 +24,7 @@ MAX_CONFIG = 64 * KiB
 _STORE_ID = re.compile(r"[0-9a-f]{32}")
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class ChunkerParams:
     min_size: int = 16 * KiB
     avg_size: int = 64 * KiB
@@ -41,7 +41,7 @@ class ChunkerParams:
         return self
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class StoreConfig:
     store_id: str
     format_version: int = FORMAT_VERSION

@@ -12,15 +12,14 @@ copying twice writes nothing twice; a killed copy run again sends only what is s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from . import layout, refs
+from .datatype import datatype, field
 from .errors import InvalidInput, NotFound, PackMissing
 from .pack import CHUNK, TREE_MANIFEST
 from .walk import RAISE, Walk
 
 
-@dataclass
+@datatype
 class Plan:
     """What the sources name: the roots to walk, the run records to copy (key, raw) and pins to write."""
 
@@ -62,7 +61,7 @@ def plan(source, names: list[str]) -> Plan:
     return out
 
 
-@dataclass
+@datatype
 class CopyReport:
     sent_bytes: int = 0  # stored bytes of the blobs sent
     skipped_bytes: int = 0  # stored bytes of the blobs the target had already

@@ -11,11 +11,11 @@ import gc
 import math
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import cast
 
 import msgpack
 
+from .datatype import datatype
 from .digest import DIGEST_SIZE, hash_bytes
 from .errors import IntegrityError
 
@@ -24,7 +24,7 @@ MAX_INT = (1 << 63) - 1  # sizes and counts fit the cache's u64 fields with room
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class Limits:
     """msgpack limits for one kind of object: longest bin and str, most array items and map keys."""
 

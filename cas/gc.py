@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 
 from . import framing, layout, pack_index, temps
 from .blobset import EMPTY, Blobs
+from .datatype import datatype, field
 from .errors import IntegrityError, NotFound, StorageError
 from .gc_lists import decode_list, decode_sessions, encode_list, encode_sessions
 from .leases import backend_now, expired_sessions, lease_seconds, live_sessions
@@ -34,7 +34,7 @@ LIST_PASSES = 50  # listings of index objects before giving up on a store that k
 REPACK_THRESHOLD = 0.25  # a needed pack whose dead share reaches this is repacked
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Condemnation:
     stamp: str
     time: float  # backend clock when it was written
@@ -42,7 +42,7 @@ class Condemnation:
     sessions: frozenset[str] | None  # None: gc stopped before listing them; the condemnation is void
 
 
-@dataclass
+@datatype
 class GcPlan:
     keep: set[bytes] = field(default_factory=set)
     repack: list[bytes] = field(default_factory=list)
@@ -93,7 +93,7 @@ def plan_gc(packs: Catalog, reachable: Blobs, condemnations: list[Condemnation],
 
 
 # ---- collect, then execute the plan -----------------------------------------------------------------
-@dataclass
+@datatype
 class Collected:
     """What gc read of a store (all it plans from): pack catalog, reachable blobs, condemnations, writers."""
 

@@ -8,12 +8,12 @@ from array import array
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import accumulate, groupby
 
 from . import codec, layout, pack_index
 from .backends.local import storage_error
 from .chunker import TENSOR_MIN, Chunker, tensor_regions
+from .datatype import datatype
 from .digest import file_hasher, hash_bytes
 from .errors import CasError, ChangedWhileReading, InvalidInput, NotFound, PackMissing, StorageError
 from .file_hints import identity as file_identity, open_parent_copy
@@ -33,7 +33,7 @@ PACK_BLOBS = 1 << 14  # a pack is finished at this many blobs too, whatever its 
 REHASH_BLOCK = 8 << 20
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class PutResult:
     path: str
     digest: str

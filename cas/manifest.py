@@ -6,13 +6,13 @@ import posixpath
 import sys
 from array import array
 from bisect import bisect_right
-from dataclasses import dataclass
 from itertools import accumulate
 
 import msgpack
 
 from . import framing
 from .config import MAX_CHUNK_SIZE
+from .datatype import datatype
 from .digest import DIGEST_SIZE, tree_digest
 from .errors import IntegrityError, InvalidInput
 from .pack import MAX_MANIFEST
@@ -29,7 +29,7 @@ def _u32(values) -> array:
     return a
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class FileManifest:
     """A file: its size and its chunks, as 32-byte ids back to back and u32 sizes (no object per chunk)."""
 
@@ -92,7 +92,7 @@ def locate(offsets: array, pos: int) -> int:
     return bisect_right(offsets, pos) - 1
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class TreeEntry:
     path: str          # relative POSIX path
     kind: str          # file, link or dir
@@ -105,7 +105,7 @@ class TreeEntry:
         return [self.path, self.kind, self.executable, self.digest, self.size, self.target]
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class TreeManifest:
     entries: tuple[TreeEntry, ...]
 

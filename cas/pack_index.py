@@ -8,11 +8,11 @@ immutable and named by the BLAKE3 of its bytes, so a reader verifies it against 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 import msgpack
 
 from . import codec, framing, layout
+from .datatype import datatype
 from .digest import hash_bytes
 from .errors import IntegrityError, NotFound
 from .pack import HEADER as PACK_HEADER, MAX_INDEX_RATIO, TRAILER, Location, entries_of, entry_limits
@@ -28,7 +28,7 @@ MERGE_AT = 32  # a writer that sees more small index objects than this merges th
 FULL_OBJECT = 8 << 20
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class PackRecord:
     """What an index object says of one pack: its id, size and the entries of its footer."""
 

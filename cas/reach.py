@@ -7,16 +7,16 @@ REPORT policy. Used by `cas du`, `cas diff` and `cas runs`.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
 from . import layout
+from .datatype import datatype
 from .errors import IntegrityError
 from .index import INLINE
 from .pack import TREE_MANIFEST
 from .walk import REPORT, Damage, Walk, refuse_tree_as_file  # noqa: F401 (refuse_tree_as_file: its old home)
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Footprint:
     """The distinct chunks an object references, with their raw and stored sizes."""
 

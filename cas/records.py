@@ -16,11 +16,11 @@ import time
 import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import msgpack
 
 from . import framing, layout
+from .datatype import datatype, field
 from .digest import hash_bytes
 from .errors import AlreadyExists, IntegrityError, InvalidInput, NotFound
 
@@ -90,7 +90,7 @@ def check_step(step) -> int:
 
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Version:
     """One logged version of an artifact of a run."""
 
@@ -121,7 +121,7 @@ class Version:
                 **({"ref_uri": self.ref_uri} if self.ref_uri else {})}
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class RunEvent:
     """Something that happened to a run: started, status changed, config or metadata set, an input used."""
 
@@ -131,7 +131,7 @@ class RunEvent:
     data: dict = field(default_factory=dict)
 
 
-@dataclass
+@datatype
 class RunState:
     """A run as its events tell it, folded oldest first: a start (re)opens it, a status closes it."""
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from . import framing, layout
+from .datatype import datatype
 from .errors import IntegrityError, InvalidInput, NotFound
 
 PIN_FORMAT = 2  # 1: the bare msgpack map; 2: sealed with its BLAKE3 (cas/framing.py)
@@ -13,7 +13,7 @@ MAX_PIN = 16 * 1024  # bytes of a pin object: a label of at most 1024 characters
 _LIMITS = framing.Limits(bin=0, str=4096, array=0, map=16)
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class Pin:
     label: str
     digest: str | None  # None: the label was removed

@@ -11,7 +11,6 @@ import time
 from array import array
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
 from . import chunk_cache, framing, layout, pack_index, refs, temps
@@ -19,6 +18,7 @@ from .backends import Backend, open_backend
 from .backends.local import storage_error
 from .chunk_cache import ChunkCache
 from .config import StoreConfig, create_or_load_config, load_config
+from .datatype import replace
 from .digest import hash_bytes, looks_like_digest, parse_ref, split_inside
 from .errors import (
     AlreadyExists,

@@ -16,12 +16,12 @@ whether a delta copy is shadowed by a copy stored alone. A choice keeps one bit 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
 from . import spill
 from .blobset import EMPTY, ID, Blobs, IdSet, as_bytes, contains
+from .datatype import datatype
 from .errors import IntegrityError
 from .pack import CHUNK, Location
 from .pack_index import PackRecord
@@ -33,7 +33,7 @@ BASE = np.dtype([("id", ID), ("base", ID)])  # one row per delta entry, in the o
 CHOSEN = np.dtype([("part", "u1"), ("pack", "<u4"), ("id", ID)])  # a chunk a pack supplies, by batch (`part`)
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class PackInfo:
     """What gc plans from of one pack besides its chunk entries: id, size, its number in the catalog's
     tables, how many chunks it holds and their stored bytes, and its manifest entries (one per file or
@@ -177,7 +177,7 @@ class Choice:
             yield {int(rows["pack"][a]): rows["id"][a:b] for a, b in zip(starts[:-1], starts[1:])}
 
 
-@dataclass
+@datatype
 class Supplied:
     """The blobs one kept pack is the chosen home of: how many chunks and their stored bytes, and
     manifests; which chunks exactly is asked of the choice (a pass over the tables)."""

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+
+from .datatype import datatype
 
 TEMP_PREFIX = ".tmp."
 _SPOOL = re.compile(r"^\.tmp\.(pack|stage)-(\d+)-")
 STAGE_PREFIX = ".tmp.stage-"
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class TempFile:
     path: str
     size: int

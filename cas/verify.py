@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from . import codec, layout, pack_index, record_objects, records, refs
 from .blobset import Blobs
+from .datatype import datatype, field
 from .digest import hash_bytes
 from .errors import CasError, IntegrityError, NotFound
 from .gc_lists import decode_list, decode_sessions
@@ -15,7 +15,7 @@ from .scratch import Scratch
 from .walk import REPORT, Walk, bases_of
 
 
-@dataclass
+@datatype
 class VerifyReport:
     packs: int = 0
     chunks: int = 0

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 
 import numpy as np
 
 from . import spill
 from .blobset import ID, Blobs, as_bytes, ids_array
+from .datatype import datatype
 from .digest import DIGEST_SIZE
 from .errors import CasError, IntegrityError
 from .index import INLINE
@@ -21,7 +21,7 @@ CHECK_ROW = np.dtype([("id", ID), ("file", "<u4")])  # a chunk of a walked file,
 CHECK_BATCH = 4096  # chunk ids looked up per read transaction
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class Node:
     """A stored object as the walk read it: what it is, its logical size, and what it references."""
 
@@ -31,7 +31,7 @@ class Node:
     chunks: tuple[bytes, ...] = ()  # chunk ids of a file, in order
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class Damage:
     """An object some roots reach that is missing or cannot be read: gc must not act on it, du cannot
     measure it, verify reports it. `packs` names missing packs the damage comes from (if any)."""

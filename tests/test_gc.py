@@ -12,7 +12,6 @@ CI runs 10; a soak run sets more).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -37,6 +36,7 @@ from cas.backends.local import LocalBackend
 from cas.backends.memory import MemoryBackend
 from cas.blobset import Blobs
 from cas.config import ChunkerParams, StoreConfig, load_config
+from cas.datatype import replace
 from cas.errors import IntegrityError
 from cas.gc import Condemnation, execute_gc, plan_gc
 from cas.pack import CHUNK, Location
@@ -543,7 +543,7 @@ class GcMachine(RuleBasedStateMachine):
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # the caches fsync: keep that cheap
         self.tmp = tempfile.mkdtemp(prefix="cas-gc-machine-", dir=shm)
         self.backend = _ClockedMemory()
-        config = dataclasses.replace(StoreConfig.new(chunker=ChunkerParams(256, 1024, 4096)), pack_target=16 * 1024)
+        config = replace(StoreConfig.new(chunker=ChunkerParams(256, 1024, 4096)), pack_target=16 * 1024)
         assert self.backend.put(layout.CONFIG, config.to_bytes(), create_only=True)
         self.stores = [Store(self.backend, config, cache_dir=os.path.join(self.tmp, name))
                        for name in ("writer", "holder", "gc", "reader")]

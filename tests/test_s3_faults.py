@@ -26,6 +26,7 @@ from s3servers import ACCESS_KEY, SECRET_KEY
 
 from cas import Store
 from cas.backends.s3 import READ_ATTEMPTS
+from cas.datatype import replace
 from cas.errors import CasError, NotFound, StorageError
 
 ROUNDS = int(os.environ.get("CAS_FAULT_ROUNDS", "10"))
@@ -543,7 +544,7 @@ def test_a_put_failing_midway_then_retried_is_readable_on_every_machine(s3_store
     object names (another machine would find the file's chunks missing)."""
     machines = Machines(tmp_path, s3_store, seaweedfs.endpoint)
     store = machines.clean()
-    store.config = dataclasses.replace(store.init(), pack_target=256 * KiB)  # many packs for a small file
+    store.config = replace(store.init(), pack_target=256 * KiB)  # many packs for a small file
     data, digest, put = _seeded_put(store, random.Random(5), "big", 3 * MiB)
     inj = Injector(store, "reset", match="/packs/", skip=4, times=1000)  # 4 packs upload, then none
     with pytest.raises(StorageError) as info:

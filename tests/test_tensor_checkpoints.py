@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from cas import Store, codec
 from cas.config import StoreConfig
+from cas.datatype import fields
 from cas.errors import IntegrityError
 from cas.tensorfiles import read_layout
 
@@ -210,7 +211,7 @@ def test_a_format_2_store_keeps_writing_what_older_cas_reads(tmp_path, monkeypat
     monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))
     uri = str(tmp_path / "store")
     old = StoreConfig.new()
-    old = StoreConfig(**{**{f: getattr(old, f) for f in old.__dataclass_fields__}, "format_version": 2})
+    old = StoreConfig(**{**{f: getattr(old, f) for f in fields(old)}, "format_version": 2})
     os.makedirs(uri)
     with open(os.path.join(uri, "config"), "wb") as f:
         f.write(old.to_bytes())

@@ -8,9 +8,10 @@ import secrets
 import shutil
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from cas import Store
+from cas.datatype import replace
 from cas.digest import hash_bytes
 from cas.errors import InvalidInput, NotFound
 from cas.records import INLINE_MAX, Version, check_fields, check_name, check_step

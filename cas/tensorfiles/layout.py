@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..datatype import datatype
 
 # element sizes, by the dtype names safetensors uses (the names `cas show` prints)
 ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -16,7 +16,7 @@ class NotALayout(ValueError):
     """The file is not one of the formats, or its header does not describe its bytes."""
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class Tensor:
     name: str
     dtype: str  # as safetensors spells it
@@ -37,7 +37,7 @@ class Tensor:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class Layout:
     """A file's format and its tensors. `regions` are the byte ranges holding tensor data, sorted
     and disjoint (views of one storage share one region), each with the element size of its dtype."""

@@ -8,8 +8,7 @@ bytes handed out are checked chunk by chunk, never trusted from the header.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from ..datatype import datatype
 from ..errors import InvalidInput, NotFound
 from ..restore import FileReader
 from . import Layout, Tensor, read_layout
@@ -17,7 +16,7 @@ from . import Layout, Tensor, read_layout
 _UNREAD = object()
 
 
-@dataclass
+@datatype
 class StoredCheckpoint:
     """A stored file opened for its tensors: its reader (seekable, verified) and layout (None: bytes),
     read from the header's chunks when first asked for."""

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import io
 import pickle
-from dataclasses import dataclass
 
+from ..datatype import datatype
 from . import zipdir
 from .layout import ITEMSIZE, MAX_HEADER, MAX_TENSORS, Layout, NotALayout, Tensor, check_regions, numel
 
@@ -28,7 +28,7 @@ ORDERED_DICT = ("collections", "OrderedDict")
 MAX_DEPTH = 1000
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class _Global:
     """A global the pickle names: never imported; calling it (REDUCE, NEWOBJ) makes an _Opaque."""
 
@@ -46,14 +46,14 @@ class _Dict(dict):
     """OrderedDict's stand-in: a dict that BUILD may give attributes (a state dict's _metadata)."""
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class _Storage:
     key: str
     dtype: str
     numel: int
 
 
-@dataclass
+@datatype
 class _TensorRef:
     storage: _Storage
     offset: int

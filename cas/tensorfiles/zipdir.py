@@ -4,8 +4,8 @@ central directory and local headers; zip64 included. Nothing is decompressed."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
+from ..datatype import datatype
 from .layout import MAX_HEADER, MAX_TENSORS, NotALayout
 
 _EOCD = struct.Struct("<4sHHHHIIH")  # signature, disk, cd disk, entries here, entries, cd size, cd offset, comment
@@ -16,7 +16,7 @@ _LOCAL = struct.Struct("<4sHHHHHIIIHH")
 STORED = 0
 
 
-@dataclass(frozen=True, slots=True)
+@datatype(frozen=True, slots=True)
 class Member:
     name: str
     offset: int  # of its data in the archive
