@@ -184,8 +184,9 @@ static PyObject *split(PyObject *self, PyObject *args) {
     return out;
 }
 
-PyDoc_STRVAR(join_doc, "join(planes, width, rotation) -> bytes\n\n"
-             "The elements whose byte planes these are (a sequence of `width` buffers), rotated right by `rotation` bits.");
+PyDoc_STRVAR(join_doc, "join(planes, width, rotation, n) -> bytes\n\n"
+             "The n elements whose byte planes these are (a sequence of `width` buffers of n bytes), rotated right\n"
+             "by `rotation` bits.");
 
 static PyObject *join(PyObject *self, PyObject *args) {
     PyObject *seq;
