@@ -115,8 +115,9 @@ static void first_positions(const uint8_t *base, Py_ssize_t n, int width, Py_ssi
     }
 }
 
-/* The planes given as a sequence of `width` buffers of n bytes each; fills views and pointers. */
-static int get_planes(PyObject *seq, int width, Py_ssize_t n, Py_buffer *views, uint8_t **planes) {
+/* The planes given as a sequence of `width` buffers of n bytes each (n < 0: as many as the first has);
+ * fills views and pointers, and returns n, or -1 with an exception set. */
+static Py_ssize_t get_planes(PyObject *seq, int width, Py_ssize_t n, Py_buffer *views, uint8_t **planes) {
     PyObject *fast = PySequence_Fast(seq, "planes must be a sequence of buffers");
     if (fast == NULL)
         return -1;
@@ -129,6 +130,8 @@ static int get_planes(PyObject *seq, int width, Py_ssize_t n, Py_buffer *views, 
     for (; got < width; got++) {
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &views[got], PyBUF_SIMPLE) < 0)
             break;
+        if (n < 0)
+            n = views[got].len;
         if (views[got].len != n) {
             PyErr_Format(PyExc_ValueError, "plane %d has %zd bytes, expected %zd", got, views[got].len, n);
             PyBuffer_Release(&views[got]);
@@ -138,7 +141,7 @@ static int get_planes(PyObject *seq, int width, Py_ssize_t n, Py_buffer *views, 
     }
     Py_DECREF(fast);
     if (got == width)
-        return 0;
+        return n;
     while (got--)
         PyBuffer_Release(&views[got]);
     return -1;
@@ -184,25 +187,21 @@ static PyObject *split(PyObject *self, PyObject *args) {
     return out;
 }
 
-PyDoc_STRVAR(join_doc, "join(planes, width, rotation, n) -> bytes\n\n"
-             "The n elements whose byte planes these are (a sequence of `width` buffers of n bytes), rotated right\n"
-             "by `rotation` bits.");
+PyDoc_STRVAR(join_doc, "join(planes, width, rotation) -> bytes\n\n"
+             "The elements whose byte planes these are (a sequence of `width` buffers of one length), rotated\n"
+             "right by `rotation` bits.");
 
 static PyObject *join(PyObject *self, PyObject *args) {
     PyObject *seq;
     int width, rotation;
-    Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "Oiin:join", &seq, &width, &rotation, &n))
+    if (!PyArg_ParseTuple(args, "Oii:join", &seq, &width, &rotation))
         return NULL;
-    if (n < 0) {
-        PyErr_SetString(PyExc_ValueError, "negative element count");
-        return NULL;
-    }
     if (check_shape(0, width, rotation) < 0)
         return NULL;
     Py_buffer views[8];
     uint8_t *planes[8];
-    if (get_planes(seq, width, n, views, planes) < 0)
+    Py_ssize_t n = get_planes(seq, width, -1, views, planes);
+    if (n < 0)
         return NULL;
     PyObject *out = PyBytes_FromStringAndSize(NULL, n * width);
     if (out != NULL) {
@@ -320,7 +319,7 @@ static PyObject *delta_join(PyObject *self, PyObject *args) {
     Py_ssize_t counts[KEYS], next[KEYS];
     if (check_shape(base.len, width, rotation) == 0) {
         Py_ssize_t n = base.len / width;
-        if (get_planes(seq, width, n, views, planes) == 0) {
+        if (get_planes(seq, width, n, views, planes) >= 0) {
             if ((out = PyBytes_FromStringAndSize(NULL, base.len)) != NULL) {
                 uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
                 Py_BEGIN_ALLOW_THREADS

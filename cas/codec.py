@@ -175,12 +175,16 @@ def _rotation(sample: bytes, width: int) -> int:
 def _split(data, width: int, rotation: int = ROTATE) -> list[memoryview]:
     """The byte planes of the elements rotated left by `rotation` bits (by one, plane width-1 is the
     exponent's byte)."""
-    n = len(data) // width
     if _kernels is not None:
-        planes = memoryview(_kernels.split(data, width, rotation))
-        return [planes[i * n:(i + 1) * n] for i in range(width)]
+        return _plane_views(_kernels.split(data, width, rotation), width)
     import numpy as np
     return [memoryview(plane) for plane in _rotated_planes(np.frombuffer(data, dtype=_UINT[width]), width, rotation)]
+
+
+def _plane_views(planes: bytes, width: int) -> list[memoryview]:
+    """The `width` planes a kernel returned one after the other, each as a view."""
+    n, view = len(planes) // width, memoryview(planes)
+    return [view[i * n:(i + 1) * n] for i in range(width)]
 
 
 def _rotated_planes(values, width: int, rotation: int = ROTATE) -> list:
@@ -247,8 +251,7 @@ def _compressible(plane: memoryview) -> bool:
         return _kernels.entropy(plane, stride) < MAX_PLANE_ENTROPY
     import numpy as np
     counts = np.bincount(np.frombuffer(plane, dtype=np.uint8)[::stride], minlength=256)
-    sample = counts.sum()
-    p = counts[counts > 0] / sample
+    p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log2(p)).sum()) < MAX_PLANE_ENTROPY
 
 
@@ -303,7 +306,7 @@ def _join_planes(planes: list, width: int, transform: int, base=None) -> bytes:
     tensor does not pay for it; a reader of more than that says so first (will_decode)."""
     global _plain_join_left
     if _kernels is not None and base is None:
-        return _kernels.join(planes, width, transform, len(planes[0]))
+        return _kernels.join(planes, width, transform)
     if base is None and "numpy" not in sys.modules and _plain_join_left >= len(planes[0]) * width:
         _plain_join_left -= len(planes[0]) * width
         return _join_plain(planes, width, transform)
@@ -420,8 +423,7 @@ def _delta_planes(data, base_raw, width: int, ordered: bool) -> tuple[list[memor
     in the stable order of the base's exponent bytes, whose 256 counts come with them."""
     if _kernels is not None:
         planes, counts = _kernels.delta_split(data, base_raw, width, ROTATE, ordered)
-        n = len(data) // width
-        return [memoryview(planes)[i * n:(i + 1) * n] for i in range(width)], counts
+        return _plane_views(planes, width), counts
     import numpy as np
     zigzag, counts = _zigzag_of(data, base_raw, width), None
     if ordered:

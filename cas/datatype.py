@@ -74,6 +74,8 @@ def asdict(obj) -> dict:
 def _plain(value):
     if hasattr(type(value), FIELDS):
         return asdict(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple takes its fields one by one
+        return type(value)(*(_plain(v) for v in value))
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
     if isinstance(value, dict):

@@ -31,6 +31,7 @@ INDEX_OBJECT_BLOBS = 1 << 17
 PACK_BLOBS = 1 << 14  # a pack is finished at this many blobs too, whatever its size: its footer stays small, and
 # so do the cache's write transaction that learns it (LMDB holds a dirty page per B-tree leaf it touches)
 REHASH_BLOCK = 8 << 20
+LOOKUP_BATCH = 4096  # chunk ids looked up in the cache in one read transaction
 
 
 @datatype(frozen=True, slots=True)
@@ -304,12 +305,7 @@ class PutSession:
     # ---- manifests --------------------------------------------------------------------------
     def _known(self, key: bytes, kind: int) -> bool:
         """Whether this session may rely on the blob being stored (by itself, or in a live pack)."""
-        if (kind, key) in self.pending:
-            return True
-        homes = self.index.usable(kind, key)
-        if homes is not None:
-            self.relied.update(homes)
-        return homes is not None
+        return (kind, key) in self.pending or self.rely_on(kind, key)
 
     def add_manifest(self, kind: int, key: bytes, raw: bytes, size: int) -> None:
         if (kind, key) in self.pending or (key not in self.distrusted and self._known(key, kind)):
@@ -350,6 +346,16 @@ class PutSession:
         if homes is not None:
             self.relied.update(homes)
         return homes is not None
+
+    def rely_on_chunks(self, ids: list[bytes]) -> list[bool]:
+        """rely_on for each of many chunks, LOOKUP_BATCH of them looked up in one read of the cache."""
+        out = []
+        for start in range(0, len(ids), LOOKUP_BATCH):
+            for homes in self.index.chunk_homes(ids[start:start + LOOKUP_BATCH]):
+                if homes is not None:
+                    self.relied.update(homes)
+                out.append(homes is not None)
+        return out
 
     def store_alone(self, chunk_id: bytes, raw: bytes, width: int) -> None:
         """Store a chunk again without a base (gc: a delta whose base only it needs), even though the
@@ -538,8 +544,8 @@ class PutSession:
             self.distrusted.add(digest)
             return None
         ids = [manifest.chunk_id(i) for i in range(len(manifest))]
-        for start in range(0, len(ids), 4096):
-            found = self.index.chunk_homes(ids[start:start + 4096])
+        for start in range(0, len(ids), LOOKUP_BATCH):
+            found = self.index.chunk_homes(ids[start:start + LOOKUP_BATCH])
             if None in found:
                 return None
             homes.update(p for packs in found if packs is not None for p in packs)

@@ -730,9 +730,11 @@ class Store:
         reached = list(Walk(self, policy=RAISE).reach({digest.hex(): digest}))
 
         def work(session: PutSession) -> int:
+            chunks = [key for kind, key in reached if kind == CHUNK]
+            relied = dict(zip(chunks, session.rely_on_chunks(chunks)))
             copies = []
             for kind, key in reached:
-                if session.rely_on(kind, key):
+                if relied[key] if kind == CHUNK else session.rely_on(kind, key):
                     continue
                 loc = self.index.chunk(key) if kind == CHUNK else self.index.manifest(key)
                 if loc is None:

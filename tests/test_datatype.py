@@ -73,6 +73,13 @@ def test_replace_and_asdict():
         replace(p, z=1)
     assert asdict(Box(1, [Point(1)], Point(2, 3))) == {
         "size": 1, "items": [{"x": 1, "y": 0, "tags": ()}], "inner": {"x": 2, "y": 3, "tags": ()}}
+    from typing import NamedTuple
+
+    class Pair(NamedTuple):
+        a: object
+        b: int
+    assert asdict(Box(1, [Pair(Point(1), 2)])) == {"size": 1, "items": [Pair({"x": 1, "y": 0, "tags": ()}, 2)],
+                                                    "inner": None}
 
 
 def test_no_cas_command_imports_dataclasses():
