@@ -1,13 +1,12 @@
 """The local cache of pack bytes read from a remote store: ranges kept in one file per block of a pack,
-served only whole and only when their files check out."""
+served only whole; what it serves is a hint the reader checks, blob by blob."""
 
 from __future__ import annotations
 
 import os
 
 from cas import Store
-from cas.chunk_cache import _CHECK, BLOCK, ChunkCache
-from cas.digest import hash_bytes
+from cas.chunk_cache import BLOCK, ChunkCache
 from cas.restore import ChunkReader, write_file
 
 PACK = bytes(range(32))
@@ -42,21 +41,35 @@ def test_ranges_that_touch_in_a_block_are_merged_and_one_apart_replaces(tmp_path
     assert len(_files(cache.folder)) == 1
 
 
-def test_a_damaged_or_cut_file_is_a_miss_and_is_removed(tmp_path):
+def test_a_cut_file_serves_only_what_it_still_holds_and_one_that_cannot_be_a_block_is_removed(tmp_path):
     cache = ChunkCache(str(tmp_path / "c"), 1 << 30)
     data = os.urandom(200_000)
-    for damage in ("flip", "cut"):
-        cache.put(PACK, 0, data)
-        (path,) = _files(cache.folder)
-        raw = bytearray(open(path, "rb").read())
-        if damage == "flip":
-            raw[-7] ^= 1
-        else:
-            del raw[-7:]
+    cache.put(PACK, 1000, data)
+    (path,) = _files(cache.folder)
+    with open(path, "rb") as f:
+        raw = f.read()
+    with open(path, "wb") as f:
+        f.write(raw[:-7])
+    assert cache.get(PACK, 1000, 1000 + len(data)) is None  # its last bytes are gone: a miss
+    assert cache.get(PACK, 1000, 1000 + len(data) - 7) == data[:-7]
+    for bad in (raw[:3], (BLOCK - 10).to_bytes(4, "little") + raw[4:]):  # no header; past its block's end
         with open(path, "wb") as f:
-            f.write(raw)
-        assert cache.get(PACK, 0, len(data)) is None
+            f.write(bad)
+        assert cache.get(PACK, 1000, 1010) is None
         assert not os.path.exists(path)
+
+
+def test_files_of_the_earlier_layout_are_never_read(tmp_path):
+    """Files that held a BLAKE3 of their bytes in front: read as this layout, they would be misplaced."""
+    from cas.digest import hash_bytes
+    cache = ChunkCache(str(tmp_path / "c"), 1 << 30)
+    body = os.urandom(5000)
+    name = hash_bytes(b"block" + PACK + (0).to_bytes(8, "little")).hex()
+    os.makedirs(os.path.join(cache.folder, name[:2]))
+    with open(os.path.join(cache.folder, name[:2], name), "wb") as f:
+        f.write(hash_bytes((0).to_bytes(4, "little") + body) + (0).to_bytes(4, "little") + body)
+    assert cache.get(PACK, 0, 100) is None
+    assert cache.stats()["files"] == 1  # counted and evicted as any file
 
 
 def test_the_folder_stays_under_its_limit(tmp_path):
@@ -105,8 +118,8 @@ def test_the_least_recently_read_go_first(tmp_path):
 
 
 def test_cached_bytes_that_fail_their_check_are_read_from_the_store_again(store_dir, tmp_path):
-    """A cache file whose own checksum holds but whose bytes are wrong (forged, or written from a bad
-    read) is a hint that failed: the read goes to the store, not to an error blaming the pack."""
+    """A cache file whose bytes are wrong (damaged, forged, or written from a bad read) is a hint that
+    failed: the read goes to the store, not to an error blaming the pack."""
     store = Store.open(store_dir)
     data = os.urandom(3 << 20)
     (tmp_path / "f.bin").write_bytes(data)
@@ -117,10 +130,10 @@ def test_cached_bytes_that_fail_their_check_are_read_from_the_store_again(store_
     write_file(reader, manifest, digest, str(tmp_path / "first"))
     files = _files(cache.folder)
     assert files and (tmp_path / "first").read_bytes() == data
-    for path in files:  # one bit off in each, under a checksum that matches it
-        raw = bytearray(open(path, "rb").read())
+    for path in files:  # one bit off in each
+        with open(path, "rb") as f:
+            raw = bytearray(f.read())
         raw[-1] ^= 1
-        raw[:_CHECK] = hash_bytes(bytes(raw[_CHECK:]))
         with open(path, "wb") as f:
             f.write(raw)
     first = store.index.chunk(manifest.chunk_id(0))
