@@ -236,6 +236,23 @@ def test_a_reference_to_an_s3_object_notices_an_overwrite_and_a_delete(s3_store,
     assert json.loads(r.stdout)["refs"][0]["status"] == "vanished"
 
 
+def test_only_the_cas_command_sets_the_s3_clients_objects_aside_from_the_cycle_collector(s3_store):
+    """gc.freeze is for the command's own process; in a user's, their objects' cycles stay collectable."""
+    import gc
+
+    from cas.backends import open_backend
+    from cas.framing import owning_the_process
+    gc.unfreeze()
+    try:
+        open_backend(s3_store)
+        assert gc.get_freeze_count() == 0 and gc.isenabled()
+        with owning_the_process():
+            open_backend(s3_store)
+        assert gc.get_freeze_count() > 10_000 and gc.isenabled()
+    finally:
+        gc.unfreeze()
+
+
 def test_server_side_encryption_reaches_every_put_and_bad_settings_are_one_line(s3_store, tmp_path, monkeypatch):
     from conftest import one_error_line
 

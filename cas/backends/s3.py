@@ -7,14 +7,13 @@ never credentials or signed URLs.
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator
 
 from ..errors import InvalidInput, NotFound, StorageError
-from ..framing import many_objects
+from ..framing import long_lived
 from .base import Backend
 
 READ_ATTEMPTS = 5
@@ -118,12 +117,8 @@ class S3Backend(Backend):
         self._sse = {"ServerSideEncryption": self.settings["sse"]} if self.settings["sse"] else {}
         if self.settings["kms_key_id"]:
             self._sse["SSEKMSKeyId"] = self.settings["kms_key_id"]
-        # botocore's import and client build tens of thousands of objects that live as long as the
-        # process: built with the collector paused and then set aside from its scans (gc.freeze), a cold
-        # `cas get` took 0.05-0.06 s less (it rescanned them as they piled up, and once more after)
-        with many_objects():
+        with long_lived():  # botocore's modules and client: tens of thousands of objects, none in a cycle
             self._bex, self.client = self._client(uri)
-            gc.freeze()
         self.conditional_writes: bool | None = None  # None: not probed; try If-None-Match and learn
         # a body cut off or stalled mid-read is not retried by botocore (which retries the request
         # itself, connection errors included); get() retries these, and only these, itself
