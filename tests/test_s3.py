@@ -253,6 +253,41 @@ def test_only_the_cas_command_sets_the_s3_clients_objects_aside_from_the_cycle_c
         gc.unfreeze()
 
 
+def test_a_listing_follows_its_pages_and_one_cut_short_is_an_error(s3_store):
+    from cas.backends import open_backend
+    from cas.errors import StorageError
+    backend = open_backend(s3_store)
+    keys = {f"scratch/{i:03d}": i for i in range(23)}
+    for key, i in keys.items():
+        backend.put(key, bytes(i))
+    backend.list_page_size = 5  # five pages
+    assert dict(backend.list("scratch/")) == keys
+    backend.list_page_size = None
+    assert dict(backend.list("scratch/")) == keys
+
+    def no_token(parsed, **_):  # a server that says there is more and gives no way to ask for it
+        parsed.pop("NextContinuationToken", None)
+    backend.client.meta.events.register("after-call.s3.ListObjectsV2", no_token)
+    backend.list_page_size = 5
+    with pytest.raises(StorageError, match="cut short a listing"):
+        list(backend.list("scratch/"))
+
+
+def test_the_model_loader_looks_in_s3s_folder_only_and_in_the_same_places_as_botocores(tmp_path, monkeypatch):
+    import botocore.loaders
+    import botocore.session
+
+    from cas.backends.s3 import _s3_model_loader
+    monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path / "models"))
+    ours = _s3_model_loader(botocore.session.Session())
+    theirs = botocore.loaders.create_loader(str(tmp_path / "models"))
+    assert ours.search_paths == theirs.search_paths and str(tmp_path / "models") in ours.search_paths
+    for kind in ("service-2", "endpoint-rule-set-1", "paginators-1"):
+        assert ours.list_available_services(kind) == ["s3"] and "s3" in theirs.list_available_services(kind)
+        assert ours.load_service_model("s3", kind) == theirs.load_service_model("s3", kind)
+    assert ours.list_available_services("no-such-model-1") == theirs.list_available_services("no-such-model-1") == []
+
+
 def test_server_side_encryption_reaches_every_put_and_bad_settings_are_one_line(s3_store, tmp_path, monkeypatch):
     from conftest import one_error_line
 
