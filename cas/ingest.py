@@ -224,7 +224,11 @@ class PutSession:
             if any(e.kind != CHUNK for e in pack.entries):
                 self._drain()
             self.uploads.append((pack, self.uploader.submit(self._upload, pack, *finished)))
-            while len(self.uploads) > 2 * self.backend.upload_concurrency:
+            # wait for the oldest upload when too many are queued, and take every finished one as it
+            # finishes: a long put names its durable packs (_complete_oldest) without waiting for the
+            # queue to fill, or a put whose uploads kept pace left up to 512 MiB durable but unnamed
+            while self.uploads and (len(self.uploads) > 2 * self.backend.upload_concurrency
+                                    or self.uploads[0][1].done()):
                 self._complete_oldest()
         if wait:
             self._drain()

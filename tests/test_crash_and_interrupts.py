@@ -212,6 +212,37 @@ def test_sigkill_mid_put_never_damages_the_store(store_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_long_put_names_its_durable_packs_as_they_become_durable(store_dir, tmp_path, monkeypatch):
+    """Index objects are written as the packs they name are durable, not once the upload queue is full
+    (twice the uploads at once: 8 packs of 32 MiB on S3, where a put whose uploads kept pace left up
+    to 512 MiB durable and unnamed, all of it to send again if killed). Here the local store's uploads
+    (renames) always keep pace, and the queue is long."""
+    from cas import Store, ingest
+    from cas.datatype import replace
+    monkeypatch.setattr(ingest, "INDEX_OBJECT_BYTES", 512 << 10)  # an index object per 2 packs
+    store = Store.open(store_dir)
+    store.config = replace(store.init(), pack_target=256 * 1024)
+    store.backend.upload_concurrency = 16  # a queue of 32 packs
+    events: list[str] = []
+    put_file, put = store.backend.put_file, store.backend.put
+
+    def record_pack(key, path, **kw):
+        events.append("pack")
+        return put_file(key, path, **kw)
+
+    def record_index(key, data, **kw):
+        events.append("index" if key.startswith("index/") else "other")
+        return put(key, data, **kw)
+    monkeypatch.setattr(store.backend, "put_file", record_pack)
+    monkeypatch.setattr(store.backend, "put", record_index)
+    data = os.urandom(24 << 20)
+    (tmp_path / "f.bin").write_bytes(data)
+    digest = store.put_file(tmp_path / "f.bin").digest
+    assert events.count("pack") >= 60 and events.count("index") >= 12, events
+    assert events.index("index") < events.count("pack") // 4, events  # the first named early, not at the end
+    assert Store.open(store_dir).read_bytes(digest) == data
+
+
 def test_sigkill_during_the_first_put_into_a_new_store(tmp_path):
     """Killed while creating the store itself (config, folders, first pack): the next put just works."""
     rng = random.Random(11)
