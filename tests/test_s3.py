@@ -284,7 +284,11 @@ def test_the_model_loader_looks_in_s3s_folder_only_and_in_the_same_places_as_bot
     assert ours.search_paths == theirs.search_paths and str(tmp_path / "models") in ours.search_paths
     for kind in ("service-2", "endpoint-rule-set-1", "paginators-1"):
         assert ours.list_available_services(kind) == ["s3"] and "s3" in theirs.list_available_services(kind)
-        assert ours.load_service_model("s3", kind) == theirs.load_service_model("s3", kind)
+        model, same = ours.load_service_model("s3", kind), theirs.load_service_model("s3", kind)
+        assert model == same and list(model) == list(same)
+    shapes = ours.load_service_model("s3", "service-2")["shapes"]  # plain dicts, in the file's order
+    assert type(shapes) is dict and list(shapes) == list(theirs.load_service_model("s3", "service-2")["shapes"])
+    assert ours.load_data("endpoints") == theirs.load_data("endpoints")
     assert ours.list_available_services("no-such-model-1") == theirs.list_available_services("no-such-model-1") == []
 
 
