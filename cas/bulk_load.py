@@ -1,6 +1,6 @@
-"""Learning many packs at once in time linear in the store: filling an empty cache (a new machine's
-first sync, `cas reindex`), or a sync that reads many index objects (gc's repack, a machine that was
-away: store.BULK_SYNC_BYTES).
+"""Learning many packs at once in time linear in the store: a sync that reads many index objects
+(store.BULK_SYNC_BYTES): filling an empty cache (a new machine's first sync, `cas reindex`), gc's
+repack, a machine that was away.
 
 Learning packs one at a time inserts chunk ids into the cache's B-tree in random order, in durable
 transactions, and the time per chunk grows with the tree (each blob rewrites a page). A bulk load

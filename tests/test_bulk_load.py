@@ -124,8 +124,9 @@ def test_a_bulk_load_killed_halfway_is_forgotten_and_done_again_by_the_next_comm
     env = {**os.environ, "CAS_CACHE_DIR": cache}
     killer = textwrap.dedent(f"""
         import os, sys
-        import cas.bulk_load
+        import cas.bulk_load, cas.store
         from cas.index import Index
+        cas.store.BULK_SYNC_BYTES = 1  # this store's index objects are under 1 MiB
         cas.bulk_load.BATCH = 1000
         real, calls = Index.append_blobs, []
         def append_blobs(self, *args):
@@ -156,7 +157,9 @@ def test_a_bulk_load_killed_halfway_is_forgotten_and_done_again_by_the_next_comm
 def test_two_first_commands_at_once_on_a_new_machine_both_see_the_whole_store(synthetic, tmp_path):
     where, made = synthetic
     env = {**os.environ, "CAS_CACHE_DIR": str(tmp_path / "cache")}
-    procs = [subprocess.Popen([sys.executable, "-m", "cas", "--store", where, "stats", "--json"], env=env,
+    in_bulk = ("import sys, cas.store; cas.store.BULK_SYNC_BYTES = 1; from cas.cli import main; "
+               f"sys.exit(main(['--store', {where!r}, 'stats', '--json']))")  # its index objects are under 1 MiB
+    procs = [subprocess.Popen([sys.executable, "-c", in_bulk], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for proc in procs:
         out, err = proc.communicate(timeout=120)
@@ -165,6 +168,20 @@ def test_two_first_commands_at_once_on_a_new_machine_both_see_the_whole_store(sy
         assert (stats["chunks"], stats["packs"], stats["files"]) == (made["chunks"], made["packs"], made["files"])
     store = Store.open(where, cache_dir=str(tmp_path / "cache"))
     assert kept_counts(store.index) == scanned_counts(store.index)
+
+
+def test_a_new_machine_learns_a_small_store_object_by_object_without_numpy(synthetic, tmp_path):
+    """Under BULK_SYNC_BYTES of index objects (this store: 20,000 chunks in 2 objects) a new machine's
+    first sync learns them one at a time: the bulk load would import numpy, which costs more here."""
+    where, made = synthetic
+    probe = ("import io, json, sys, contextlib\nfrom cas.cli import main\nout = io.StringIO()\n"
+             f"with contextlib.redirect_stdout(out): code = main(['--store', {where!r}, 'stats', '--json'])\n"
+             "print(json.dumps([code, 'numpy' in sys.modules, json.loads(out.getvalue())]))")
+    r = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "CAS_CACHE_DIR": str(tmp_path / "c")},
+                       capture_output=True, text=True)
+    code, numpy_imported, stats = json.loads(r.stdout)
+    assert code == 0 and not numpy_imported, r.stderr
+    assert (stats["chunks"], stats["packs"], stats["files"]) == (made["chunks"], made["packs"], made["files"])
 
 
 def test_a_machine_that_was_away_learns_what_others_wrote_in_bulk_and_reads_it(store_dir, tmp_path, monkeypatch):
