@@ -283,13 +283,31 @@ def test_the_model_loader_looks_in_s3s_folder_only_and_in_the_same_places_as_bot
     theirs = botocore.loaders.create_loader(str(tmp_path / "models"))
     assert ours.search_paths == theirs.search_paths and str(tmp_path / "models") in ours.search_paths
     for kind in ("service-2", "endpoint-rule-set-1", "paginators-1"):
-        assert ours.list_available_services(kind) == ["s3"] and "s3" in theirs.list_available_services(kind)
+        assert "s3" in ours.list_available_services(kind) and "sts" in ours.list_available_services(kind)
+        assert "no-such-service" not in ours.list_available_services(kind)
+        assert sorted(ours.list_available_services(kind)) == sorted(theirs.list_available_services(kind))
         model, same = ours.load_service_model("s3", kind), theirs.load_service_model("s3", kind)
         assert model == same and list(model) == list(same)
     shapes = ours.load_service_model("s3", "service-2")["shapes"]  # plain dicts, in the file's order
     assert type(shapes) is dict and list(shapes) == list(theirs.load_service_model("s3", "service-2")["shapes"])
     assert ours.load_data("endpoints") == theirs.load_data("endpoints")
-    assert ours.list_available_services("no-such-model-1") == theirs.list_available_services("no-such-model-1") == []
+    none = "no-such-model-1"
+    assert list(ours.list_available_services(none)) == theirs.list_available_services(none) == []
+    assert ours.load_service_model("sts", "service-2") == theirs.load_service_model("sts", "service-2")
+
+
+def test_role_and_sso_credentials_can_build_their_clients_from_the_session_that_builds_s3s(monkeypatch):
+    """Assume-role, web identity (EKS) and SSO credentials are fetched by an STS or SSO client that
+    botocore builds from the S3 client's own session, and so through its model loader."""
+    import botocore.session
+
+    from cas.backends.s3 import _s3_model_loader
+    session = botocore.session.Session()
+    session.register_component("data_loader", _s3_model_loader(session))
+    for service in ("sts", "sso", "s3"):
+        client = session.create_client(service, region_name="us-east-1", aws_access_key_id="id",
+                                       aws_secret_access_key="secret")
+        assert client.meta.service_model.service_name == service
 
 
 def test_server_side_encryption_reaches_every_put_and_bad_settings_are_one_line(s3_store, tmp_path, monkeypatch):

@@ -104,14 +104,45 @@ def _code(exc) -> str:
     return str(err.get("Code") or getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
 
 
+class _ServicesWithModel:
+    """The services that have a kind of model, as botocore's loader answers it, but asked whether one
+    service is among them it looks in that service's folder alone; the whole list is made only for a
+    caller that walks it (botocore's error message naming the known services)."""
+
+    def __init__(self, search_paths, type_name: str, everything):
+        self.search_paths, self.type_name, self.everything = search_paths, type_name, everything
+
+    def __contains__(self, service) -> bool:
+        for path in self.search_paths:
+            folder = os.path.join(path, str(service))
+            try:
+                versions = os.listdir(folder)
+            except OSError:
+                continue
+            if any(os.path.isfile(os.path.join(folder, version, self.type_name + ext))
+                   for version in versions for ext in (".json", ".json.gz")):
+                return True
+        return False
+
+    def __iter__(self):
+        return iter(self.everything())
+
+    def __len__(self) -> int:
+        return len(self.everything())
+
+
 def _s3_model_loader(session):
     """botocore's loader of its model files, from the same folders, with two shortcuts that each took
     about 10 ms or more of every client built:
 
-    - asked which services have a kind of model, it looks at S3's folder only (botocore's own answer
-      lists every service's folder, about 1,800 file system calls; only S3 is ever asked for);
+    - asked whether a service has a kind of model, it looks in that service's folder only (botocore's
+      own answer lists every service's folder, about 1,800 file system calls). Services other than S3
+      are asked for too: the credentials of a role, a web identity or SSO come from an STS or SSO
+      client built by the same session;
     - a model file is read into plain dicts, which keep its order as the OrderedDict botocore builds
       for every object of it does (endpoints.json alone is 1.2 MB)."""
+    import functools
+
     import botocore.loaders
 
     class PlainJSONFiles(botocore.loaders.JSONFileLoader):
@@ -128,16 +159,8 @@ def _s3_model_loader(session):
         FILE_LOADER_CLASS = PlainJSONFiles
 
         def list_available_services(self, type_name):
-            for path in self.search_paths:
-                folder = os.path.join(path, "s3")
-                try:
-                    versions = os.listdir(folder)
-                except OSError:
-                    continue
-                if any(os.path.isfile(os.path.join(folder, version, type_name + ext))
-                       for version in versions for ext in (".json", ".json.gz")):
-                    return ["s3"]
-            return super().list_available_services(type_name)
+            everything = functools.partial(botocore.loaders.Loader.list_available_services, self, type_name)
+            return _ServicesWithModel(self.search_paths, type_name, everything)
 
     data_path = session.get_config_variable("data_path")  # AWS_DATA_PATH, as botocore.loaders.create_loader reads it
     if data_path is None:
