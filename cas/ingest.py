@@ -6,7 +6,7 @@ import os
 import stat
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import accumulate, groupby
 
@@ -354,12 +354,16 @@ class PutSession:
     def rely_on_chunks(self, ids: list[bytes]) -> list[bool]:
         """rely_on for each of many chunks, LOOKUP_BATCH of them looked up in one read of the cache."""
         out = []
-        for start in range(0, len(ids), LOOKUP_BATCH):
-            for homes in self.index.chunk_homes(ids[start:start + LOOKUP_BATCH]):
-                if homes is not None:
-                    self.relied.update(homes)
-                out.append(homes is not None)
+        for homes in self._chunk_homes(ids):
+            if homes is not None:
+                self.relied.update(homes)
+            out.append(homes is not None)
         return out
+
+    def _chunk_homes(self, ids: list[bytes]) -> Iterator[tuple[bytes, ...] | None]:
+        """Index.chunk_homes of each id, LOOKUP_BATCH of them in one read transaction."""
+        for start in range(0, len(ids), LOOKUP_BATCH):
+            yield from self.index.chunk_homes(ids[start:start + LOOKUP_BATCH])
 
     def store_alone(self, chunk_id: bytes, raw: bytes, width: int) -> None:
         """Store a chunk again without a base (gc: a delta whose base only it needs), even though the
@@ -547,12 +551,10 @@ class PutSession:
         except CasError:  # gone or damaged: the full put stores the file, and its manifest, again
             self.distrusted.add(digest)
             return None
-        ids = [manifest.chunk_id(i) for i in range(len(manifest))]
-        for start in range(0, len(ids), LOOKUP_BATCH):
-            found = self.index.chunk_homes(ids[start:start + LOOKUP_BATCH])
-            if None in found:
+        for packs in self._chunk_homes([manifest.chunk_id(i) for i in range(len(manifest))]):
+            if packs is None:
                 return None
-            homes.update(p for packs in found if packs is not None for p in packs)
+            homes.update(packs)
         return homes
 
     def put_tree(self, root: str, parents: Callable[[str], object] | None = None) -> tuple[bytes, int]:
