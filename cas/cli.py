@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InvalidInput(f"unknown command {args.command!r} (see cas --help)", subject=args.command)
         if getattr(args, "jobs", None) is not None:
             os.environ["CAS_S3_JOBS"] = str(args.jobs)  # read when an s3:// store is opened (checked there)
-        from .framing import owning_the_process  # what a command imports anyway
+        from .collector import owning_the_process
         with owning_the_process():
             return command(args, getattr(args, "store", None), as_json)
     except CasError as exc:

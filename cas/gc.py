@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import framing, layout, pack_index, temps
+from . import collector, layout, pack_index, temps
 from .blobset import EMPTY, Blobs
 from .datatype import datatype, field
 from .errors import IntegrityError, NotFound, StorageError
@@ -393,7 +393,7 @@ def _repack(store, supplies: dict[bytes, Supplied], victims: list[bytes], on_pro
     keys = choice.keys_by_batch([{supplies[p].pack.number for p in batch} for batch in batches])
     # each chosen blob comes once (gc's last sync learns them); millions of entries pass through, none in
     # a cycle: the cycle collector would scan every live object again each time they pile up
-    with store.write_session(learn=False) as session, framing.many_objects():
+    with store.write_session(learn=False) as session, collector.many_objects():
         for batch, chunk_ids in zip(batches, keys):
             for pid in batch:
                 supplied = supplies[pid]

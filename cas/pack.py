@@ -11,7 +11,7 @@ from typing import NamedTuple
 import msgpack
 import zstandard
 
-from . import codec, framing
+from . import codec, collector, framing
 from .backends.local import storage_error
 from .config import MAX_CHUNK_SIZE
 from .digest import file_hasher, hash_bytes
@@ -236,7 +236,7 @@ def parse_footer(footer: bytes, rlen: int, check: bytes, pack_id: bytes, *, name
         raise IntegrityError(f"pack {name} has a damaged index footer (checksum mismatch)", subject=name)
     raw = codec.decompress(codec.ZSTD, footer, rlen, name=f"pack {name} footer")
     what = f"the index footer of pack {name}"
-    with framing.many_objects():
+    with collector.many_objects():
         doc = framing.unpack(raw, entry_limits(rlen), what=what, subject=name)
         try:
             if type(doc) is not dict or doc.get("v") != PACK_FORMAT or type(doc["v"]) is not int:

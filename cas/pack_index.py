@@ -11,7 +11,7 @@ import struct
 
 import msgpack
 
-from . import codec, framing, layout
+from . import codec, collector, framing, layout
 from .datatype import datatype
 from .digest import hash_bytes
 from .errors import IntegrityError, NotFound
@@ -62,7 +62,7 @@ def decode(data: bytes, *, name: str) -> list[PackRecord]:
     if magic != MAGIC or raw_len > min(MAX_RAW, MAX_INDEX_RATIO * len(stored)):
         raise IntegrityError(f"{what} has a bad header", subject=name)
     raw = codec.decompress(codec_id, stored, raw_len, name=what)
-    with framing.many_objects():
+    with collector.many_objects():
         doc = framing.unpack(raw, entry_limits(raw_len), what=what, subject=name)
         try:
             if type(doc) is not dict or doc.get("v") != INDEX_FORMAT or type(doc["v"]) is not int:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
-from . import chunk_cache, framing, layout, pack_index, refs, temps
+from . import chunk_cache, collector, layout, pack_index, refs, temps
 from .backends import Backend, open_backend
 from .backends.local import storage_error
 from .chunk_cache import ChunkCache
@@ -177,7 +177,7 @@ class Store:
         objects of BULK_SYNC_BYTES or more, the packs are loaded in bulk (cas/bulk_load.py).
         """
         index = self._open_index()
-        with index.sync_lock(), self.scratch() as scratch, framing.many_objects():
+        with index.sync_lock(), self.scratch() as scratch, collector.many_objects():
             index.drop_partial_load()  # a bulk load died: what it wrote is relearned below
             if self._sync_gc_state(index) or forget:
                 index.forget_packs()  # gc deleted packs: relearn every location from the index objects
@@ -294,7 +294,7 @@ class Store:
         """Rebuild the local index from the packs themselves (their footers), the source of truth.
         on_progress(1) is called as each pack's footer is read."""
         index = self._open_index()
-        with index.sync_lock(), self.scratch() as scratch, framing.many_objects():
+        with index.sync_lock(), self.scratch() as scratch, collector.many_objects():
             index.reset()  # new files, without reading the old ones: reindex must work on a damaged cache
             index.ensure_format(CACHE_FORMAT)
             index_keys = pack_index.list_keys(self.backend)  # listed first: what they name is listed below

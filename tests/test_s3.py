@@ -241,7 +241,7 @@ def test_only_the_cas_command_sets_the_s3_clients_objects_aside_from_the_cycle_c
     import gc
 
     from cas.backends import open_backend
-    from cas.framing import owning_the_process
+    from cas.collector import owning_the_process
     gc.unfreeze()
     try:
         open_backend(s3_store)

@@ -342,17 +342,17 @@ def test_after_a_gc_that_repacks_its_cache_knows_what_a_new_machines_does(cli, s
 def test_decoding_pauses_the_cycle_collector_and_leaves_it_as_it_was(synthetic):
     import gc
 
-    from cas import framing
+    from cas import collector
     where, made = synthetic
     assert gc.isenabled()
-    with framing.many_objects():
+    with collector.many_objects():
         assert not gc.isenabled()
     assert gc.isenabled()
     assert Store.open(where).sync() == made["packs"]
     assert gc.isenabled()  # a sync (and each decode in it) gives it back
     gc.disable()
     try:
-        with framing.many_objects():
+        with collector.many_objects():
             pass
         assert not gc.isenabled()  # paused by someone else: stays paused
     finally:

@@ -12,8 +12,8 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Iterator
 
+from ..collector import long_lived
 from ..errors import InvalidInput, NotFound, StorageError
-from ..framing import long_lived
 from .base import Backend
 
 READ_ATTEMPTS = 5
