@@ -339,10 +339,6 @@ class Index:
         finally:
             os.close(fd)
 
-    def knows_no_packs(self) -> bool:
-        return self._read(lambda txn: txn.stat(self.packs)["entries"] == 0 and txn.stat(self.chunks)["entries"] == 0
-                          and txn.stat(self.manifests)["entries"] == 0)
-
     def packs_not_to_learn(self) -> set[bytes]:
         """Packs a sync does not learn: known already, deleted by gc, or found missing from the store."""
         return self._read(lambda txn: {bytes(k) for db in (self.packs, self.deleted, self.missing)

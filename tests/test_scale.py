@@ -170,9 +170,10 @@ def test_writers_merge_only_small_index_objects_into_objects_of_bounded_size():
 
 def test_a_sync_in_small_transactions_learns_every_pack_and_marks_each_object_read(synthetic, monkeypatch):
     import cas.index
+    import cas.store
     where, made = synthetic
     monkeypatch.setattr(cas.index, "SYNC_BATCH", 3000)  # each object (2 packs of 8,008 blobs) in 2 transactions
-    monkeypatch.setattr(cas.index.Index, "knows_no_packs", lambda self: False)  # pack by pack, not in bulk
+    monkeypatch.setattr(cas.store, "BULK_SYNC_BYTES", 1 << 40)  # pack by pack, not in bulk
     store = Store.open(where)
     assert store.sync() == made["packs"]
     assert kept_counts(store.index) == scanned_counts(store.index)

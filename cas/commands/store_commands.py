@@ -241,7 +241,7 @@ def cmd_cache(args, uri, as_json) -> int:
         return 0
     removed = cache.clear() if args.action == "clear" else 0
     stats = cache.stats()
-    text = f"{stats['files']} chunks, {human(stats['bytes'])} of {human(stats['limit_bytes'])} in {stats['folder']}"
+    text = f"{stats['files']} files, {human(stats['bytes'])} of {human(stats['limit_bytes'])} in {stats['folder']}"
     emit({**stats, "removed_bytes": removed}, as_json,
          (f"removed {human(removed)}; " if args.action == "clear" else "") + text)
     return 0
